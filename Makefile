@@ -1,0 +1,44 @@
+# imgstream — the two commands that matter: `make demo` and `make test`.
+SHELL := /bin/bash
+STACK := scripts/stack/stack.sh
+DEMO_COUNT ?= 1000
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: demo test stack-up stack-down stack-status build release fmt lint unit bench clean-stack
+
+demo: stack-up release
+	scripts/demo.sh $(DEMO_COUNT)
+
+test: stack-up
+	scripts/test.sh
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+build:
+	cargo build --locked
+
+release:
+	cargo build --release --locked
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+unit:
+	cargo test --locked --lib --bins
+
+bench: stack-up release
+	scripts/bench.sh
+
+clean-stack: stack-down
+	rm -rf .stack
