@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Local Apache Kafka in KRaft combined mode (broker+controller per JVM), no Docker.
+# Usage: kafka.sh install|start|stop|status
+#        kafka.sh cli <main-class> [args...]   run a Kafka CLI class, e.g.
+#          kafka.sh cli org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
+# KAFKA_BROKERS=1 (default): one node, broker 127.0.0.1:9092, controller :9093.
+# KAFKA_BROKERS=3: three nodes, brokers :9092/:9094/:9096, controllers :9093/:9095/:9097.
+# Jars come from Maven Central via stack/kafka/pom.xml (there is no Kafka tarball mirror here).
+set -euo pipefail
+SERVICE=kafka
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+POM="$REPO_ROOT/stack/kafka/pom.xml"
+LOG4J_CONF="$REPO_ROOT/stack/kafka/log4j2.properties"
+VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
+# Keyed by the pom's hash so any edit to it (versions, exclusions) triggers a refetch.
+LIBS="$CACHE_DIR/kafka/$VERSION-$(sha256sum "$POM" | cut -c1-12)"
+N="${KAFKA_BROKERS:-1}"
+[[ "$N" == 1 || "$N" == 3 ]] || die "KAFKA_BROKERS must be 1 or 3, got '$N'"
+
+# 1-node and 3-node clusters have different quorums, so each keeps its own data.
+cluster_dir() { echo "$STACK_DIR/kafka/cluster-$1"; }
+broker_port() { echo $((9090 + 2 * $1)); }     # node 1 -> 9092, 2 -> 9094, 3 -> 9096
+controller_port() { echo $((9091 + 2 * $1)); } # node 1 -> 9093, 2 -> 9095, 3 -> 9097
+bootstrap() { local i a=(); for i in $(seq 1 "$1"); do a+=("127.0.0.1:$(broker_port "$i")"); done; (IFS=,; echo "${a[*]}"); }
+
+# kjava CLASS ARGS...: a Kafka main class on the cached classpath; tool logging goes to stderr.
+kjava() {
+  java -Xmx512m -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J_CONF" \
+    -Dkafka.log.target=SYSTEM_ERR -Dkafka.root.level=WARN "$@"
+}
+
+install() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  [[ -f "$LIBS/.complete" ]] && return 0
+  command -v mvn >/dev/null || apt_install maven
+  say "fetching Kafka $VERSION jars from Maven Central into $LIBS"
+  rm -rf "$LIBS" "$LIBS.tmp"
+  # KAFKA_MVN_ARGS lets callers add e.g. -Dmaven.repo.local=... (unquoted on purpose: several args).
+  # shellcheck disable=SC2086
+  mvn -q -B -Dstyle.color=never -f "$POM" ${KAFKA_MVN_ARGS:-} dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >&2 \
+    || die "Maven could not fetch the Kafka jars (see its output above)"
+  touch "$LIBS.tmp/.complete" && mv "$LIBS.tmp" "$LIBS"
+}
+
+# running_clusters: node counts (1 and/or 3) of clusters with at least one live node.
+running_clusters() {
+  local n f
+  for n in 1 3; do
+    for f in "$(cluster_dir "$n")"/node*/kafka.pid; do pid_alive "$f" && { echo "$n"; break; }; done
+  done
+  return 0
+}
+
+write_config() { # NODE_DIR NODE_ID
+  local dir="$1" i="$2" voters=() j
+  for j in $(seq 1 "$N"); do voters+=("$j@127.0.0.1:$(controller_port "$j")"); done
+  # Static quorum (controller.quorum.voters) works the same for 1 and 3 nodes and needs
+  # no dynamic voter registration, which is all a throwaway dev cluster needs.
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
+listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i")
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+# imgstream setup creates its topics explicitly; typos must fail, not create topics.
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=$N
+transaction.state.log.replication.factor=$N
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=$N
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+node_started() { # NODE_ID LOG
+  port_open "$(broker_port "$1")" && grep -q 'Kafka Server started' "$2"
+}
+
+start() {
+  install
+  if all_up "$N"; then say "already running ($N node(s) at $(bootstrap "$N"))"; return 0; fi
+  local other
+  other="$(running_clusters | grep -vx "$N" || true)"
+  [[ -z "$other" ]] || die "a ${other}-node Kafka cluster is running; run 'kafka.sh stop' before starting $N node(s)"
+
+  local cdir i dir port
+  cdir="$(cluster_dir "$N")"
+  mkdir -p "$cdir"
+  # One cluster id per data set, generated once and kept next to the data.
+  [[ -s "$cdir/cluster-id" ]] || kjava kafka.tools.StorageTool random-uuid >"$cdir/cluster-id"
+  for i in $(seq 1 "$N"); do
+    dir="$cdir/node$i"
+    pid_alive "$dir/kafka.pid" && continue
+    for port in "$(broker_port "$i")" "$(controller_port "$i")"; do
+      port_open "$port" && die "port $port is already in use by another process (not our Kafka): $(ss -ltnpH "sport = :$port" | head -1)"
+    done
+    mkdir -p "$dir/data"
+    write_config "$dir" "$i"
+    if [[ ! -f "$dir/data/meta.properties" ]]; then
+      say "formatting storage of node $i (cluster id $(cat "$cdir/cluster-id"))"
+      kjava kafka.tools.StorageTool format -t "$(cat "$cdir/cluster-id")" -c "$dir/server.properties" >&2 \
+        || die "formatting storage in $dir/data failed"
+    fi
+    [[ -f "$dir/kafka.log" ]] && mv "$dir/kafka.log" "$dir/kafka.log.prev" # health check greps this run's log
+    say "starting node $i (broker 127.0.0.1:$(broker_port "$i"), controller 127.0.0.1:$(controller_port "$i")); log: $dir/kafka.log"
+    # setsid: detach from our process group so Ctrl-C in the calling shell doesn't kill Kafka.
+    # shellcheck disable=SC2016 # $$ and $@ expand in the child shell
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/kafka.pid" \
+      java -Xmx1g -Xms256m -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J_CONF" \
+      kafka.Kafka "$dir/server.properties" >"$dir/kafka.log" 2>&1 </dev/null &
+  done
+  for i in $(seq 1 "$N"); do
+    dir="$cdir/node$i"
+    wait_until "$STACK_TIMEOUT" "$dir/kafka.log" node_started "$i" "$dir/kafka.log" \
+      || die "node $i did not report 'Kafka Server started' within ${STACK_TIMEOUT}s"
+  done
+  # Real metadata round-trip through the client API, not just an open port.
+  wait_until 60 "$cdir/node1/kafka.log" kjava org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "$(bootstrap "$N")" --list \
+    || die "brokers are up but do not answer metadata requests"
+  say "up: $N node(s) at $(bootstrap "$N")"
+}
+
+all_up() { # NODES: every node's process alive and broker port open
+  local i
+  for i in $(seq 1 "$1"); do
+    pid_alive "$(cluster_dir "$1")/node$i/kafka.pid" && port_open "$(broker_port "$i")" || return 1
+  done
+}
+
+stop() {
+  local f pids=()
+  for f in "$STACK_DIR"/kafka/cluster-*/node*/kafka.pid; do pid_alive "$f" && pids+=("$f"); done
+  ((${#pids[@]})) || { say "not running"; return 0; }
+  say "stopping ${#pids[@]} node(s)"
+  # Signal all nodes first: a combined node that loses quorum mid-shutdown waits for it.
+  for f in "${pids[@]}"; do kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in "${pids[@]}"; do stop_pidfile "$f"; done
+  say "stopped"
+}
+
+status() {
+  local n
+  n="$(running_clusters | head -1)"
+  if [[ -n "$n" ]] && all_up "$n"; then
+    printf 'kafka  up  %s  %s\n' "$VERSION" "$(bootstrap "$n")"
+  else
+    printf 'kafka  down  %s  %s\n' "$VERSION" "$(bootstrap "${n:-$N}")"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  cli) shift; [[ $# -ge 1 ]] || die "usage: kafka.sh cli <main-class> [args...]"; install; kjava "$@" ;;
+  *) die "usage: kafka.sh install|start|stop|status|cli <class> [args...]" ;;
+esac

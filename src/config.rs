@@ -1,0 +1,471 @@
+//! Settings, read once from the environment and an optional `.env` file, with the original demo's
+//! variable names. Every problem is reported by the variable's name; secrets are never printed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+use url::Url;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Where auto offset reset points when the group has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub auto_offset_reset: OffsetReset,
+    pub data_topic: String,
+    pub dlq_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Full endpoint URL, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A PostgreSQL URL; its password never appears in Debug or Display.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(Url);
+
+impl DatabaseUrl {
+    /// The URL with the password, for the client library only.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn database_name(&self) -> &str {
+        self.0.path().trim_start_matches('/')
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, name: &str) -> DatabaseUrl {
+        let mut url = self.0.clone();
+        url.set_path(&format!("/{name}"));
+        DatabaseUrl(url)
+    }
+
+    pub fn host_port(&self) -> String {
+        format!(
+            "{}:{}",
+            self.0.host_str().unwrap_or("?"),
+            self.0.port().unwrap_or(5432)
+        )
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub max_image_bytes: usize,
+    pub max_pixels: u64,
+}
+
+impl LimitSettings {
+    /// `max.message.bytes` for the data topic: the largest image plus room for the record's other
+    /// fields, the wire-format header and Kafka's batch overhead.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_image_bytes + 64 * 1024
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub customer_id: String,
+    pub database_url: DatabaseUrl,
+    pub store: StoreSettings,
+    pub registry_url: String,
+    pub limits: LimitSettings,
+    /// How long to wait for a service to answer before calling it unreachable.
+    pub connect_timeout: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment, with `.env` (or `IMGSTREAM_ENV_FILE`) filling in what is unset.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let env_file = std::env::var("IMGSTREAM_ENV_FILE").unwrap_or_else(|_| ".env".to_string());
+        let mut vars = read_env_file(Path::new(&env_file))?;
+        vars.extend(std::env::vars());
+        Settings::from_vars(&vars)
+    }
+
+    /// Builds settings from a variable map; the single place where names meet defaults.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let get = |name: &str, default: &str| -> String {
+            vars.get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_string())
+        };
+
+        let bootstrap_servers = get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092");
+        for server in bootstrap_servers.split(',') {
+            let server = server.trim();
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    "KAFKA_BOOTSTRAP_SERVERS",
+                    format!("{server:?} is not host:port (e.g. 127.0.0.1:9092)"),
+                ));
+            }
+        }
+        let auto_offset_reset = match get("KAFKA_AUTO_OFFSET_RESET", "earliest")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "earliest" | "smallest" | "beginning" => OffsetReset::Earliest,
+            "latest" | "largest" | "end" => OffsetReset::Latest,
+            other => {
+                return Err(invalid(
+                    "KAFKA_AUTO_OFFSET_RESET",
+                    format!("{other:?} is not earliest or latest"),
+                ));
+            }
+        };
+        let data_topic = get("KAFKA_DATA_TOPIC", "images");
+        check_topic_name("KAFKA_DATA_TOPIC", &data_topic)?;
+        let dlq_topic = get("KAFKA_DLQ_TOPIC", &format!("{data_topic}.dlq"));
+        check_topic_name("KAFKA_DLQ_TOPIC", &dlq_topic)?;
+        if dlq_topic == data_topic {
+            return Err(invalid(
+                "KAFKA_DLQ_TOPIC",
+                "must differ from KAFKA_DATA_TOPIC",
+            ));
+        }
+        let kafka = KafkaSettings {
+            bootstrap_servers,
+            group_id: get("KAFKA_GROUP_ID", "imgstream"),
+            auto_offset_reset,
+            data_topic,
+            dlq_topic,
+            partitions: parse_number("KAFKA_TOPIC_PARTITIONS", &get("KAFKA_TOPIC_PARTITIONS", "6"), 1, 10_000)?,
+            replication_factor: parse_number(
+                "KAFKA_REPLICATION_FACTOR",
+                &get("KAFKA_REPLICATION_FACTOR", "1"),
+                1,
+                32,
+            )?,
+        };
+
+        let database_url = parse_database_url(&get(
+            "DATABASE_CONNECTION_STRING",
+            "postgresql+psycopg://imgstream:imgstream@127.0.0.1:5432/imgstream",
+        ))?;
+
+        let bucket = get("MINIO_BUCKET_NAME", "images");
+        check_bucket_name(&bucket)?;
+        let store = StoreSettings {
+            endpoint: parse_endpoint(&get("MINIO_CONNECTION_STRING", "127.0.0.1:9000"))?,
+            bucket,
+            access_key: get("MINIO_ACCESS_KEY", "minioadmin"),
+            secret_key: get("MINIO_SECRET_KEY", "minioadmin"),
+            region: get("MINIO_REGION", "us-east-1"),
+        };
+
+        let registry_url = get(
+            "SCHEMA_REGISTRY_URL",
+            "http://127.0.0.1:8081/apis/ccompat/v7",
+        );
+        Url::parse(&registry_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                invalid(
+                    "SCHEMA_REGISTRY_URL",
+                    format!("{registry_url:?} is not an http(s) URL"),
+                )
+            })?;
+
+        let limits = LimitSettings {
+            max_image_bytes: parse_number(
+                "IMGSTREAM_MAX_IMAGE_BYTES",
+                &get("IMGSTREAM_MAX_IMAGE_BYTES", &(10 << 20).to_string()),
+                1024,
+                512 << 20,
+            )?,
+            max_pixels: parse_number(
+                "IMGSTREAM_MAX_PIXELS",
+                &get("IMGSTREAM_MAX_PIXELS", "50000000"),
+                1,
+                u64::MAX,
+            )?,
+        };
+
+        Ok(Settings {
+            kafka,
+            customer_id: get("PRODUCER_CUSTOMER_ID", "customer-1"),
+            database_url,
+            store,
+            registry_url: registry_url.trim_end_matches('/').to_string(),
+            limits,
+            connect_timeout: Duration::from_secs(parse_number(
+                "IMGSTREAM_CONNECT_TIMEOUT_SECS",
+                &get("IMGSTREAM_CONNECT_TIMEOUT_SECS", "10"),
+                1,
+                600,
+            )?),
+        })
+    }
+}
+
+fn read_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    let iter = dotenvy::from_path_iter(path).map_err(|e| {
+        invalid(
+            "IMGSTREAM_ENV_FILE",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    iter.map(|item| {
+        item.map_err(|e| {
+            invalid(
+                "IMGSTREAM_ENV_FILE",
+                format!("{} is malformed: {e}", path.display()),
+            )
+        })
+    })
+    .collect()
+}
+
+fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
+    var: &'static str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let n: T = value
+        .replace('_', "")
+        .parse()
+        .map_err(|_| invalid(var, format!("{value:?} is not a number")))?;
+    if n < min || n > max {
+        return Err(invalid(var, format!("{n} is outside {min}..={max}")));
+    }
+    Ok(n)
+}
+
+fn check_topic_name(var: &'static str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            var,
+            format!("{name:?} is not a valid Kafka topic name (letters, digits, '.', '_', '-')"),
+        ))
+    }
+}
+
+fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-'))
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "MINIO_BUCKET_NAME",
+            format!("{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"),
+        ))
+    }
+}
+
+/// Accepts `postgres://`, `postgresql://` and the original demo's `postgresql+psycopg://` (any
+/// `postgresql+driver://`), since the driver suffix only meant something to SQLAlchemy.
+pub fn parse_database_url(raw: &str) -> Result<DatabaseUrl, ConfigError> {
+    const VAR: &str = "DATABASE_CONNECTION_STRING";
+    let example = "expected postgres://user:password@host:port/database";
+    let (scheme, rest) = raw
+        .split_once("://")
+        .ok_or_else(|| invalid(VAR, format!("not a URL; {example}")))?;
+    let base = scheme.split('+').next().unwrap_or_default();
+    if base != "postgres" && base != "postgresql" {
+        return Err(invalid(
+            VAR,
+            format!("scheme {scheme:?} is not PostgreSQL; {example}"),
+        ));
+    }
+    let url = Url::parse(&format!("postgres://{rest}"))
+        .map_err(|e| invalid(VAR, format!("{e}; {example}")))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(VAR, format!("no host; {example}")));
+    }
+    if url.path().trim_start_matches('/').is_empty() {
+        return Err(invalid(VAR, format!("no database name; {example}")));
+    }
+    Ok(DatabaseUrl(url))
+}
+
+/// Accepts the MinIO client's `host:port` form as well as a full `http(s)://host:port` URL.
+pub fn parse_endpoint(raw: &str) -> Result<String, ConfigError> {
+    const VAR: &str = "MINIO_CONNECTION_STRING";
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| {
+        invalid(
+            VAR,
+            format!("{raw:?} is not host:port or an http(s) URL: {e}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            VAR,
+            format!("{raw:?} is not host:port or an http(s) URL"),
+        ));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_point_at_the_local_stack() {
+        let s = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(s.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(s.kafka.data_topic, "images");
+        assert_eq!(s.kafka.dlq_topic, "images.dlq");
+        assert_eq!(s.store.endpoint, "http://127.0.0.1:9000");
+        assert_eq!(s.database_url.database_name(), "imgstream");
+        assert_eq!(s.registry_url, "http://127.0.0.1:8081/apis/ccompat/v7");
+    }
+
+    #[test]
+    fn the_original_sqlalchemy_url_form_is_accepted() {
+        let url = parse_database_url("postgresql+psycopg://u:secret@db.local:6543/pics").unwrap();
+        assert_eq!(url.expose(), "postgres://u:secret@db.local:6543/pics");
+        assert_eq!(url.database_name(), "pics");
+        assert!(parse_database_url("postgres://u:p@h/db").is_ok());
+        assert!(parse_database_url("postgresql://u:p@h/db").is_ok());
+    }
+
+    #[test]
+    fn a_bad_setting_is_reported_by_its_variable_name() {
+        let cases = [
+            ("DATABASE_CONNECTION_STRING", "mysql://u:p@h/db"),
+            ("DATABASE_CONNECTION_STRING", "postgres://u:p@h"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "localhost"),
+            ("KAFKA_AUTO_OFFSET_RESET", "sometimes"),
+            ("KAFKA_DATA_TOPIC", "bad topic!"),
+            ("MINIO_BUCKET_NAME", "Bad_Bucket"),
+            ("MINIO_CONNECTION_STRING", "ftp://x:21"),
+            ("KAFKA_TOPIC_PARTITIONS", "zero"),
+            ("SCHEMA_REGISTRY_URL", "nope"),
+        ];
+        for (var, value) in cases {
+            let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+            assert!(err.to_string().starts_with(var));
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_display() {
+        let s = Settings::from_vars(&vars(&[
+            ("DATABASE_CONNECTION_STRING", "postgres://u:hunter2@h:5432/db"),
+            ("MINIO_SECRET_KEY", "s3cr3t-key"),
+        ]))
+        .unwrap();
+        let shown = format!("{s:?} {}", s.database_url);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("s3cr3t-key"), "{shown}");
+    }
+
+    #[test]
+    fn minio_accepts_host_port_and_urls() {
+        assert_eq!(parse_endpoint("minio:9000").unwrap(), "http://minio:9000");
+        assert_eq!(
+            parse_endpoint("https://s3.example.com/").unwrap(),
+            "https://s3.example.com"
+        );
+    }
+
+    #[test]
+    fn topic_size_limit_leaves_room_for_the_envelope() {
+        let s = Settings::from_vars(&vars(&[("IMGSTREAM_MAX_IMAGE_BYTES", "1048576")])).unwrap();
+        assert!(s.limits.max_message_bytes() > 1_048_576);
+    }
+}

@@ -1,0 +1,211 @@
+//! The image record and what we know about it. No client library types live here.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use uuid::Uuid;
+
+/// The image encodings imgstream accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    pub const ALL: [ImageFormat; 3] = [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp];
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "image/png",
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Webp => "image/webp",
+        }
+    }
+
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.content_type().eq_ignore_ascii_case(content_type.trim()))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "png" => Some(ImageFormat::Png),
+            "jpeg" | "jpg" => Some(ImageFormat::Jpeg),
+            "webp" => Some(ImageFormat::Webp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One image as carried on the data topic.
+#[derive(Clone, PartialEq)]
+pub struct ImageRecord {
+    pub image_id: Uuid,
+    pub customer_id: String,
+    pub source_id: String,
+    pub created_at: DateTime<Utc>,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+    /// Lowercase hex SHA-256 of `data`, as declared by the producer.
+    pub sha256: String,
+    pub data: Bytes,
+}
+
+impl fmt::Debug for ImageRecord {
+    // The image bytes would drown any log line they appear in.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageRecord")
+            .field("image_id", &self.image_id)
+            .field("customer_id", &self.customer_id)
+            .field("source_id", &self.source_id)
+            .field("created_at", &self.created_at)
+            .field("content_type", &self.content_type)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("sha256", &self.sha256)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// Where a record was read from: the coordinates the commit protocol reasons about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// The object key of an image: a pure function of its identity and nothing else.
+///
+/// Why only the id: every other field (customer, time, format) could differ between two records that
+/// claim the same id. If any of them went into the key, such records would land on two keys and one
+/// would become an orphan; with the id alone they meet on one key, where the store's create-only
+/// write lets the first win and exposes the second as a conflict instead of replacing the image.
+/// The two-character fan-out keeps listings of a large bucket shallow.
+pub fn object_key(image_id: &Uuid) -> String {
+    let id = image_id.as_hyphenated().to_string();
+    format!("images/{}/{}", &id[..2], id)
+}
+
+/// Lowercase hex SHA-256 of some bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A stored image's index entry: what the `images` table holds for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub image_id: Uuid,
+    pub object_key: String,
+    pub bucket: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub width: i32,
+    pub height: i32,
+    pub content_type: String,
+    pub customer_id: String,
+    pub source_id: String,
+    pub created_at: DateTime<Utc>,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+impl IndexEntry {
+    pub fn new(record: &ImageRecord, origin: &Origin, bucket: &str) -> Self {
+        IndexEntry {
+            image_id: record.image_id,
+            object_key: object_key(&record.image_id),
+            bucket: bucket.to_string(),
+            sha256: record.sha256.clone(),
+            size_bytes: record.data.len() as i64,
+            width: record.width as i32,
+            height: record.height as i32,
+            content_type: record.content_type.clone(),
+            customer_id: record.customer_id.clone(),
+            source_id: record.source_id.clone(),
+            created_at: record.created_at,
+            kafka_topic: origin.topic.clone(),
+            kafka_partition: origin.partition,
+            kafka_offset: origin.offset,
+        }
+    }
+
+    /// Whether an existing row describes the same image. The Kafka coordinates are left out on
+    /// purpose: a replay of the same record from another offset (a producer retry before
+    /// idempotence, a re-publish) is the same image, not a conflict.
+    pub fn same_image_as(&self, other: &IndexEntry) -> bool {
+        self.image_id == other.image_id
+            && self.object_key == other.object_key
+            && self.bucket == other.bucket
+            && self.sha256 == other.sha256
+            && self.size_bytes == other.size_bytes
+            && self.width == other.width
+            && self.height == other.height
+            && self.content_type == other.content_type
+            && self.customer_id == other.customer_id
+            && self.source_id == other.source_id
+            && self.created_at == other.created_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_key_depends_only_on_the_image_id() {
+        let id = Uuid::parse_str("3f2a0c1e-8b7d-4c6e-9a51-0d2e4f6a8b9c").unwrap();
+        assert_eq!(
+            object_key(&id),
+            "images/3f/3f2a0c1e-8b7d-4c6e-9a51-0d2e4f6a8b9c"
+        );
+        assert_eq!(object_key(&id), object_key(&id));
+    }
+
+    #[test]
+    fn content_types_round_trip_case_insensitively() {
+        for f in ImageFormat::ALL {
+            assert_eq!(ImageFormat::from_content_type(f.content_type()), Some(f));
+            assert_eq!(
+                ImageFormat::from_content_type(&f.content_type().to_uppercase()),
+                Some(f)
+            );
+        }
+        assert_eq!(ImageFormat::from_content_type("text/plain"), None);
+    }
+
+    #[test]
+    fn sha256_hex_is_lowercase_hex_of_the_bytes() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

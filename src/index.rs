@@ -1,0 +1,344 @@
+//! The PostgreSQL index of stored images: migrations, the batched idempotent insert, and queries.
+
+use crate::config::DatabaseUrl;
+use crate::domain::IndexEntry;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Row, migrate::Migrator};
+use std::collections::HashMap;
+use std::time::Duration;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// The SQL migrations, compiled into the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Error)]
+pub enum IndexError {
+    #[error("PostgreSQL at {addr} is unreachable or failing ({detail}); is it running? (make stack-up)")]
+    Unavailable { addr: String, detail: String },
+    #[error("PostgreSQL at {addr} refused the login ({detail}); check DATABASE_CONNECTION_STRING")]
+    Denied { addr: String, detail: String },
+    #[error("database {database} does not exist on {addr}; create it or fix DATABASE_CONNECTION_STRING")]
+    NoDatabase { database: String, addr: String },
+    #[error("the images table is missing or outdated ({detail}); run `imgstream setup`")]
+    NotMigrated { detail: String },
+    #[error("PostgreSQL error: {0}")]
+    Other(String),
+}
+
+impl IndexError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IndexError::Unavailable { .. })
+    }
+}
+
+/// What inserting one entry found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// An identical row was already there: a replay.
+    AlreadyIndexed,
+    /// A row with this id describes a different image.
+    Conflict { existing: Box<IndexEntry> },
+}
+
+#[derive(Clone)]
+pub struct ImageIndex {
+    pool: PgPool,
+    addr: String,
+    database: String,
+}
+
+impl ImageIndex {
+    /// Connects lazily-checked: the first query proves the server is there.
+    pub async fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<Self, IndexError> {
+        let addr = url.host_port();
+        let database = url.database_name().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(timeout)
+            .connect(url.expose())
+            .await
+            .map_err(|e| classify(e, &addr, &database))?;
+        Ok(ImageIndex {
+            pool,
+            addr,
+            database,
+        })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn err(&self, e: sqlx::Error) -> IndexError {
+        classify(e, &self.addr, &self.database)
+    }
+
+    /// Applies pending migrations; a no-op when up to date.
+    pub async fn migrate(&self) -> Result<(), IndexError> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => self.err(e),
+            other => IndexError::Other(other.to_string()),
+        })
+    }
+
+    /// Migrations this binary carries that the database has not applied (by description).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, IndexError> {
+        let table_exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        let applied: Vec<i64> = if table_exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{:04}_{}", m.version, m.description))
+            .collect())
+    }
+
+    /// Inserts a batch in one statement. Existing rows are never changed: each entry comes back as
+    /// inserted, already indexed (identical), or in conflict with what is there.
+    pub async fn insert_batch(&self, entries: &[IndexEntry]) -> Result<Vec<InsertOutcome>, IndexError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                entries.iter().map(|e| e.$field.clone()).collect::<Vec<_>>()
+            };
+        }
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO images (image_id, object_key, bucket, sha256, size_bytes, width, height,
+                                 content_type, customer_id, source_id, created_at,
+                                 kafka_topic, kafka_partition, kafka_offset)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                  $6::int4[], $7::int4[], $8::text[], $9::text[], $10::text[],
+                                  $11::timestamptz[], $12::text[], $13::int4[], $14::int8[])
+             ON CONFLICT DO NOTHING
+             RETURNING image_id",
+        )
+        .bind(column!(image_id))
+        .bind(column!(object_key))
+        .bind(column!(bucket))
+        .bind(column!(sha256))
+        .bind(column!(size_bytes))
+        .bind(column!(width))
+        .bind(column!(height))
+        .bind(column!(content_type))
+        .bind(column!(customer_id))
+        .bind(column!(source_id))
+        .bind(column!(created_at))
+        .bind(column!(kafka_topic))
+        .bind(column!(kafka_partition))
+        .bind(column!(kafka_offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+
+        // Rows we did not insert already existed (or repeat an id within this batch): compare.
+        let mut inserted: HashMap<Uuid, usize> = inserted.into_iter().map(|id| (id, 1)).collect();
+        let skipped: Vec<Uuid> = entries
+            .iter()
+            .filter(|e| !inserted.contains_key(&e.image_id))
+            .map(|e| e.image_id)
+            .collect();
+        let existing = self.entries_by_id(&skipped).await?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let outcome = match inserted.get_mut(&entry.image_id) {
+                // The first entry with this id in the batch is the one that was inserted.
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    InsertOutcome::Inserted
+                }
+                _ => {
+                    let current = match existing.get(&entry.image_id) {
+                        Some(row) => row.clone(),
+                        None => entries
+                            .iter()
+                            .find(|e| e.image_id == entry.image_id)
+                            .cloned()
+                            .expect("entry is in its own batch"),
+                    };
+                    if current.same_image_as(entry) {
+                        InsertOutcome::AlreadyIndexed
+                    } else {
+                        InsertOutcome::Conflict {
+                            existing: Box::new(current),
+                        }
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    pub async fn entries_by_id(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, IndexEntry>, IndexError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(&format!("{SELECT_ENTRY} WHERE image_id = ANY($1)"))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| entry_from_row(&r).map(|e| (e.image_id, e)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every row, for auditing. Ordered by key so audits read predictably.
+    pub async fn all_entries(&self) -> Result<Vec<IndexEntry>, IndexError> {
+        let rows = sqlx::query(&format!("{SELECT_ENTRY} ORDER BY object_key"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(entry_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub async fn count(&self) -> Result<i64, IndexError> {
+        sqlx::query_scalar("SELECT count(*) FROM images")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    pub async fn total_bytes(&self) -> Result<i64, IndexError> {
+        sqlx::query_scalar("SELECT coalesce(sum(size_bytes), 0)::int8 FROM images")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Per partition of `topic`: the highest offset indexed and the number of rows.
+    pub async fn partition_positions(&self, topic: &str) -> Result<HashMap<i32, (i64, i64)>, IndexError> {
+        let rows = sqlx::query(
+            "SELECT kafka_partition, max(kafka_offset), count(*) FROM images
+             WHERE kafka_topic = $1 GROUP BY kafka_partition",
+        )
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Latency of stored images: produce time to index time, per row (for benchmarks).
+    pub async fn latencies_since(&self, since: DateTime<Utc>) -> Result<Vec<f64>, IndexError> {
+        sqlx::query_scalar(
+            "SELECT extract(epoch FROM stored_at - created_at)::float8 FROM images
+             WHERE created_at >= $1 ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    pub async fn delete_entry(&self, image_id: Uuid) -> Result<bool, IndexError> {
+        let done = sqlx::query("DELETE FROM images WHERE image_id = $1")
+            .bind(image_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const SELECT_ENTRY: &str = "SELECT image_id, object_key, bucket, sha256, size_bytes, width, height,
+    content_type, customer_id, source_id, created_at, kafka_topic, kafka_partition, kafka_offset
+    FROM images";
+
+fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<IndexEntry, sqlx::Error> {
+    Ok(IndexEntry {
+        image_id: r.try_get("image_id")?,
+        object_key: r.try_get("object_key")?,
+        bucket: r.try_get("bucket")?,
+        sha256: r.try_get::<String, _>("sha256")?.trim().to_string(),
+        size_bytes: r.try_get("size_bytes")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        content_type: r.try_get("content_type")?,
+        customer_id: r.try_get("customer_id")?,
+        source_id: r.try_get("source_id")?,
+        created_at: r.try_get("created_at")?,
+        kafka_topic: r.try_get("kafka_topic")?,
+        kafka_partition: r.try_get("kafka_partition")?,
+        kafka_offset: r.try_get("kafka_offset")?,
+    })
+}
+
+/// The single place where a PostgreSQL failure is judged transient or not.
+fn classify(e: sqlx::Error, addr: &str, database: &str) -> IndexError {
+    let detail = e.to_string().replace('\n', " ");
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => IndexError::Unavailable {
+            addr: addr.to_string(),
+            detail,
+        },
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            match code.as_str() {
+                "3D000" => IndexError::NoDatabase {
+                    database: database.to_string(),
+                    addr: addr.to_string(),
+                },
+                "42P01" | "42703" => IndexError::NotMigrated { detail },
+                c if c.starts_with("28") => IndexError::Denied {
+                    addr: addr.to_string(),
+                    detail,
+                },
+                // Connection failures, shutdown in progress, too many clients, out of resources,
+                // serialization failures and deadlocks all pass with time.
+                c if c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || c == "40001"
+                    || c == "40P01" =>
+                {
+                    IndexError::Unavailable {
+                        addr: addr.to_string(),
+                        detail,
+                    }
+                }
+                _ => IndexError::Other(detail),
+            }
+        }
+        _ => IndexError::Other(detail),
+    }
+}

@@ -1,0 +1,86 @@
+//! Kafka: every librdkafka setting lives in this module. Producer, consumer, admin (topics) and
+//! the dead-letter writer are built from the same base configuration.
+
+pub mod admin;
+pub mod consumer;
+pub mod dlq;
+pub mod producer;
+
+use crate::config::{KafkaSettings, Settings};
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("Kafka at {bootstrap} is unreachable ({detail}); is it running? (make stack-up)")]
+    Unreachable { bootstrap: String, detail: String },
+    #[error("topic {topic} does not exist; run `imgstream setup`")]
+    MissingTopic { topic: String },
+    #[error("Kafka refused: {0}")]
+    Refused(String),
+    #[error("Kafka error: {0}")]
+    Other(String),
+}
+
+impl BrokerError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BrokerError::Unreachable { .. })
+    }
+
+    /// The single place where a librdkafka error is judged.
+    pub fn from_kafka(e: &KafkaError, bootstrap: &str) -> BrokerError {
+        let code = e.rdkafka_error_code();
+        let detail = e.to_string();
+        use RDKafkaErrorCode as C;
+        match code {
+            Some(
+                C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorLoadInProgress
+                | C::BrokerNotAvailable
+                | C::Resolve
+                | C::QueueFull
+                | C::MessageTimedOut,
+            ) => BrokerError::Unreachable {
+                bootstrap: bootstrap.to_string(),
+                detail,
+            },
+            Some(C::UnknownTopicOrPartition | C::UnknownTopic) => BrokerError::Other(detail),
+            Some(C::MessageSizeTooLarge | C::InvalidRecord | C::TopicAuthorizationFailed) => {
+                BrokerError::Refused(detail)
+            }
+            _ => BrokerError::Other(detail),
+        }
+    }
+}
+
+/// Settings every client shares.
+pub fn base_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", client_id)
+        // Fail fast and clearly when the broker is not there, instead of librdkafka's silent retries.
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .set("log_level", "4");
+    config
+}
+
+/// librdkafka logs connection failures on its own threads; we report them ourselves, once.
+pub fn quiet(config: &mut ClientConfig) -> &mut ClientConfig {
+    config.set("log.connection.close", "false")
+}
+
+pub fn bootstrap(settings: &Settings) -> &str {
+    &settings.kafka.bootstrap_servers
+}

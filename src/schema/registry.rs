@@ -1,0 +1,283 @@
+//! A client for the Confluent-compatible schema registry API (served here by Apicurio's ccompat).
+
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Duration;
+use thiserror::Error;
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("schema registry at {url} is unreachable ({detail}); is it running? (make stack-up)")]
+    Unreachable { url: String, detail: String },
+    #[error("schema registry has no {what}")]
+    NotFound { what: String },
+    #[error("schema registry refused the schema for {subject} as incompatible: {reason}")]
+    Incompatible { subject: String, reason: String },
+    #[error("schema registry answered HTTP {status} to {request}: {body}")]
+    Http {
+        request: String,
+        status: u16,
+        body: String,
+    },
+}
+
+impl RegistryError {
+    /// Outages and server errors pass; a missing schema or a refusal does not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Unreachable { .. } => true,
+            RegistryError::Http { status, .. } => *status >= 500 || *status == 429,
+            RegistryError::NotFound { .. } | RegistryError::Incompatible { .. } => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RegistryClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredSchema {
+    pub id: u32,
+    pub version: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compatibility {
+    pub is_compatible: bool,
+    pub messages: Vec<String>,
+}
+
+impl RegistryClient {
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, RegistryError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout * 3)
+            .build()
+            .map_err(|e| RegistryError::Unreachable {
+                url: base_url.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(RegistryClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Registers `schema` under `subject` (or finds it there) and returns its global id.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: u32,
+        }
+        let url = format!("{}/subjects/{}/versions", self.base, enc(subject));
+        let resp = self
+            .send(self.http.post(&url).json(&json!({ "schema": schema })), &url)
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(parse::<Id>(resp, &url).await?.id),
+            409 | 422 => Err(RegistryError::Incompatible {
+                subject: subject.to_string(),
+                reason: error_message(resp).await,
+            }),
+            _ => Err(http_error(resp, &url).await),
+        }
+    }
+
+    /// The id and version of `schema` under `subject`, if it is registered there.
+    pub async fn lookup(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Option<RegisteredSchema>, RegistryError> {
+        #[derive(Deserialize)]
+        struct Found {
+            id: u32,
+            version: Option<i32>,
+        }
+        let url = format!("{}/subjects/{}", self.base, enc(subject));
+        let resp = self
+            .send(self.http.post(&url).json(&json!({ "schema": schema })), &url)
+            .await?;
+        match resp.status().as_u16() {
+            200 => {
+                let found: Found = parse(resp, &url).await?;
+                Ok(Some(RegisteredSchema {
+                    id: found.id,
+                    version: found.version,
+                }))
+            }
+            404 => Ok(None),
+            _ => Err(http_error(resp, &url).await),
+        }
+    }
+
+    /// The schema text registered under a global id.
+    pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+        #[derive(Deserialize)]
+        struct Schema {
+            schema: String,
+        }
+        let url = format!("{}/schemas/ids/{id}", self.base);
+        let resp = self.send(self.http.get(&url), &url).await?;
+        match resp.status().as_u16() {
+            200 => Ok(parse::<Schema>(resp, &url).await?.schema),
+            404 => Err(RegistryError::NotFound {
+                what: format!("schema with id {id}"),
+            }),
+            _ => Err(http_error(resp, &url).await),
+        }
+    }
+
+    /// The subject's own compatibility level, if one is set.
+    pub async fn compatibility_level(&self, subject: &str) -> Result<Option<String>, RegistryError> {
+        let url = format!("{}/config/{}", self.base, enc(subject));
+        let resp = self.send(self.http.get(&url), &url).await?;
+        match resp.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = parse(resp, &url).await?;
+                Ok(v.get("compatibilityLevel")
+                    .or_else(|| v.get("compatibility"))
+                    .and_then(|l| l.as_str())
+                    .map(str::to_string))
+            }
+            404 => Ok(None),
+            _ => Err(http_error(resp, &url).await),
+        }
+    }
+
+    pub async fn set_compatibility_level(
+        &self,
+        subject: &str,
+        level: &str,
+    ) -> Result<(), RegistryError> {
+        let url = format!("{}/config/{}", self.base, enc(subject));
+        let resp = self
+            .send(
+                self.http.put(&url).json(&json!({ "compatibility": level })),
+                &url,
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(http_error(resp, &url).await)
+        }
+    }
+
+    /// Asks whether `schema` may follow the latest version of `subject`.
+    pub async fn check_compatibility(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Compatibility, RegistryError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            is_compatible: bool,
+            #[serde(default)]
+            messages: Vec<serde_json::Value>,
+        }
+        let url = format!(
+            "{}/compatibility/subjects/{}/versions/latest?verbose=true",
+            self.base,
+            enc(subject)
+        );
+        let resp = self
+            .send(self.http.post(&url).json(&json!({ "schema": schema })), &url)
+            .await?;
+        match resp.status().as_u16() {
+            200 => {
+                let a: Answer = parse(resp, &url).await?;
+                Ok(Compatibility {
+                    is_compatible: a.is_compatible,
+                    messages: a
+                        .messages
+                        .into_iter()
+                        .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+                        .collect(),
+                })
+            }
+            404 => Err(RegistryError::NotFound {
+                what: format!("subject {subject}"),
+            }),
+            _ => Err(http_error(resp, &url).await),
+        }
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        req.header(reqwest::header::ACCEPT, CONTENT_TYPE)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unreachable {
+                url: url.to_string(),
+                detail: root_cause(&e),
+            })
+    }
+}
+
+fn enc(subject: &str) -> String {
+    url::form_urlencoded::byte_serialize(subject.as_bytes()).collect()
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+async fn parse<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    url: &str,
+) -> Result<T, RegistryError> {
+    let status = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| RegistryError::Unreachable {
+        url: url.to_string(),
+        detail: root_cause(&e),
+    })?;
+    serde_json::from_str(&body).map_err(|e| RegistryError::Http {
+        request: url.to_string(),
+        status,
+        body: format!("unexpected body ({e}): {}", truncate(&body)),
+    })
+}
+
+async fn error_message(resp: reqwest::Response) -> String {
+    let body = resp.text().await.unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| truncate(&body))
+}
+
+async fn http_error(resp: reqwest::Response, url: &str) -> RegistryError {
+    let status = resp.status().as_u16();
+    RegistryError::Http {
+        request: url.to_string(),
+        status,
+        body: error_message(resp).await,
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let s = s.trim();
+    if s.len() > 300 {
+        format!("{}…", &s[..s.floor_char_boundary(300)])
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,310 @@
+//! Checks a decoded record before anything is stored. Cheap on purpose: the image header is parsed
+//! for its dimensions, the pixels are never decoded.
+
+use crate::domain::{ImageFormat, ImageRecord, sha256_hex};
+use std::io::Cursor;
+use thiserror::Error;
+
+/// Limits a record must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted width × height; a guard against decompression bombs.
+    pub max_pixels: u64,
+    /// Largest accepted encoded image.
+    pub max_image_bytes: usize,
+}
+
+/// Why a record is refused. Every variant is permanent: retrying cannot change the bytes.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    #[error("content type {0:?} is not one of image/png, image/jpeg, image/webp")]
+    UnsupportedContentType(String),
+    #[error("empty image payload")]
+    Empty,
+    #[error("image is {size} bytes, above the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("declared {width}x{height} is {pixels} pixels, above the limit of {limit}")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    #[error("declared dimensions {width}x{height} must both be positive")]
+    ZeroDimension { width: u32, height: u32 },
+    #[error("bytes are not a {declared} image (signature: {found})")]
+    SignatureMismatch { declared: ImageFormat, found: String },
+    #[error("{format} header could not be parsed: {detail}")]
+    UnreadableHeader { format: ImageFormat, detail: String },
+    #[error(
+        "header says {actual_width}x{actual_height}, record declares {declared_width}x{declared_height}"
+    )]
+    DimensionMismatch {
+        declared_width: u32,
+        declared_height: u32,
+        actual_width: u32,
+        actual_height: u32,
+    },
+    #[error("sha256 mismatch: declared {declared}, computed {actual}")]
+    ChecksumMismatch { declared: String, actual: String },
+    #[error("{field} is empty")]
+    MissingField { field: &'static str },
+}
+
+impl Invalid {
+    /// A short stable code for the dead-letter headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Invalid::UnsupportedContentType(_) => "unsupported-content-type",
+            Invalid::Empty => "empty-image",
+            Invalid::TooLarge { .. } => "image-too-large",
+            Invalid::TooManyPixels { .. } => "too-many-pixels",
+            Invalid::ZeroDimension { .. } => "zero-dimension",
+            Invalid::SignatureMismatch { .. } => "signature-mismatch",
+            Invalid::UnreadableHeader { .. } => "unreadable-header",
+            Invalid::DimensionMismatch { .. } => "dimension-mismatch",
+            Invalid::ChecksumMismatch { .. } => "checksum-mismatch",
+            Invalid::MissingField { .. } => "missing-field",
+        }
+    }
+}
+
+/// Accepts a record only if it can be stored and served as what it claims to be.
+pub fn validate(record: &ImageRecord, limits: &Limits) -> Result<ImageFormat, Invalid> {
+    if record.customer_id.trim().is_empty() {
+        return Err(Invalid::MissingField {
+            field: "customer_id",
+        });
+    }
+    if record.source_id.trim().is_empty() {
+        return Err(Invalid::MissingField { field: "source_id" });
+    }
+    let declared = ImageFormat::from_content_type(&record.content_type)
+        .ok_or_else(|| Invalid::UnsupportedContentType(record.content_type.clone()))?;
+    let data = &record.data[..];
+    if data.is_empty() {
+        return Err(Invalid::Empty);
+    }
+    if data.len() > limits.max_image_bytes {
+        return Err(Invalid::TooLarge {
+            size: data.len(),
+            limit: limits.max_image_bytes,
+        });
+    }
+    // Declared dimensions are checked before the header is touched, so a bomb is refused unread.
+    check_dimensions(record.width, record.height, limits)?;
+
+    let found = sniff(data);
+    if found != Some(declared) {
+        return Err(Invalid::SignatureMismatch {
+            declared,
+            found: found.map_or_else(|| describe_unknown(data), |f| f.to_string()),
+        });
+    }
+    let (actual_width, actual_height) = header_dimensions(data, declared)?;
+    if (actual_width, actual_height) != (record.width, record.height) {
+        return Err(Invalid::DimensionMismatch {
+            declared_width: record.width,
+            declared_height: record.height,
+            actual_width,
+            actual_height,
+        });
+    }
+    let actual = sha256_hex(data);
+    if !actual.eq_ignore_ascii_case(record.sha256.trim()) {
+        return Err(Invalid::ChecksumMismatch {
+            declared: record.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(declared)
+}
+
+fn check_dimensions(width: u32, height: u32, limits: &Limits) -> Result<(), Invalid> {
+    if width == 0 || height == 0 {
+        return Err(Invalid::ZeroDimension { width, height });
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(Invalid::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// The format named by the file signature (magic bytes), if it is one we accept.
+pub fn sniff(data: &[u8]) -> Option<ImageFormat> {
+    match image::guess_format(data).ok()? {
+        image::ImageFormat::Png => Some(ImageFormat::Png),
+        image::ImageFormat::Jpeg => Some(ImageFormat::Jpeg),
+        image::ImageFormat::WebP => Some(ImageFormat::Webp),
+        _ => None,
+    }
+}
+
+fn describe_unknown(data: &[u8]) -> String {
+    match image::guess_format(data) {
+        Ok(other) => format!("{other:?}"),
+        Err(_) => format!(
+            "unknown, starts with {}",
+            hex::encode(&data[..data.len().min(8)])
+        ),
+    }
+}
+
+/// Width and height from the image header alone.
+fn header_dimensions(data: &[u8], format: ImageFormat) -> Result<(u32, u32), Invalid> {
+    let image_format = match format {
+        ImageFormat::Png => image::ImageFormat::Png,
+        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        ImageFormat::Webp => image::ImageFormat::WebP,
+    };
+    image::ImageReader::with_format(Cursor::new(data), image_format)
+        .into_dimensions()
+        .map_err(|e| Invalid::UnreadableHeader {
+            format,
+            detail: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{ImageSpec, render};
+    use bytes::Bytes;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    const LIMITS: Limits = Limits {
+        max_pixels: 40_000_000,
+        max_image_bytes: 8 << 20,
+    };
+
+    fn record_with(format: ImageFormat, width: u32, height: u32) -> ImageRecord {
+        let data = render(
+            &ImageSpec {
+                width,
+                height,
+                format,
+            },
+            7,
+        )
+        .expect("render");
+        ImageRecord {
+            image_id: Uuid::new_v4(),
+            customer_id: "c1".into(),
+            source_id: "cam-1".into(),
+            created_at: Utc::now(),
+            content_type: format.content_type().into(),
+            width,
+            height,
+            sha256: sha256_hex(&data),
+            data: Bytes::from(data),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_image_of_each_format_is_accepted() {
+        for format in ImageFormat::ALL {
+            let record = record_with(format, 64, 48);
+            assert_eq!(validate(&record, &LIMITS), Ok(format), "{format}");
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_an_image_are_refused_by_signature() {
+        let mut record = record_with(ImageFormat::Png, 16, 16);
+        record.data = Bytes::from_static(b"hello, I am plain text");
+        record.sha256 = sha256_hex(&record.data);
+        assert!(matches!(
+            validate(&record, &LIMITS),
+            Err(Invalid::SignatureMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_content_type_that_lies_about_the_bytes_is_refused() {
+        let mut record = record_with(ImageFormat::Jpeg, 16, 16);
+        record.content_type = "image/png".into();
+        let err = validate(&record, &LIMITS).unwrap_err();
+        assert_eq!(err.code(), "signature-mismatch");
+        assert!(err.to_string().contains("Jpeg") || err.to_string().contains("jpeg"));
+    }
+
+    #[test]
+    fn declared_dimensions_must_match_the_header() {
+        let mut record = record_with(ImageFormat::Png, 32, 20);
+        record.width = 33;
+        assert_eq!(
+            validate(&record, &LIMITS),
+            Err(Invalid::DimensionMismatch {
+                declared_width: 33,
+                declared_height: 20,
+                actual_width: 32,
+                actual_height: 20
+            })
+        );
+    }
+
+    #[test]
+    fn huge_declared_dimensions_are_refused_before_parsing() {
+        let mut record = record_with(ImageFormat::Png, 16, 16);
+        record.width = 100_000;
+        record.height = 100_000;
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "too-many-pixels"
+        );
+    }
+
+    #[test]
+    fn a_wrong_checksum_is_refused() {
+        let mut record = record_with(ImageFormat::Webp, 16, 16);
+        record.sha256 = sha256_hex(b"something else");
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "checksum-mismatch"
+        );
+    }
+
+    #[test]
+    fn a_truncated_header_is_refused() {
+        let mut record = record_with(ImageFormat::Png, 16, 16);
+        record.data = record.data.slice(..12);
+        record.sha256 = sha256_hex(&record.data);
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "unreadable-header"
+        );
+    }
+
+    #[test]
+    fn unsupported_content_types_and_empty_fields_are_refused() {
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.content_type = "image/gif".into();
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "unsupported-content-type"
+        );
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.customer_id = " ".into();
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "missing-field"
+        );
+    }
+
+    #[test]
+    fn an_image_above_the_byte_limit_is_refused() {
+        let record = record_with(ImageFormat::Png, 64, 64);
+        let small = Limits {
+            max_image_bytes: 100,
+            ..LIMITS
+        };
+        assert_eq!(validate(&record, &small).unwrap_err().code(), "image-too-large");
+    }
+}
