@@ -17,7 +17,8 @@ SOCK="$PGROOT/run" # unix socket here, not /var/run/postgresql (may not exist or
 LOG="$PGROOT/log/postgres.log"
 
 # Debian installs binaries per major version; take the newest installed one.
-pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+pgbin() { find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -1; }
+pgversion() { "$BIN/postgres" --version | awk '{print $3}'; } # "postgres (PostgreSQL) 15.18 (Debian ...)"
 as_pg() { (cd / && runuser -u postgres -- "$@"); } # postgres refuses to run as root
 running() { [[ -f "$DATA/PG_VERSION" ]] && as_pg "$BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1; }
 
@@ -40,6 +41,7 @@ install() {
 # The postgres OS user needs to reach and own its data dir; the repo is owned by root.
 prepare_dirs() {
   mkdir -p "$DATA" "$SOCK" "$(dirname "$LOG")"
+  touch "$LOG"
   chown -R postgres:postgres "$PGROOT"
   chmod 700 "$DATA"
   local d="$STACK_DIR"
@@ -86,19 +88,22 @@ start() {
   fi
   prepare_dirs
   init_cluster
-  say "starting PostgreSQL $("$BIN/postgres" --version | awk '{print $NF}') on 127.0.0.1:$PORT; log: $LOG"
-  as_pg "$BIN/pg_ctl" start -D "$DATA" -l "$LOG" -W \
-    -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$SOCK" >/dev/null \
-    || die "pg_ctl start failed; see $LOG"
-  wait_until "$STACK_TIMEOUT" "$LOG" "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" \
-    || die "PostgreSQL did not accept connections within ${STACK_TIMEOUT}s"
+  say "starting PostgreSQL $(pgversion) on 127.0.0.1:$PORT; log: $LOG"
+  # pg_ctl -w waits for readiness and, unlike polling, notices at once if the server dies.
+  if ! as_pg "$BIN/pg_ctl" start -D "$DATA" -l "$LOG" -w -t "$STACK_TIMEOUT" \
+    -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$SOCK" >/dev/null; then
+    say "last lines of $LOG:"; tail -n 30 "$LOG" >&2
+    die "PostgreSQL did not start within ${STACK_TIMEOUT}s"
+  fi
+  wait_until 30 "$LOG" "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" \
+    || die "PostgreSQL runs but does not accept TCP connections on 127.0.0.1:$PORT"
   bootstrap_sql || die "creating role/databases failed"
   say "up: postgresql://imgstream:imgstream@127.0.0.1:$PORT/imgstream"
 }
 
 stop() {
   BIN="$(pgbin)"
-  [[ -n "$BIN" ]] && running || { say "not running"; return 0; }
+  if [[ -z "$BIN" ]] || ! running; then say "not running"; return 0; fi
   say "stopping"
   as_pg "$BIN/pg_ctl" stop -D "$DATA" -m fast -w -t 60 >/dev/null || die "pg_ctl stop failed; see $LOG"
   say "stopped"
@@ -107,7 +112,7 @@ stop() {
 status() {
   BIN="$(pgbin)"
   local ver=unknown
-  [[ -n "$BIN" ]] && ver="$("$BIN/postgres" --version | awk '{print $NF}')"
+  [[ -n "$BIN" ]] && ver="$(pgversion)"
   if [[ -n "$BIN" ]] && running && "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
     printf 'postgres  up  %s  127.0.0.1:%s\n' "$ver" "$PORT"
   else
