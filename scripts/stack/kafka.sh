@@ -131,10 +131,11 @@ start() {
   say "up: $N node(s) at $(bootstrap "$N")"
 }
 
-all_up() { # NODES: every node's process alive and broker port open
-  local i
+all_up() { # NODES: every node's process alive, started, and its broker port open
+  local i dir
   for i in $(seq 1 "$1"); do
-    pid_alive "$(cluster_dir "$1")/node$i/kafka.pid" && port_open "$(broker_port "$i")" || return 1
+    dir="$(cluster_dir "$1")/node$i"
+    pid_alive "$dir/kafka.pid" && node_started "$i" "$dir/kafka.log" || return 1
   done
 }
 

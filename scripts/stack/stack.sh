@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# The whole local stack: postgres, minio, kafka, registry (registry uses postgres).
+# Usage: stack.sh up|down|status
+#   up      start each service in order; stops at the first failure, naming it (exit 1)
+#   down    stop in reverse order (keeps going if one fails, exit 1 if any did)
+#   status  one line per service; exit 1 if any is down
+set -euo pipefail
+SERVICE=stack
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+HERE="$REPO_ROOT/scripts/stack"
+SERVICES=(postgres minio kafka)
+# registry.sh is maintained separately; include it only once it exists.
+[[ -f "$HERE/registry.sh" ]] && SERVICES+=(registry)
+
+case "${1:-}" in
+  up)
+    for s in "${SERVICES[@]}"; do
+      bash "$HERE/$s.sh" start || die "$s failed to start (see above); services before it are still running"
+    done
+    for s in "${SERVICES[@]}"; do bash "$HERE/$s.sh" status || true; done
+    ;;
+  down)
+    rc=0
+    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+      bash "$HERE/${SERVICES[i]}.sh" stop || { say "stopping ${SERVICES[i]} failed"; rc=1; }
+    done
+    exit "$rc"
+    ;;
+  status)
+    rc=0
+    for s in "${SERVICES[@]}"; do bash "$HERE/$s.sh" status || rc=1; done
+    exit "$rc"
+    ;;
+  *) die "usage: stack.sh up|down|status" ;;
+esac
