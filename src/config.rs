@@ -202,7 +202,12 @@ impl Settings {
             auto_offset_reset,
             data_topic,
             dlq_topic,
-            partitions: parse_number("KAFKA_TOPIC_PARTITIONS", &get("KAFKA_TOPIC_PARTITIONS", "6"), 1, 10_000)?,
+            partitions: parse_number(
+                "KAFKA_TOPIC_PARTITIONS",
+                &get("KAFKA_TOPIC_PARTITIONS", "6"),
+                1,
+                10_000,
+            )?,
             replication_factor: parse_number(
                 "KAFKA_REPLICATION_FACTOR",
                 &get("KAFKA_REPLICATION_FACTOR", "1"),
@@ -337,7 +342,9 @@ fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
     } else {
         Err(invalid(
             "MINIO_BUCKET_NAME",
-            format!("{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"),
+            format!(
+                "{name:?} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
+            ),
         ))
     }
 }
@@ -445,7 +452,10 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_debug_or_display() {
         let s = Settings::from_vars(&vars(&[
-            ("DATABASE_CONNECTION_STRING", "postgres://u:hunter2@h:5432/db"),
+            (
+                "DATABASE_CONNECTION_STRING",
+                "postgres://u:hunter2@h:5432/db",
+            ),
             ("MINIO_SECRET_KEY", "s3cr3t-key"),
         ]))
         .unwrap();

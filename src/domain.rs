@@ -110,8 +110,11 @@ impl fmt::Display for Origin {
 /// The two-character fan-out keeps listings of a large bucket shallow.
 pub fn object_key(image_id: &Uuid) -> String {
     let id = image_id.as_hyphenated().to_string();
-    format!("images/{}/{}", &id[..2], id)
+    format!("{OBJECT_PREFIX}{}/{}", &id[..2], id)
 }
+
+/// Every image object lives under this prefix; anything else in the bucket is not ours to audit.
+pub const OBJECT_PREFIX: &str = "images/";
 
 /// Lowercase hex SHA-256 of some bytes.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -51,7 +51,8 @@ pub fn draw_rgb(width: u32, height: u32, seed: u64) -> Vec<u8> {
     let angle: f32 = rng.gen_range(0.0..std::f32::consts::TAU);
     let (dx, dy) = (angle.cos(), angle.sin());
     let span = (w as f32 * dx.abs() + h as f32 * dy.abs()).max(1.0);
-    let origin = (if dx < 0.0 { w as f32 } else { 0.0 }) * dx + (if dy < 0.0 { h as f32 } else { 0.0 }) * dy;
+    let origin =
+        (if dx < 0.0 { w as f32 } else { 0.0 }) * dx + (if dy < 0.0 { h as f32 } else { 0.0 }) * dy;
     // Texture: two separable waves, precomputed per row and per column to keep the inner loop cheap.
     let (fx, fy) = (rng.gen_range(0.02..0.2f32), rng.gen_range(0.02..0.2f32));
     let (px, py) = (rng.gen_range(0.0..6.3f32), rng.gen_range(0.0..6.3f32));
@@ -130,8 +131,10 @@ pub fn encode(pixels: &[u8], spec: &ImageSpec) -> Result<Vec<u8>, GenerateError>
     let (w, h) = (spec.width, spec.height);
     let result = match spec.format {
         // Fast deflate with adaptive filtering: ~the ratio of default settings at a fraction of the time.
-        ImageFormat::Png => PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-            .write_image(pixels, w, h, ExtendedColorType::Rgb8),
+        ImageFormat::Png => {
+            PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+                .write_image(pixels, w, h, ExtendedColorType::Rgb8)
+        }
         ImageFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).write_image(
             pixels,
             w,
@@ -192,7 +195,10 @@ mod tests {
             let png = render(&spec, seed).unwrap().len();
             // Pure noise does not compress (ratio ~1); a blank frame compresses ~100x or more.
             let ratio = raw as f64 / png as f64;
-            assert!((1.3..30.0).contains(&ratio), "seed {seed}: ratio {ratio:.2}");
+            assert!(
+                (1.3..30.0).contains(&ratio),
+                "seed {seed}: ratio {ratio:.2}"
+            );
         }
     }
 }

@@ -15,11 +15,15 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, Error)]
 pub enum IndexError {
-    #[error("PostgreSQL at {addr} is unreachable or failing ({detail}); is it running? (make stack-up)")]
+    #[error(
+        "PostgreSQL at {addr} is unreachable or failing ({detail}); is it running? (make stack-up)"
+    )]
     Unavailable { addr: String, detail: String },
     #[error("PostgreSQL at {addr} refused the login ({detail}); check DATABASE_CONNECTION_STRING")]
     Denied { addr: String, detail: String },
-    #[error("database {database} does not exist on {addr}; create it or fix DATABASE_CONNECTION_STRING")]
+    #[error(
+        "database {database} does not exist on {addr}; create it or fix DATABASE_CONNECTION_STRING"
+    )]
     NoDatabase { database: String, addr: String },
     #[error("the images table is missing or outdated ({detail}); run `imgstream setup`")]
     NotMigrated { detail: String },
@@ -40,7 +44,9 @@ pub enum InsertOutcome {
     /// An identical row was already there: a replay.
     AlreadyIndexed,
     /// A row with this id describes a different image.
-    Conflict { existing: Box<IndexEntry> },
+    Conflict {
+        existing: Box<IndexEntry>,
+    },
 }
 
 #[derive(Clone)]
@@ -112,7 +118,10 @@ impl ImageIndex {
 
     /// Inserts a batch in one statement. Existing rows are never changed: each entry comes back as
     /// inserted, already indexed (identical), or in conflict with what is there.
-    pub async fn insert_batch(&self, entries: &[IndexEntry]) -> Result<Vec<InsertOutcome>, IndexError> {
+    pub async fn insert_batch(
+        &self,
+        entries: &[IndexEntry],
+    ) -> Result<Vec<InsertOutcome>, IndexError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -188,7 +197,10 @@ impl ImageIndex {
         Ok(outcomes)
     }
 
-    pub async fn entries_by_id(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, IndexEntry>, IndexError> {
+    pub async fn entries_by_id(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, IndexEntry>, IndexError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -230,7 +242,10 @@ impl ImageIndex {
     }
 
     /// Per partition of `topic`: the highest offset indexed and the number of rows.
-    pub async fn partition_positions(&self, topic: &str) -> Result<HashMap<i32, (i64, i64)>, IndexError> {
+    pub async fn partition_positions(
+        &self,
+        topic: &str,
+    ) -> Result<HashMap<i32, (i64, i64)>, IndexError> {
         let rows = sqlx::query(
             "SELECT kafka_partition, max(kafka_offset), count(*) FROM images
              WHERE kafka_topic = $1 GROUP BY kafka_partition",

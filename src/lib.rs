@@ -16,15 +16,18 @@
 //!   (`imgstream status`).
 //! - [`config`] reads settings once; [`domain`] holds the record types, free of client libraries.
 
-
+pub mod audit;
 pub mod config;
 pub mod domain;
 pub mod generate;
 pub mod index;
 pub mod kafka;
 
-
 pub mod schema;
+pub mod setup;
 
+pub mod pipeline;
+pub mod produce;
+pub mod shutdown;
 pub mod store;
 pub mod validate;

@@ -1,1 +1,479 @@
-fn main() {}
+//! The `imgstream` command line: parse, load settings, call the library, print. Every failure
+//! ends as one line on stderr and a non-zero exit code.
+
+use clap::{Args, Parser, Subcommand};
+use imgstream::audit::{self, Checksums};
+use imgstream::config::Settings;
+use imgstream::domain::ImageFormat;
+use imgstream::index::ImageIndex;
+use imgstream::kafka::consumer::{FetchSettings, group_consumer};
+use imgstream::kafka::dlq::DeadLetterWriter;
+use imgstream::pipeline::{self, Pipeline, PipelineOptions, Sinks};
+use imgstream::produce::{self, ProduceOptions};
+use imgstream::schema::{IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient};
+use imgstream::setup;
+use imgstream::shutdown::Shutdown;
+use imgstream::store::ImageStore;
+use imgstream::validate::Limits;
+use rdkafka::consumer::Consumer;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "imgstream",
+    version,
+    about = "Streams images from Kafka into object storage with a PostgreSQL index"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create everything the pipeline needs: index migrations, topics, bucket, registered schema
+    Setup {
+        /// Change nothing; exit non-zero listing what is missing or different
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        schema: SchemaArg,
+    },
+    /// Generate realistic images and send them to the data topic
+    Produce(ProduceArgs),
+    /// Store every record of the data topic as an object plus an index row
+    Consume(ConsumeArgs),
+    /// Per-partition lag, index rows, bucket objects and dead-letter depth
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit the bucket against the index
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct SchemaArg {
+    /// Avro value schema to register (default: the schema compiled in from schema/image-record.avsc)
+    #[arg(long, value_name = "PATH")]
+    schema_file: Option<PathBuf>,
+}
+
+impl SchemaArg {
+    fn load(&self) -> Result<String, String> {
+        match &self.schema_file {
+            None => Ok(IMAGE_RECORD_SCHEMA.to_string()),
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read schema file {}: {e}", p.display())),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Number of images to send
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Send for this long instead (e.g. 30s, 5m)
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Images per second; 0 = as fast as possible
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Width in pixels, or a range like 320-1280
+    #[arg(long, default_value = "256-1024", value_parser = parse_range)]
+    width: (u32, u32),
+    /// Height in pixels, or a range like 240-960
+    #[arg(long, default_value = "256-768", value_parser = parse_range)]
+    height: (u32, u32),
+    /// png, jpeg, webp, or mix
+    #[arg(long, default_value = "mix", value_parser = parse_formats)]
+    format: Vec<ImageFormat>,
+    /// Customer id on every record (default: PRODUCER_CUSTOMER_ID)
+    #[arg(long)]
+    customer_id: Option<String>,
+    /// Seed for reproducible images (default: random)
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of distinct sources (devices); the record key, spread over partitions
+    #[arg(long, default_value_t = 16)]
+    sources: u32,
+    #[command(flatten)]
+    schema: SchemaArg,
+    /// Print the summary as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    /// Exit after this many seconds with nothing new
+    #[arg(long, value_name = "SECONDS")]
+    until_idle: Option<f64>,
+    /// Exit after this many records were stored or dead-lettered
+    #[arg(long)]
+    max: Option<u64>,
+    /// Records per batch
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Concurrent object uploads
+    #[arg(long, default_value_t = 32)]
+    uploads: usize,
+    /// Print the summary as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Objects whose sha256 is recomputed (evenly spread)
+    #[arg(long, default_value_t = 100, conflicts_with = "full")]
+    sample: usize,
+    /// Recompute the sha256 of every object
+    #[arg(long)]
+    full: bool,
+    /// Delete orphan objects older than --grace
+    #[arg(long)]
+    repair: bool,
+    /// Orphans younger than this may be a write in flight and are left alone (e.g. 15m)
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    grace: Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not a size like 512 or 256-1024");
+    let (a, b) = match s.split_once(['-', ':']) {
+        Some((a, b)) => (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if a == 0 || a > b || b > 16384 {
+        return Err(format!("{s:?}: sizes must be 1..=16384 and ascending"));
+    }
+    Ok((a, b))
+}
+
+fn parse_formats(s: &str) -> Result<Vec<ImageFormat>, String> {
+    if s.eq_ignore_ascii_case("mix") {
+        return Ok(ImageFormat::ALL.to_vec());
+    }
+    s.split(',')
+        .map(|f| {
+            ImageFormat::from_name(f.trim())
+                .ok_or_else(|| format!("{f:?} is not png, jpeg, webp or mix"))
+        })
+        .collect()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("IMGSTREAM_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.with_target(false).compact().init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imgstream: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("imgstream: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let settings = Settings::load().map_err(|e| format!("configuration: {e}"))?;
+    match cli.command {
+        Command::Setup { check, schema } => run_setup(&settings, &schema.load()?, check).await,
+        Command::Produce(args) => run_produce(&settings, args).await,
+        Command::Consume(args) => run_consume(&settings, args).await,
+        Command::Status { json } => run_status(&settings, json).await,
+        Command::Verify(args) => run_verify(&settings, args).await,
+    }
+}
+
+async fn run_setup(settings: &Settings, schema: &str, check: bool) -> Result<ExitCode, String> {
+    let items = setup::run(settings, schema, check).await;
+    for item in &items {
+        println!("{item}");
+    }
+    let problems = items.iter().filter(|i| i.state.is_problem()).count();
+    if problems == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(if check {
+        format!("{problems} item(s) missing or different; run `imgstream setup`")
+    } else {
+        format!("setup incomplete: {problems} item(s) failed (see above)")
+    })
+}
+
+async fn run_produce(settings: &Settings, args: ProduceArgs) -> Result<ExitCode, String> {
+    setup::preflight(settings, IMAGE_RECORD_SCHEMA).await?;
+    if args.count.is_none() && args.duration.is_none() {
+        return Err("say how much to send: --count N or --duration 30s".into());
+    }
+    let opts = ProduceOptions {
+        count: args.count,
+        duration: args.duration,
+        rate: args.rate.max(0.0),
+        width: args.width,
+        height: args.height,
+        formats: args.format,
+        customer_id: args
+            .customer_id
+            .unwrap_or_else(|| settings.customer_id.clone()),
+        seed: args.seed.unwrap_or_else(rand::random),
+        sources: args.sources.max(1),
+        schema: args.schema.load()?,
+        progress: std::io::stderr().is_terminal() && !args.json,
+    };
+    let summary = produce::produce(settings, opts, Shutdown::on_signals())
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "produced {} of {} generated images to {} ({:.1} MB) in {:.1}s: {:.0} images/s, {:.1} MB/s; failed {}, refused as too large {}",
+            summary.delivered,
+            summary.generated,
+            summary.topic,
+            summary.bytes_delivered as f64 / 1e6,
+            summary.elapsed_secs,
+            summary.images_per_sec,
+            summary.mb_per_sec,
+            summary.failed,
+            summary.refused_too_large
+        );
+    }
+    if summary.failed > 0 || summary.refused_too_large > 0 {
+        return Err(summary
+            .first_error
+            .unwrap_or_else(|| "some records were not delivered".into()));
+    }
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode, String> {
+    setup::preflight(settings, IMAGE_RECORD_SCHEMA).await?;
+    let timeout = settings.connect_timeout;
+    let registry =
+        RegistryClient::new(&settings.registry_url, timeout).map_err(|e| e.to_string())?;
+    let sinks = Sinks {
+        codec: Arc::new(ImageCodec::new(IMAGE_RECORD_SCHEMA, registry).map_err(|e| e.to_string())?),
+        store: ImageStore::s3(&settings.store, timeout).map_err(|e| e.to_string())?,
+        index: ImageIndex::connect(&settings.database_url, timeout)
+            .await
+            .map_err(|e| e.to_string())?,
+        dlq: DeadLetterWriter::new(&settings.kafka, &settings.limits).map_err(|e| e.to_string())?,
+    };
+    let consumer = Arc::new(
+        group_consumer(&settings.kafka, &FetchSettings::default()).map_err(|e| e.to_string())?,
+    );
+    consumer
+        .subscribe(&[&settings.kafka.data_topic])
+        .map_err(|e| format!("cannot subscribe to {}: {e}", settings.kafka.data_topic))?;
+    let mut opts = PipelineOptions::new(Limits {
+        max_pixels: settings.limits.max_pixels,
+        max_image_bytes: settings.limits.max_image_bytes,
+    });
+    opts.batch_max_records = args.batch_size.max(1);
+    opts.uploads_in_flight = args.uploads.max(1);
+    opts.until_idle = args.until_idle.map(Duration::from_secs_f64);
+    opts.max_records = args.max;
+    let pipeline = Pipeline::new(consumer.clone(), sinks, opts, Shutdown::on_signals());
+    let live = pipeline::monitor::spawn(
+        consumer.clone(),
+        pipeline.stats(),
+        std::io::stderr().is_terminal(),
+    );
+    let started = Instant::now();
+    let result = pipeline.run().await;
+    live.abort();
+    let stats = pipeline.stats();
+    match result {
+        Ok(reason) => {
+            pipeline::log_summary(&stats, started.elapsed(), reason);
+            if args.json {
+                println!(
+                    "{}",
+                    pipeline::summary_json(&stats, started.elapsed(), reason)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn connect_sinks(settings: &Settings) -> Result<(ImageStore, ImageIndex), String> {
+    let store =
+        ImageStore::s3(&settings.store, settings.connect_timeout).map_err(|e| e.to_string())?;
+    let index = ImageIndex::connect(&settings.database_url, settings.connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((store, index))
+}
+
+async fn run_status(settings: &Settings, json: bool) -> Result<ExitCode, String> {
+    let (store, index) = connect_sinks(settings).await?;
+    let status = audit::status(settings, &store, &index)
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("topic {} · group {}", status.topic, status.group);
+    println!(
+        "{:>9} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "partition", "end offset", "committed", "lag", "max indexed", "rows"
+    );
+    for p in &status.partitions {
+        println!(
+            "{:>9} {:>12} {:>12} {:>10} {:>14} {:>10}",
+            p.partition,
+            p.high_watermark,
+            p.committed.map_or("-".into(), |c| c.to_string()),
+            p.lag,
+            p.max_indexed_offset.map_or("-".into(), |c| c.to_string()),
+            p.indexed_rows
+        );
+    }
+    println!("total lag        {}", status.total_lag);
+    println!("index rows       {}", status.index_rows);
+    println!(
+        "bucket objects   {} (bucket {})",
+        status.bucket_objects, settings.store.bucket
+    );
+    println!(
+        "dead letters     {} (topic {})",
+        status.dlq_depth, status.dlq_topic
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_verify(settings: &Settings, args: VerifyArgs) -> Result<ExitCode, String> {
+    let (store, index) = connect_sinks(settings).await?;
+    let checksums = if args.full {
+        Checksums::All
+    } else {
+        Checksums::Sample(args.sample)
+    };
+    let report = audit::verify(
+        settings,
+        &store,
+        &index,
+        checksums,
+        args.repair.then_some(args.grace),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "objects {} · rows {} · checksums checked {}",
+            report.objects, report.rows, report.checksums_checked
+        );
+        let lists: [(&str, &Vec<String>); 6] = [
+            ("missing object", &report.missing_objects),
+            ("orphan object", &report.orphan_objects),
+            ("size mismatch", &report.size_mismatches),
+            ("checksum mismatch", &report.checksum_mismatches),
+            ("orphan removed", &report.orphans_removed),
+            (
+                "orphan kept (younger than grace)",
+                &report.orphans_too_young,
+            ),
+        ];
+        for (label, items) in lists {
+            for item in items {
+                println!("{label}: {item}");
+            }
+        }
+        for p in &report.partitions {
+            println!(
+                "partition {}: committed {} · highest indexed offset {} · end {}",
+                p.partition,
+                p.committed.map_or("-".into(), |c| c.to_string()),
+                p.max_indexed_offset.map_or("-".into(), |c| c.to_string()),
+                p.high_watermark
+            );
+        }
+        if !report.missing_objects.is_empty() {
+            println!(
+                "missing objects cannot be rebuilt from the index; replay their records from Kafka while retained"
+            );
+        }
+    }
+    if report.is_clean() {
+        println!("verify: clean");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err("verify found problems (listed above)".into())
+    }
+}

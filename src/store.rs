@@ -22,13 +22,19 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("object store at {endpoint} is unreachable or failing ({detail}); is MinIO running? (make stack-up)")]
+    #[error(
+        "object store at {endpoint} is unreachable or failing ({detail}); is MinIO running? (make stack-up)"
+    )]
     Unavailable { endpoint: String, detail: String },
-    #[error("object store refused the credentials for bucket {bucket} ({detail}); check MINIO_ACCESS_KEY and MINIO_SECRET_KEY")]
+    #[error(
+        "object store refused the credentials for bucket {bucket} ({detail}); check MINIO_ACCESS_KEY and MINIO_SECRET_KEY"
+    )]
     Denied { bucket: String, detail: String },
     #[error("bucket {bucket} does not exist at {endpoint}; run `imgstream setup`")]
     NoBucket { bucket: String, endpoint: String },
-    #[error("object {key} already holds different bytes (sha256 {existing}); refusing to replace it")]
+    #[error(
+        "object {key} already holds different bytes (sha256 {existing}); refusing to replace it"
+    )]
     Conflict { key: String, existing: String },
     #[error("object {key} not found")]
     NotFound { key: String },
@@ -140,7 +146,10 @@ impl ImageStore {
         let path = Path::from(key);
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type.to_string().into());
-        attributes.insert(Attribute::Metadata("sha256".into()), sha256.to_string().into());
+        attributes.insert(
+            Attribute::Metadata("sha256".into()),
+            sha256.to_string().into(),
+        );
         let opts = PutOptions {
             mode: PutMode::Create,
             attributes,
@@ -352,9 +361,15 @@ mod tests {
         let store = ImageStore::in_memory("b");
         let data = Bytes::from_static(b"image bytes");
         let sha = sha256_hex(&data);
-        let first = store.put_image("k", data.clone(), "image/png", &sha).await.unwrap();
+        let first = store
+            .put_image("k", data.clone(), "image/png", &sha)
+            .await
+            .unwrap();
         let again = store.put_image("k", data, "image/png", &sha).await.unwrap();
-        assert_eq!((first, again), (PutOutcome::Created, PutOutcome::AlreadyStored));
+        assert_eq!(
+            (first, again),
+            (PutOutcome::Created, PutOutcome::AlreadyStored)
+        );
         assert_eq!(store.list("").await.unwrap().len(), 1);
     }
 
@@ -363,7 +378,10 @@ mod tests {
         let store = ImageStore::in_memory("b");
         let original = Bytes::from_static(b"original");
         let sha = sha256_hex(&original);
-        store.put_image("k", original.clone(), "image/png", &sha).await.unwrap();
+        store
+            .put_image("k", original.clone(), "image/png", &sha)
+            .await
+            .unwrap();
         let other = Bytes::from_static(b"impostor");
         let err = store
             .put_image("k", other.clone(), "image/png", &sha256_hex(&other))

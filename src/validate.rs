@@ -33,7 +33,10 @@ pub enum Invalid {
     #[error("declared dimensions {width}x{height} must both be positive")]
     ZeroDimension { width: u32, height: u32 },
     #[error("bytes are not a {declared} image (signature: {found})")]
-    SignatureMismatch { declared: ImageFormat, found: String },
+    SignatureMismatch {
+        declared: ImageFormat,
+        found: String,
+    },
     #[error("{format} header could not be parsed: {detail}")]
     UnreadableHeader { format: ImageFormat, detail: String },
     #[error(
@@ -305,6 +308,9 @@ mod tests {
             max_image_bytes: 100,
             ..LIMITS
         };
-        assert_eq!(validate(&record, &small).unwrap_err().code(), "image-too-large");
+        assert_eq!(
+            validate(&record, &small).unwrap_err().code(),
+            "image-too-large"
+        );
     }
 }

@@ -125,7 +125,10 @@ impl TopicAdmin {
         for (key, expected) in &spec.configs {
             let found = actual.get(*key).map(String::as_str).unwrap_or("<unset>");
             if found != expected {
-                differences.push(format!("{} {key} is {found}, expected {expected}", spec.name));
+                differences.push(format!(
+                    "{} {key} is {found}, expected {expected}",
+                    spec.name
+                ));
             }
         }
         Ok(if differences.is_empty() {
@@ -143,7 +146,9 @@ impl TopicAdmin {
             .map_err(|e| self.err(e))?;
         let mut out = BTreeMap::new();
         for result in results {
-            let resource = result.map_err(|code| BrokerError::Refused(format!("describing topic {topic}: {code}")))?;
+            let resource = result.map_err(|code| {
+                BrokerError::Refused(format!("describing topic {topic}: {code}"))
+            })?;
             for entry in resource.entries {
                 if let Some(value) = entry.value {
                     out.insert(entry.name, value);
@@ -175,7 +180,9 @@ impl TopicAdmin {
                     match result {
                         Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                         Err((name, code)) => {
-                            return Err(BrokerError::Refused(format!("creating topic {name}: {code}")));
+                            return Err(BrokerError::Refused(format!(
+                                "creating topic {name}: {code}"
+                            )));
                         }
                     }
                 }
@@ -200,7 +207,11 @@ impl TopicAdmin {
                         BrokerError::Refused(format!("altering topic {}: {code}", spec.name))
                     })?;
                 }
-                Ok(Some(format!("updated topic {}: {}", spec.name, differences.join("; "))))
+                Ok(Some(format!(
+                    "updated topic {}: {}",
+                    spec.name,
+                    differences.join("; ")
+                )))
             }
         }
     }
@@ -216,7 +227,9 @@ impl TopicAdmin {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
                 Err((name, code)) => {
-                    return Err(BrokerError::Refused(format!("deleting topic {name}: {code}")));
+                    return Err(BrokerError::Refused(format!(
+                        "deleting topic {name}: {code}"
+                    )));
                 }
             }
         }

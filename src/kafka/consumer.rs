@@ -2,8 +2,8 @@
 
 use super::{BrokerError, base_config, quiet};
 use crate::config::KafkaSettings;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{info, warn};
 
@@ -62,7 +62,10 @@ impl Default for FetchSettings {
     }
 }
 
-pub fn group_consumer(kafka: &KafkaSettings, fetch: &FetchSettings) -> Result<GroupConsumer, BrokerError> {
+pub fn group_consumer(
+    kafka: &KafkaSettings,
+    fetch: &FetchSettings,
+) -> Result<GroupConsumer, BrokerError> {
     let mut config = base_config(kafka, "imgstream-consumer");
     quiet(&mut config)
         .set("group.id", &kafka.group_id)
@@ -77,9 +80,15 @@ pub fn group_consumer(kafka: &KafkaSettings, fetch: &FetchSettings) -> Result<Gr
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
         .set("max.poll.interval.ms", "300000")
-        .set("queued.max.messages.kbytes", fetch.queued_max_kbytes.to_string())
+        .set(
+            "queued.max.messages.kbytes",
+            fetch.queued_max_kbytes.to_string(),
+        )
         .set("fetch.max.bytes", fetch.fetch_max_bytes.to_string())
-        .set("max.partition.fetch.bytes", fetch.max_partition_fetch_bytes.to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            fetch.max_partition_fetch_bytes.to_string(),
+        )
         .set("fetch.wait.max.ms", "100");
     config
         .create_with_context(GroupContext::default())

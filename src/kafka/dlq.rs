@@ -1,8 +1,8 @@
 //! The dead-letter writer: a refused record goes to the DLQ topic with its original key and bytes
 //! and headers that say why, so that it can be inspected and replayed.
 
-use super::producer::producer_config;
 use super::BrokerError;
+use super::producer::producer_config;
 use crate::config::{KafkaSettings, LimitSettings};
 use crate::domain::Origin;
 use chrono::Utc;
@@ -66,7 +66,10 @@ impl DeadLetterWriter {
     pub async fn send(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
         let partition = letter.origin.partition.to_string();
         let offset = letter.origin.offset.to_string();
-        let original_ts = letter.original_timestamp_ms.map(|t| t.to_string()).unwrap_or_default();
+        let original_ts = letter
+            .original_timestamp_ms
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         let now = Utc::now().to_rfc3339();
         let pairs: [(&str, &str); 9] = [
             (headers::REASON, &letter.reason),

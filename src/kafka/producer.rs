@@ -13,7 +13,11 @@ pub struct ImageProducer {
 }
 
 /// Producer settings tuned for multi-hundred-KiB image records.
-pub fn producer_config(kafka: &KafkaSettings, limits: &LimitSettings, client_id: &str) -> rdkafka::ClientConfig {
+pub fn producer_config(
+    kafka: &KafkaSettings,
+    limits: &LimitSettings,
+    client_id: &str,
+) -> rdkafka::ClientConfig {
     let mut config = base_config(kafka, client_id);
     quiet(&mut config)
         // Exactly-once per partition from the producer's side: retries never duplicate or reorder.
@@ -24,7 +28,10 @@ pub fn producer_config(kafka: &KafkaSettings, limits: &LimitSettings, client_id:
         .set("compression.type", "none")
         .set("linger.ms", "5")
         .set("batch.size", "4000000")
-        .set("message.max.bytes", (limits.max_message_bytes() + 1024).to_string())
+        .set(
+            "message.max.bytes",
+            (limits.max_message_bytes() + 1024).to_string(),
+        )
         // Bounded memory: send() waits (QueueFull) rather than buffering more than this.
         .set("queue.buffering.max.kbytes", "262144")
         // A record that cannot be delivered within this time is reported as failed, not retried forever.
@@ -50,7 +57,12 @@ impl ImageProducer {
 
     /// Enqueues one record; the returned future resolves with its delivery report.
     /// Waits while librdkafka's queue is full instead of failing.
-    pub async fn enqueue(&self, key: &str, payload: &[u8], timestamp_ms: i64) -> Result<DeliveryFuture, BrokerError> {
+    pub async fn enqueue(
+        &self,
+        key: &str,
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<DeliveryFuture, BrokerError> {
         loop {
             let record = FutureRecord::to(&self.topic)
                 .key(key)
@@ -59,7 +71,8 @@ impl ImageProducer {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((e, _))
-                    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
                 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

@@ -69,7 +69,8 @@ pub struct ImageCodec {
 
 impl ImageCodec {
     pub fn new(reader_schema: &str, registry: RegistryClient) -> Result<Self, EncodeError> {
-        let reader = Schema::parse_str(reader_schema).map_err(|e| EncodeError::Schema(e.to_string()))?;
+        let reader =
+            Schema::parse_str(reader_schema).map_err(|e| EncodeError::Schema(e.to_string()))?;
         Ok(ImageCodec {
             reader,
             registry,
@@ -86,10 +87,12 @@ impl ImageCodec {
             RegistryError::NotFound { .. } => DecodeError::UnknownSchema(id),
             other => DecodeError::Registry { id, source: other },
         })?;
-        let schema = Arc::new(Schema::parse_str(&text).map_err(|e| DecodeError::BadSchema {
-            id,
-            detail: e.to_string(),
-        })?);
+        let schema = Arc::new(
+            Schema::parse_str(&text).map_err(|e| DecodeError::BadSchema {
+                id,
+                detail: e.to_string(),
+            })?,
+        );
         self.writers
             .write()
             .expect("schema cache poisoned")
@@ -105,12 +108,19 @@ impl ImageCodec {
     }
 
     /// Decoding once the writer schema is known; synchronous so it can run off the async threads.
-    pub fn decode_with(&self, writer: &Schema, id: u32, payload: &[u8]) -> Result<ImageRecord, DecodeError> {
+    pub fn decode_with(
+        &self,
+        writer: &Schema,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<ImageRecord, DecodeError> {
         let (_, mut datum) = wire::split(payload)?;
-        let value = apache_avro::from_avro_datum(writer, &mut datum, Some(&self.reader))
-            .map_err(|e| DecodeError::Avro {
-                id,
-                detail: e.to_string(),
+        let value =
+            apache_avro::from_avro_datum(writer, &mut datum, Some(&self.reader)).map_err(|e| {
+                DecodeError::Avro {
+                    id,
+                    detail: e.to_string(),
+                }
             })?;
         record_from_value(value)
     }
@@ -118,13 +128,19 @@ impl ImageCodec {
 
 /// Encodes a record with `schema` (any version of the contract: fields we do not know take their
 /// declared default) and frames it for `schema_id`.
-pub fn encode(schema: &Schema, schema_id: u32, record: &ImageRecord) -> Result<Vec<u8>, EncodeError> {
+pub fn encode(
+    schema: &Schema,
+    schema_id: u32,
+    record: &ImageRecord,
+) -> Result<Vec<u8>, EncodeError> {
     let fail = |detail: String| EncodeError::Avro {
         image_id: record.image_id,
         detail,
     };
     let Schema::Record(RecordSchema { fields, .. }) = schema else {
-        return Err(EncodeError::Schema("the top-level schema is not a record".into()));
+        return Err(EncodeError::Schema(
+            "the top-level schema is not a record".into(),
+        ));
     };
     let mut values = Vec::with_capacity(fields.len());
     for field in fields {
@@ -139,10 +155,11 @@ pub fn encode(schema: &Schema, schema_id: u32, record: &ImageRecord) -> Result<V
             "sha256" => Value::String(record.sha256.clone()),
             "data" => Value::Bytes(record.data.to_vec()),
             other => {
-                let default = field
-                    .default
-                    .clone()
-                    .ok_or_else(|| fail(format!("schema field {other:?} has no default and imgstream has no value for it")))?;
+                let default = field.default.clone().ok_or_else(|| {
+                    fail(format!(
+                        "schema field {other:?} has no default and imgstream has no value for it"
+                    ))
+                })?;
                 Value::from(default)
                     .resolve(&field.schema)
                     .map_err(|e| fail(format!("default of field {other:?}: {e}")))?
@@ -150,7 +167,8 @@ pub fn encode(schema: &Schema, schema_id: u32, record: &ImageRecord) -> Result<V
         };
         values.push((field.name.clone(), value));
     }
-    let datum = apache_avro::to_avro_datum(schema, Value::Record(values)).map_err(|e| fail(e.to_string()))?;
+    let datum = apache_avro::to_avro_datum(schema, Value::Record(values))
+        .map_err(|e| fail(e.to_string()))?;
     Ok(wire::frame(schema_id, &datum))
 }
 
@@ -174,9 +192,8 @@ fn record_from_value(value: Value) -> Result<ImageRecord, DecodeError> {
         other => return Err(bad("image_id", format!("unexpected {other:?}"))),
     };
     let created_at = match take("created_at")? {
-        Value::TimestampMicros(t) | Value::Long(t) => {
-            DateTime::<Utc>::from_timestamp_micros(t).ok_or_else(|| bad("created_at", format!("{t} out of range")))?
-        }
+        Value::TimestampMicros(t) | Value::Long(t) => DateTime::<Utc>::from_timestamp_micros(t)
+            .ok_or_else(|| bad("created_at", format!("{t} out of range")))?,
         other => return Err(bad("created_at", format!("unexpected {other:?}"))),
     };
     Ok(ImageRecord {

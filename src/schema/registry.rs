@@ -80,7 +80,10 @@ impl RegistryClient {
         }
         let url = format!("{}/subjects/{}/versions", self.base, enc(subject));
         let resp = self
-            .send(self.http.post(&url).json(&json!({ "schema": schema })), &url)
+            .send(
+                self.http.post(&url).json(&json!({ "schema": schema })),
+                &url,
+            )
             .await?;
         match resp.status().as_u16() {
             200 => Ok(parse::<Id>(resp, &url).await?.id),
@@ -105,7 +108,10 @@ impl RegistryClient {
         }
         let url = format!("{}/subjects/{}", self.base, enc(subject));
         let resp = self
-            .send(self.http.post(&url).json(&json!({ "schema": schema })), &url)
+            .send(
+                self.http.post(&url).json(&json!({ "schema": schema })),
+                &url,
+            )
             .await?;
         match resp.status().as_u16() {
             200 => {
@@ -138,7 +144,10 @@ impl RegistryClient {
     }
 
     /// The subject's own compatibility level, if one is set.
-    pub async fn compatibility_level(&self, subject: &str) -> Result<Option<String>, RegistryError> {
+    pub async fn compatibility_level(
+        &self,
+        subject: &str,
+    ) -> Result<Option<String>, RegistryError> {
         let url = format!("{}/config/{}", self.base, enc(subject));
         let resp = self.send(self.http.get(&url), &url).await?;
         match resp.status().as_u16() {
@@ -191,7 +200,10 @@ impl RegistryClient {
             enc(subject)
         );
         let resp = self
-            .send(self.http.post(&url).json(&json!({ "schema": schema })), &url)
+            .send(
+                self.http.post(&url).json(&json!({ "schema": schema })),
+                &url,
+            )
             .await?;
         match resp.status().as_u16() {
             200 => {
@@ -260,7 +272,11 @@ async fn error_message(resp: reqwest::Response) -> String {
     let body = resp.text().await.unwrap_or_default();
     serde_json::from_str::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| truncate(&body))
 }
 

@@ -1,0 +1,684 @@
+//! The consumer pipeline: poll a batch → decode → validate → put objects → index rows → dead
+//! letters → commit offsets.
+//!
+//! # The commit protocol, and why it is safe
+//!
+//! For every batch, in this order:
+//!
+//! 1. **Objects first.** Each valid image is written under `object_key(image_id)` with a
+//!    create-only put (`If-None-Match: *`). If the key exists, its bytes are compared: identical
+//!    is a replay and counts as stored; different is a conflict and goes to the dead-letter topic.
+//!    A stored image is therefore never replaced, whoever writes second.
+//! 2. **Then rows**, in one statement, `ON CONFLICT DO NOTHING`; rows that already existed are
+//!    compared the same way. A row is only written for an object that exists.
+//! 3. **Then dead letters**, each acknowledged by the broker (acks=all).
+//! 4. **Then offsets**: per partition, one past the highest offset in the batch. Every record at
+//!    or below a committed offset has therefore been stored or dead-lettered (invariant 1).
+//!
+//! A crash between any two steps leaves work that a restart repeats from the last committed
+//! offset, and every step is idempotent: the object put finds its own bytes, the insert finds its
+//! own row. A *zombie* (a consumer that stalled past its session, lost its partitions and woke up)
+//! can only repeat the same idempotent writes; its commit carries a stale generation and is
+//! refused by the group coordinator, so it cannot move the new owner's offsets.
+//!
+//! Transient failures (a service down, a timeout) are retried with capped backoff while nothing is
+//! committed past the failed record; the consumer stops polling meanwhile, so librdkafka's
+//! prefetch — capped by `queued.max.messages.kbytes` — is all that is buffered. Permanent failures
+//! are about one record and send only that record to the dead-letter topic. Failures that no retry
+//! can fix (bad credentials, a missing bucket or table) stop the consumer with one clear line.
+
+pub mod monitor;
+pub mod retry;
+
+use crate::domain::{ImageRecord, IndexEntry, Origin, object_key};
+use crate::index::{ImageIndex, IndexError, InsertOutcome};
+use crate::kafka::BrokerError;
+use crate::kafka::consumer::GroupConsumer;
+use crate::kafka::dlq::{DeadLetter, DeadLetterWriter};
+use crate::schema::{DecodeError, ImageCodec};
+use crate::shutdown::Shutdown;
+use crate::store::{ImageStore, PutOutcome, StoreError};
+use crate::validate::{Limits, validate};
+use bytes::Bytes;
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use retry::{Backoff, Outage, Stopped, retry};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+/// Tuning of the pipeline. Defaults are the benchmark's winners on a 2-core machine.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    /// How long to wait for a batch to fill once its first record arrived.
+    pub batch_linger: Duration,
+    /// Concurrent object uploads.
+    pub uploads_in_flight: usize,
+    /// Exit after this long without a new record.
+    pub until_idle: Option<Duration>,
+    /// Exit after this many records were stored or dead-lettered.
+    pub max_records: Option<u64>,
+    pub limits: Limits,
+    pub backoff: Backoff,
+}
+
+impl PipelineOptions {
+    pub fn new(limits: Limits) -> Self {
+        PipelineOptions {
+            batch_max_records: 500,
+            batch_max_bytes: 64 << 20,
+            batch_linger: Duration::from_millis(100),
+            uploads_in_flight: 32,
+            until_idle: None,
+            max_records: None,
+            limits,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A failure that stops the consumer: retrying cannot help, a person must act.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot decode records: {0}")]
+    Decode(String),
+}
+
+/// Counters, shared with the status line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub stored: AtomicU64,
+    pub replayed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub bytes: AtomicU64,
+    pub batches: AtomicU64,
+    pub commit_failures: AtomicU64,
+}
+
+impl Stats {
+    pub fn processed(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed) + self.dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Idle,
+    MaxRecords,
+    Shutdown,
+}
+
+/// The services a pipeline writes to; built once by the caller.
+pub struct Sinks {
+    pub codec: Arc<ImageCodec>,
+    pub store: ImageStore,
+    pub index: ImageIndex,
+    pub dlq: DeadLetterWriter,
+}
+
+/// One record as polled, owned so the batch can outlive the poll.
+#[derive(Debug, Clone)]
+struct Polled {
+    origin: Origin,
+    key: Option<Vec<u8>>,
+    payload: Bytes,
+    timestamp_ms: Option<i64>,
+}
+
+/// A polled record after decoding and validation.
+enum Checked {
+    Valid(Polled, ImageRecord),
+    Refused(DeadLetter),
+}
+
+static STORE_OUTAGE: Outage = Outage::new("object store");
+static INDEX_OUTAGE: Outage = Outage::new("postgresql");
+static REGISTRY_OUTAGE: Outage = Outage::new("schema registry");
+static KAFKA_OUTAGE: Outage = Outage::new("kafka");
+
+pub struct Pipeline {
+    consumer: Arc<GroupConsumer>,
+    sinks: Sinks,
+    opts: PipelineOptions,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+}
+
+impl Pipeline {
+    pub fn new(
+        consumer: Arc<GroupConsumer>,
+        sinks: Sinks,
+        opts: PipelineOptions,
+        shutdown: Shutdown,
+    ) -> Self {
+        Pipeline {
+            consumer,
+            sinks,
+            opts,
+            stats: Arc::new(Stats::default()),
+            shutdown,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until idle, the record limit, or shutdown. Returns why it stopped.
+    pub async fn run(&self) -> Result<StopReason, PipelineError> {
+        let mut last_record = Instant::now();
+        loop {
+            if self.shutdown.is_triggered() {
+                return Ok(StopReason::Shutdown);
+            }
+            if let Some(max) = self.opts.max_records
+                && self.stats.processed() >= max
+            {
+                return Ok(StopReason::MaxRecords);
+            }
+            let batch = self.poll_batch().await?;
+            if batch.is_empty() {
+                if let Some(idle) = self.opts.until_idle
+                    && last_record.elapsed() >= idle
+                {
+                    return Ok(StopReason::Idle);
+                }
+                continue;
+            }
+            last_record = Instant::now();
+            match self.process(batch).await {
+                Ok(()) => {}
+                // Shutdown during an outage: nothing of this batch was committed, so a later run
+                // replays it. Stopping is the right thing; exiting 0 tells the supervisor so.
+                Err(BatchError::Shutdown) => return Ok(StopReason::Shutdown),
+                Err(BatchError::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Collects up to `batch_max_records` / `batch_max_bytes`, waiting at most `batch_linger`
+    /// once the first record arrived (and up to a second for that first one).
+    async fn poll_batch(&self) -> Result<Vec<Polled>, PipelineError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let remaining = self.opts.max_records.map_or(usize::MAX, |m| {
+            m.saturating_sub(self.stats.processed()) as usize
+        });
+        let limit = self.opts.batch_max_records.min(remaining).max(1);
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while batch.len() < limit && bytes < self.opts.batch_max_bytes {
+            let received = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.shutdown.triggered() => break,
+            };
+            match received {
+                Ok(m) => {
+                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+                    bytes += payload.len();
+                    if batch.is_empty() {
+                        deadline = tokio::time::Instant::now() + self.opts.batch_linger;
+                    }
+                    batch.push(Polled {
+                        origin: Origin {
+                            topic: m.topic().to_string(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                        },
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload,
+                        timestamp_ms: m.timestamp().to_millis(),
+                    });
+                }
+                Err(e) => self.on_consumer_error(e)?,
+            }
+        }
+        // A revocation while the batch filled moves those partitions to another member: leave
+        // their records to it rather than process (and commit) what we no longer own.
+        if !batch.is_empty()
+            && let Ok(assignment) = self.consumer.assignment()
+        {
+            let owned: HashSet<(String, i32)> = assignment
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            let before = batch.len();
+            batch.retain(|p| owned.contains(&(p.origin.topic.clone(), p.origin.partition)));
+            if batch.len() < before {
+                debug!(
+                    dropped = before - batch.len(),
+                    "records of revoked partitions left to their new owner"
+                );
+            }
+        }
+        Ok(batch)
+    }
+
+    fn on_consumer_error(&self, e: KafkaError) -> Result<(), PipelineError> {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                Err(BrokerError::Other(format!(
+                    "subscribed topic is missing ({e}); run `imgstream setup`"
+                ))
+                .into())
+            }
+            _ => {
+                // librdkafka reconnects by itself; say so once per outage, not per poll.
+                let err = BrokerError::from_kafka(&e, "the cluster");
+                if err.is_transient() {
+                    if !KAFKA_OUTAGE.is_ongoing() {
+                        warn!(error = %e, "kafka consumer error; librdkafka is reconnecting");
+                    }
+                } else {
+                    warn!(error = %e, "kafka consumer error");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The batch protocol described at the top of this module.
+    async fn process(&self, batch: Vec<Polled>) -> Result<(), BatchError> {
+        let commit_positions = next_offsets(&batch);
+        let checked = self.decode_and_validate(batch).await?;
+
+        let mut valid = Vec::new();
+        let mut letters = Vec::new();
+        for c in checked {
+            match c {
+                Checked::Valid(p, r) => valid.push((p, r)),
+                Checked::Refused(letter) => letters.push(letter),
+            }
+        }
+
+        let stored = self.put_objects(valid, &mut letters).await?;
+        self.index_rows(stored, &mut letters).await?;
+        self.dead_letter(&letters).await?;
+        self.commit(&commit_positions).await?;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn decode_and_validate(&self, batch: Vec<Polled>) -> Result<Vec<Checked>, BatchError> {
+        // Writer schemas are fetched (once per id, then cached) before the CPU work starts, so the
+        // only waiting on the registry happens here, with retries.
+        let ids: BTreeMap<u32, ()> = batch
+            .iter()
+            .filter_map(|p| {
+                crate::schema::wire::split(&p.payload)
+                    .ok()
+                    .map(|(id, _)| (id, ()))
+            })
+            .collect();
+        let mut schemas = BTreeMap::new();
+        for id in ids.keys() {
+            let codec = &self.sinks.codec;
+            let fetched = retry(
+                &REGISTRY_OUTAGE,
+                self.opts.backoff,
+                &self.shutdown,
+                DecodeError::is_transient,
+                || codec.writer_schema(*id),
+            )
+            .await;
+            match fetched {
+                Ok(schema) => {
+                    schemas.insert(*id, Ok(schema));
+                }
+                Err(Stopped::Permanent(e)) => {
+                    schemas.insert(*id, Err((e.code(), e.to_string())));
+                }
+                Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
+            }
+        }
+        let schemas = Arc::new(schemas);
+
+        // Decoding and validation are CPU work: split over the blocking pool, one chunk per core.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunk = batch.len().div_ceil(cores).max(1);
+        let mut tasks = Vec::new();
+        let mut batch = batch;
+        while !batch.is_empty() {
+            let rest = batch.split_off(chunk.min(batch.len()));
+            let part = std::mem::replace(&mut batch, rest);
+            let codec = self.sinks.codec.clone();
+            let schemas = schemas.clone();
+            let limits = self.opts.limits;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|p| check_one(&codec, &schemas, &limits, p))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut out = Vec::new();
+        for task in tasks {
+            out.extend(
+                task.await
+                    .map_err(|e| BatchError::Fatal(PipelineError::Decode(e.to_string())))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Step 1: objects, many in flight. Returns the records whose object is now stored.
+    async fn put_objects(
+        &self,
+        valid: Vec<(Polled, ImageRecord)>,
+        letters: &mut Vec<DeadLetter>,
+    ) -> Result<Vec<(Polled, ImageRecord)>, BatchError> {
+        let store = &self.sinks.store;
+        let results: Vec<_> = futures::stream::iter(valid)
+            .map(|(polled, record)| async move {
+                let key = object_key(&record.image_id);
+                let result = retry(
+                    &STORE_OUTAGE,
+                    self.opts.backoff,
+                    &self.shutdown,
+                    StoreError::is_transient,
+                    || {
+                        store.put_image(
+                            &key,
+                            record.data.clone(),
+                            &record.content_type,
+                            &record.sha256,
+                        )
+                    },
+                )
+                .await;
+                (polled, record, result)
+            })
+            .buffer_unordered(self.opts.uploads_in_flight.max(1))
+            .collect()
+            .await;
+
+        let mut stored = Vec::with_capacity(results.len());
+        for (polled, record, result) in results {
+            match result {
+                Ok(outcome) => {
+                    if outcome == PutOutcome::AlreadyStored {
+                        self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    stored.push((polled, record));
+                }
+                Err(Stopped::Permanent(StoreError::Conflict { key, existing })) => {
+                    letters.push(letter(
+                        &polled,
+                        "object-conflict",
+                        "conflict",
+                        format!(
+                            "image {} claims key {key}, which already holds different bytes (sha256 {existing}, this record {})",
+                            record.image_id, record.sha256
+                        ),
+                    ));
+                }
+                Err(Stopped::Permanent(e)) => return Err(BatchError::Fatal(e.into())),
+                Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Step 2: rows, one statement for the batch.
+    async fn index_rows(
+        &self,
+        stored: Vec<(Polled, ImageRecord)>,
+        letters: &mut Vec<DeadLetter>,
+    ) -> Result<(), BatchError> {
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let bucket = self.sinks.store.bucket();
+        let entries: Vec<IndexEntry> = stored
+            .iter()
+            .map(|(p, r)| IndexEntry::new(r, &p.origin, bucket))
+            .collect();
+        let index = &self.sinks.index;
+        let outcomes = match retry(
+            &INDEX_OUTAGE,
+            self.opts.backoff,
+            &self.shutdown,
+            IndexError::is_transient,
+            || index.insert_batch(&entries),
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(Stopped::Permanent(e)) => return Err(BatchError::Fatal(e.into())),
+            Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
+        };
+        for ((polled, record), outcome) in stored.iter().zip(outcomes) {
+            match outcome {
+                InsertOutcome::Inserted | InsertOutcome::AlreadyIndexed => {
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(record.data.len() as u64, Ordering::Relaxed);
+                }
+                InsertOutcome::Conflict { existing } => letters.push(letter(
+                    polled,
+                    "index-conflict",
+                    "conflict",
+                    format!(
+                        "image {} is already indexed with different metadata (customer {}, sha256 {}, from {}/{}@{})",
+                        record.image_id,
+                        existing.customer_id,
+                        existing.sha256,
+                        existing.kafka_topic,
+                        existing.kafka_partition,
+                        existing.kafka_offset
+                    ),
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: dead letters, each acknowledged before the offset moves past it.
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), BatchError> {
+        let dlq = &self.sinks.dlq;
+        let results: Vec<_> = futures::stream::iter(letters)
+            .map(|l| async move {
+                let r = retry(
+                    &KAFKA_OUTAGE,
+                    self.opts.backoff,
+                    &self.shutdown,
+                    BrokerError::is_transient,
+                    || dlq.send(l),
+                )
+                .await;
+                (l, r)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (l, r) in results {
+            match r {
+                Ok(()) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    warn!(origin = %l.origin, code = l.code, reason = %l.reason, "record dead-lettered");
+                }
+                Err(Stopped::Permanent(e)) => return Err(BatchError::Fatal(e.into())),
+                Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4: offsets. A commit refused because ownership moved is not an error: the new owner
+    /// replays from the last commit and every write it repeats is idempotent.
+    async fn commit(&self, positions: &BTreeMap<(String, i32), i64>) -> Result<(), BatchError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in positions {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                warn!(topic, partition, "cannot express commit position");
+            }
+        }
+        let consumer = &self.consumer;
+        let attempt =
+            || async { tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) };
+        let result = retry(
+            &KAFKA_OUTAGE,
+            self.opts.backoff,
+            &self.shutdown,
+            commit_is_transient,
+            attempt,
+        )
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(Stopped::Permanent(e)) => {
+                self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "offset commit refused (partitions moved to another member); they will be replayed idempotently");
+                Ok(())
+            }
+            Err(Stopped::Shutdown(_)) => Err(BatchError::Shutdown),
+        }
+    }
+}
+
+enum BatchError {
+    Shutdown,
+    Fatal(PipelineError),
+}
+
+/// Commit errors that pass with time; generation and membership errors do not (we are no longer
+/// the owner) and are handled by moving on.
+fn commit_is_transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::IllegalGeneration
+                | C::UnknownMemberId
+                | C::RebalanceInProgress
+                | C::FencedInstanceId
+                | C::StaleMemberEpoch
+                | C::UnknownPartition
+                | C::UnknownTopicOrPartition
+                | C::AssignmentLost
+                | C::NoOffset
+                | C::State
+        )
+    )
+}
+
+/// Per partition, one past the highest offset in the batch.
+fn next_offsets(batch: &[Polled]) -> BTreeMap<(String, i32), i64> {
+    let mut next = BTreeMap::new();
+    for p in batch {
+        let e = next
+            .entry((p.origin.topic.clone(), p.origin.partition))
+            .or_insert(p.origin.offset + 1);
+        *e = (*e).max(p.origin.offset + 1);
+    }
+    next
+}
+
+type SchemaLookup = BTreeMap<u32, Result<Arc<apache_avro::Schema>, (&'static str, String)>>;
+
+fn check_one(
+    codec: &ImageCodec,
+    schemas: &SchemaLookup,
+    limits: &Limits,
+    polled: Polled,
+) -> Checked {
+    let (id, _) = match crate::schema::wire::split(&polled.payload) {
+        Ok(split) => split,
+        Err(e) => {
+            let e = DecodeError::from(e);
+            return Checked::Refused(letter(&polled, e.code(), "invalid", e.to_string()));
+        }
+    };
+    let schema = match schemas.get(&id) {
+        Some(Ok(s)) => s,
+        Some(Err((code, reason))) => {
+            return Checked::Refused(letter(&polled, code, "invalid", reason.clone()));
+        }
+        None => {
+            return Checked::Refused(letter(
+                &polled,
+                "unknown-schema-id",
+                "invalid",
+                format!("schema id {id} unresolved"),
+            ));
+        }
+    };
+    let record = match codec.decode_with(schema, id, &polled.payload) {
+        Ok(r) => r,
+        Err(e) => return Checked::Refused(letter(&polled, e.code(), "invalid", e.to_string())),
+    };
+    match validate(&record, limits) {
+        Ok(_) => Checked::Valid(polled, record),
+        Err(invalid) => Checked::Refused(letter(
+            &polled,
+            invalid.code(),
+            "invalid",
+            format!("image {}: {invalid}", record.image_id),
+        )),
+    }
+}
+
+fn letter(polled: &Polled, code: &'static str, class: &'static str, reason: String) -> DeadLetter {
+    DeadLetter {
+        origin: polled.origin.clone(),
+        key: polled.key.clone(),
+        payload: polled.payload.to_vec(),
+        original_timestamp_ms: polled.timestamp_ms,
+        code,
+        class,
+        reason,
+    }
+}
+
+/// Logs a summary line for the end of a run.
+pub fn log_summary(stats: &Stats, elapsed: Duration, reason: StopReason) {
+    let stored = stats.stored.load(Ordering::Relaxed);
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    info!(
+        ?reason,
+        stored,
+        replayed = stats.replayed.load(Ordering::Relaxed),
+        dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
+        bytes,
+        images_per_sec = stored as f64 / secs,
+        mb_per_sec = bytes as f64 / secs / 1e6,
+        "consumer stopped"
+    );
+}
+
+/// The end-of-run figures as JSON, for scripts.
+pub fn summary_json(stats: &Stats, elapsed: Duration, reason: StopReason) -> String {
+    let stored = stats.stored.load(Ordering::Relaxed);
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    serde_json::json!({
+        "stopped": format!("{reason:?}").to_lowercase(),
+        "stored": stored,
+        "replayed": stats.replayed.load(Ordering::Relaxed),
+        "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),
+        "bytes": bytes,
+        "elapsed_secs": secs,
+        "images_per_sec": stored as f64 / secs,
+        "mb_per_sec": bytes as f64 / secs / 1e6,
+        "commit_failures": stats.commit_failures.load(Ordering::Relaxed),
+    })
+    .to_string()
+}

@@ -1,0 +1,202 @@
+//! Retrying transient failures: capped exponential backoff with jitter, and one log line when an
+//! outage starts and one when it ends (not one per attempt).
+
+use crate::shutdown::Shutdown;
+use rand::Rng;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Backoff bounds. The cap keeps recovery prompt once a service is back.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): exponential, capped, with "full jitter" between half
+    /// and all of it so that many workers do not retry in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << attempt.min(16));
+        let capped = exp.min(self.max);
+        let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+        capped.mul_f64(jitter)
+    }
+}
+
+/// Tracks whether a service is in an outage, so start and end are each logged once.
+pub struct Outage {
+    service: &'static str,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Outage {
+    pub const fn new(service: &'static str) -> Self {
+        Outage {
+            service,
+            since: Mutex::new(None),
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        let mut since = self.since.lock().expect("outage lock");
+        if since.is_none() {
+            *since = Some(Instant::now());
+            warn!(service = self.service, %error, "outage started: retrying with backoff");
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut since = self.since.lock().expect("outage lock");
+        if let Some(start) = since.take() {
+            info!(
+                service = self.service,
+                seconds = start.elapsed().as_secs_f64(),
+                "outage ended"
+            );
+        }
+    }
+
+    pub fn is_ongoing(&self) -> bool {
+        self.since.lock().expect("outage lock").is_some()
+    }
+}
+
+/// Why a retried operation stopped without succeeding.
+#[derive(Debug)]
+pub enum Stopped<E> {
+    /// Not worth retrying: the error as it came.
+    Permanent(E),
+    /// Shutdown was requested while the service was still failing.
+    Shutdown(E),
+}
+
+/// Runs `op` until it succeeds, fails permanently (`is_transient` false), or shutdown is requested.
+pub async fn retry<T, E, F, Fut>(
+    outage: &Outage,
+    backoff: Backoff,
+    shutdown: &Shutdown,
+    is_transient: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, Stopped<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => {
+                outage.succeeded();
+                return Ok(v);
+            }
+            Err(e) if !is_transient(&e) => return Err(Stopped::Permanent(e)),
+            Err(e) => {
+                outage.failed(&e.to_string());
+                if shutdown.is_triggered() {
+                    return Err(Stopped::Shutdown(e));
+                }
+                let delay = backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.triggered() => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn delays_grow_and_stay_under_the_cap() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        assert!(b.delay(0) <= Duration::from_millis(100));
+        assert!(b.delay(0) >= Duration::from_millis(50));
+        assert!(b.delay(3) >= Duration::from_millis(400));
+        for n in 0..40 {
+            assert!(b.delay(n) <= Duration::from_secs(2));
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_success() {
+        let (_t, shutdown) = Shutdown::new();
+        let outage = Outage::new("test");
+        let calls = AtomicU32::new(0);
+        let fast = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
+        let result: Result<u32, Stopped<String>> = retry(
+            &outage,
+            fast,
+            &shutdown,
+            |_| true,
+            || async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if n < 3 {
+                    Err(format!("down {n}"))
+                } else {
+                    Ok(n)
+                }
+            },
+        )
+        .await;
+        assert_eq!(result.unwrap(), 3);
+        assert!(!outage.is_ongoing());
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_are_not_retried() {
+        let (_t, shutdown) = Shutdown::new();
+        let calls = AtomicU32::new(0);
+        let result: Result<(), Stopped<String>> = retry(
+            &Outage::new("test"),
+            Backoff::default(),
+            &shutdown,
+            |_| false,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err("bad record".to_string())
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(Stopped::Permanent(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_an_endless_outage() {
+        let (trigger, shutdown) = Shutdown::new();
+        trigger.trigger();
+        let result: Result<(), Stopped<String>> = retry(
+            &Outage::new("test"),
+            Backoff::default(),
+            &shutdown,
+            |_| true,
+            || async { Err("still down".to_string()) },
+        )
+        .await;
+        assert!(matches!(result, Err(Stopped::Shutdown(_))));
+    }
+}

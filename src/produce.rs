@@ -1,0 +1,399 @@
+//! `imgstream produce`: generates realistic images and sends them as Avro records, checking every
+//! delivery report. Generation and encoding run on blocking workers (one per core) feeding a
+//! bounded channel, so the producer never holds more than a few images it has not yet sent.
+
+use crate::config::Settings;
+use crate::domain::{ImageFormat, ImageRecord, sha256_hex};
+use crate::generate::{ImageSpec, render};
+use crate::kafka::BrokerError;
+use crate::kafka::producer::ImageProducer;
+use crate::schema::{RegistryClient, RegistryError, codec, value_subject};
+use crate::shutdown::Shutdown;
+use apache_avro::Schema;
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Images per second; 0 means as fast as possible.
+    pub rate: f64,
+    pub width: (u32, u32),
+    pub height: (u32, u32),
+    pub formats: Vec<ImageFormat>,
+    pub customer_id: String,
+    pub seed: u64,
+    pub sources: u32,
+    /// The value schema to register and write with (the repository's file unless overridden).
+    pub schema: String,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProduceSummary {
+    pub topic: String,
+    pub schema_id: u32,
+    pub generated: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub refused_too_large: u64,
+    pub bytes_delivered: u64,
+    pub elapsed_secs: f64,
+    pub images_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub interrupted: bool,
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum ProduceError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("schema file is not valid Avro: {0}")]
+    Schema(String),
+    #[error("image generation failed: {0}")]
+    Generate(String),
+}
+
+/// One record ready to send.
+struct Prepared {
+    key: String,
+    payload: Vec<u8>,
+    timestamp_ms: i64,
+    image_bytes: usize,
+}
+
+/// The per-image seed: the run's seed mixed with the image's index (splitmix64), so image `n` of
+/// a seeded run is the same whatever the number of workers.
+fn image_seed(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The image (not the record) that image `n` of a run shows: its size, format, source and bytes.
+pub fn seeded_image(opts: &ProduceOptions, n: u64) -> Result<(ImageSpec, String, Vec<u8>), String> {
+    let seed = image_seed(opts.seed, n);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let spec = ImageSpec {
+        width: rng.gen_range(opts.width.0..=opts.width.1),
+        height: rng.gen_range(opts.height.0..=opts.height.1),
+        format: opts.formats[rng.gen_range(0..opts.formats.len())],
+    };
+    let source = format!("source-{:04}", rng.gen_range(0..opts.sources.max(1)));
+    let data = render(&spec, seed).map_err(|e| e.to_string())?;
+    Ok((spec, source, data))
+}
+
+fn prepare(
+    opts: &ProduceOptions,
+    schema: &Schema,
+    schema_id: u32,
+    n: u64,
+) -> Result<Prepared, String> {
+    let (spec, source_id, data) = seeded_image(opts, n)?;
+    let created_at = Utc::now();
+    let record = ImageRecord {
+        image_id: Uuid::new_v4(),
+        customer_id: opts.customer_id.clone(),
+        source_id: source_id.clone(),
+        created_at,
+        content_type: spec.format.content_type().to_string(),
+        width: spec.width,
+        height: spec.height,
+        sha256: sha256_hex(&data),
+        data: Bytes::from(data),
+    };
+    let image_bytes = record.data.len();
+    let payload = codec::encode(schema, schema_id, &record).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        key: source_id,
+        payload,
+        timestamp_ms: created_at.timestamp_millis(),
+        image_bytes,
+    })
+}
+
+/// Produces until the count or duration is reached, or shutdown; then waits for every delivery
+/// report still outstanding and returns the tally.
+pub async fn produce(
+    settings: &Settings,
+    opts: ProduceOptions,
+    shutdown: Shutdown,
+) -> Result<ProduceSummary, ProduceError> {
+    let schema =
+        Schema::parse_str(&opts.schema).map_err(|e| ProduceError::Schema(e.to_string()))?;
+    let registry = RegistryClient::new(&settings.registry_url, settings.connect_timeout)?;
+    // Registering is idempotent: the id of an identical schema comes back. An incompatible change
+    // is refused here with the registry's reason, before anything is sent.
+    let schema_id = registry
+        .register(&value_subject(&settings.kafka.data_topic), &opts.schema)
+        .await?;
+    let producer = Arc::new(ImageProducer::new(&settings.kafka, &settings.limits)?);
+    let max_image_bytes = settings.limits.max_image_bytes;
+    let max_payload = settings.limits.max_message_bytes();
+
+    let started = Instant::now();
+    let total = opts.count.unwrap_or(u64::MAX);
+    let deadline = opts.duration.map(|d| started + d);
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_index = Arc::new(AtomicU64::new(0));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (tx, mut rx) = mpsc::channel::<Result<Prepared, String>>(workers * 2);
+    let shared = Arc::new((opts.clone(), schema));
+    for _ in 0..workers {
+        let (tx, stop, next_index, shared) =
+            (tx.clone(), stop.clone(), next_index.clone(), shared.clone());
+        tokio::task::spawn_blocking(move || {
+            let (opts, schema) = &*shared;
+            while !stop.load(Ordering::Relaxed) {
+                let n = next_index.fetch_add(1, Ordering::Relaxed);
+                if n >= total || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if tx
+                    .blocking_send(prepare(opts, schema, schema_id, n))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let progress = Progress::new(opts.progress, opts.count);
+    let mut summary = ProduceSummary {
+        topic: producer.topic().to_string(),
+        schema_id,
+        generated: 0,
+        delivered: 0,
+        failed: 0,
+        refused_too_large: 0,
+        bytes_delivered: 0,
+        elapsed_secs: 0.0,
+        images_per_sec: 0.0,
+        mb_per_sec: 0.0,
+        interrupted: false,
+        first_error: None,
+    };
+    let mut in_flight = FuturesUnordered::new();
+    let interval = (opts.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate));
+    let mut next_send = tokio::time::Instant::now();
+
+    loop {
+        let prepared = tokio::select! {
+            biased;
+            _ = shutdown.triggered() => { summary.interrupted = true; break; }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                tally(&mut summary, done, &progress);
+                continue;
+            }
+            p = rx.recv() => match p { Some(p) => p, None => break },
+        };
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(ProduceError::Generate(e));
+            }
+        };
+        summary.generated += 1;
+        if prepared.image_bytes > max_image_bytes || prepared.payload.len() > max_payload {
+            summary.refused_too_large += 1;
+            let msg = format!(
+                "image of {} bytes refused before sending: the limit is {max_image_bytes} bytes (IMGSTREAM_MAX_IMAGE_BYTES; topic max.message.bytes {max_payload}); use a smaller --width/--height",
+                prepared.image_bytes
+            );
+            if summary.first_error.is_none() {
+                warn!("{msg}");
+                summary.first_error = Some(msg);
+            }
+            continue;
+        }
+        if let Some(interval) = interval {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_send) => {}
+                _ = shutdown.triggered() => { summary.interrupted = true; break; }
+            }
+            next_send = next_send.max(tokio::time::Instant::now() - interval) + interval;
+        }
+        let delivery = producer
+            .enqueue(&prepared.key, &prepared.payload, prepared.timestamp_ms)
+            .await?;
+        let size = prepared.image_bytes as u64;
+        in_flight.push(async move { (delivery.await, size) });
+        // Delivery reports are drained as they come, so this set stays near the broker's pace.
+        while in_flight.len() > 10_000 {
+            if let Some(done) = in_flight.next().await {
+                tally(&mut summary, done, &progress);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if summary.interrupted {
+        info!(
+            in_flight = in_flight.len(),
+            "interrupted: waiting for the records already sent"
+        );
+    }
+    // Every record handed to librdkafka gets its report: delivered, or failed after message.timeout.ms.
+    while let Some(done) = in_flight.next().await {
+        tally(&mut summary, done, &progress);
+    }
+    progress.finish();
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    summary.elapsed_secs = elapsed;
+    summary.images_per_sec = summary.delivered as f64 / elapsed;
+    summary.mb_per_sec = summary.bytes_delivered as f64 / elapsed / 1e6;
+    Ok(summary)
+}
+
+type Report = (
+    Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+    u64,
+);
+
+fn tally(summary: &mut ProduceSummary, (report, size): Report, progress: &Progress) {
+    match report {
+        Ok(Ok(_)) => {
+            summary.delivered += 1;
+            summary.bytes_delivered += size;
+            progress.delivered(summary.delivered, summary.bytes_delivered);
+        }
+        Ok(Err((e, _))) => {
+            summary.failed += 1;
+            if summary.first_error.is_none() {
+                let msg = format!("delivery failed: {e}");
+                warn!("{msg}");
+                summary.first_error = Some(msg);
+            }
+        }
+        Err(_) => {
+            summary.failed += 1;
+            summary
+                .first_error
+                .get_or_insert_with(|| "delivery report lost (producer dropped)".into());
+        }
+    }
+}
+
+/// A progress bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_log: std::sync::Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(terminal: bool, total: Option<u64>) -> Self {
+        let bar = terminal.then(|| {
+            let bar = match total {
+                Some(n) => indicatif::ProgressBar::new(n),
+                None => indicatif::ProgressBar::no_length(),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} images  {per_sec}  {msg}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            started: Instant::now(),
+            last_log: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn delivered(&self, count: u64, bytes: u64) {
+        let mb_s = bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-9) / 1e6;
+        if let Some(bar) = &self.bar {
+            bar.set_position(count);
+            bar.set_message(format!("{mb_s:.1} MB/s"));
+        } else if let Ok(mut last) = self.last_log.lock()
+            && last.elapsed() >= Duration::from_secs(5)
+        {
+            *last = Instant::now();
+            let rate = count as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            info!(
+                delivered = count,
+                images_per_sec = format!("{rate:.0}"),
+                mb_per_sec = format!("{mb_s:.1}"),
+                "producing"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::IMAGE_RECORD_SCHEMA;
+
+    fn opts(seed: u64) -> ProduceOptions {
+        ProduceOptions {
+            count: Some(3),
+            duration: None,
+            rate: 0.0,
+            width: (32, 64),
+            height: (32, 64),
+            formats: ImageFormat::ALL.to_vec(),
+            customer_id: "c".into(),
+            seed,
+            sources: 4,
+            schema: IMAGE_RECORD_SCHEMA.into(),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn a_seed_fixes_every_image_of_a_run() {
+        for n in 0..5 {
+            assert_eq!(
+                seeded_image(&opts(9), n).unwrap(),
+                seeded_image(&opts(9), n).unwrap()
+            );
+        }
+        assert_ne!(
+            seeded_image(&opts(9), 0).unwrap().2,
+            seeded_image(&opts(10), 0).unwrap().2
+        );
+    }
+
+    #[test]
+    fn sizes_formats_and_sources_stay_within_the_options() {
+        let o = opts(1);
+        for n in 0..30 {
+            let (spec, source, _) = seeded_image(&o, n).unwrap();
+            assert!((32..=64).contains(&spec.width) && (32..=64).contains(&spec.height));
+            assert!(source.starts_with("source-000") && source.as_str() < "source-0004");
+        }
+    }
+}

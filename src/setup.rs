@@ -1,0 +1,272 @@
+//! `imgstream setup`: everything the pipeline needs, created in code and idempotent — index
+//! migrations, the data and dead-letter topics, the bucket, and the registered value schema.
+//! `--check` changes nothing and lists what is missing or different.
+
+use crate::config::Settings;
+use crate::index::ImageIndex;
+use crate::kafka::admin::{TopicAdmin, TopicState, data_topic_spec, dlq_topic_spec};
+use crate::schema::{RegistryClient, RegistryError, SUBJECT_COMPATIBILITY, value_subject};
+use crate::store::ImageStore;
+use std::fmt;
+use std::time::Duration;
+
+/// One thing setup looks after, and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub service: &'static str,
+    pub name: String,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Ok,
+    Changed(String),
+    Missing(String),
+    Unreachable(String),
+    Failed(String),
+}
+
+impl State {
+    pub fn is_problem(&self) -> bool {
+        matches!(
+            self,
+            State::Missing(_) | State::Unreachable(_) | State::Failed(_)
+        )
+    }
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (tag, detail) = match &self.state {
+            State::Ok => ("ok", String::new()),
+            State::Changed(d) => ("done", d.clone()),
+            State::Missing(d) => ("missing", d.clone()),
+            State::Unreachable(d) => ("unreachable", d.clone()),
+            State::Failed(d) => ("failed", d.clone()),
+        };
+        write!(f, "{:<11} {:<10} {}", tag, self.service, self.name)?;
+        if !detail.is_empty() {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs setup (or only checks when `check_only`), one service after another, each bounded by the
+/// connect timeout so that a service that is down is named instead of hanging the command.
+pub async fn run(settings: &Settings, schema: &str, check_only: bool) -> Vec<Item> {
+    let mut items = Vec::new();
+    items.extend(index(settings, check_only).await);
+    items.extend(topics(settings, check_only).await);
+    items.push(bucket(settings, check_only).await);
+    items.extend(registry(settings, schema, check_only).await);
+    items
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout * 2, fut)
+        .await
+        .map_err(|_| format!("{what} did not answer within {}s", (timeout * 2).as_secs()))
+}
+
+async fn index(settings: &Settings, check_only: bool) -> Vec<Item> {
+    let url = &settings.database_url;
+    let item = |state| Item {
+        service: "postgresql",
+        name: format!(
+            "migrations in {} at {}",
+            url.database_name(),
+            url.host_port()
+        ),
+        state,
+    };
+    let timeout = settings.connect_timeout;
+    let index = match bounded(timeout, "PostgreSQL", ImageIndex::connect(url, timeout)).await {
+        Ok(Ok(index)) => index,
+        Ok(Err(e)) => return vec![item(State::Unreachable(e.to_string()))],
+        Err(e) => return vec![item(State::Unreachable(e))],
+    };
+    let pending = match index.pending_migrations().await {
+        Ok(p) => p,
+        Err(e) => return vec![item(State::Failed(e.to_string()))],
+    };
+    let state = if pending.is_empty() {
+        State::Ok
+    } else if check_only {
+        State::Missing(format!("pending: {}", pending.join(", ")))
+    } else {
+        match index.migrate().await {
+            Ok(()) => State::Changed(format!("applied {}", pending.join(", "))),
+            Err(e) => State::Failed(e.to_string()),
+        }
+    };
+    index.close().await;
+    vec![item(state)]
+}
+
+async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {
+    let kafka = &settings.kafka;
+    let specs = [
+        data_topic_spec(kafka, &settings.limits),
+        dlq_topic_spec(kafka, &settings.limits),
+    ];
+    let item = |name: &str, state| Item {
+        service: "kafka",
+        name: format!("topic {name}"),
+        state,
+    };
+    let admin = match TopicAdmin::new(kafka, settings.connect_timeout) {
+        Ok(a) => a,
+        Err(e) => {
+            return specs
+                .iter()
+                .map(|s| item(&s.name, State::Failed(e.to_string())))
+                .collect();
+        }
+    };
+    // librdkafka's metadata call blocks; keep it off the async threads.
+    let probe = tokio::task::block_in_place(|| admin.metadata(None));
+    if let Err(e) = probe {
+        return specs
+            .iter()
+            .map(|s| item(&s.name, State::Unreachable(e.to_string())))
+            .collect();
+    }
+    let mut items = Vec::new();
+    for spec in &specs {
+        let state = if check_only {
+            match admin.state(spec).await {
+                Ok(TopicState::Ok) => State::Ok,
+                Ok(TopicState::Missing) => State::Missing("does not exist".into()),
+                Ok(TopicState::Different(d)) => State::Missing(d.join("; ")),
+                Err(e) => State::Failed(e.to_string()),
+            }
+        } else {
+            match admin.ensure(spec).await {
+                Ok(None) => State::Ok,
+                Ok(Some(done)) => State::Changed(done),
+                Err(e) => State::Failed(e.to_string()),
+            }
+        };
+        items.push(item(&spec.name, state));
+    }
+    items
+}
+
+async fn bucket(settings: &Settings, check_only: bool) -> Item {
+    let item = |state| Item {
+        service: "minio",
+        name: format!(
+            "bucket {} at {}",
+            settings.store.bucket, settings.store.endpoint
+        ),
+        state,
+    };
+    let store = match ImageStore::s3(&settings.store, settings.connect_timeout) {
+        Ok(s) => s,
+        Err(e) => return item(State::Failed(e.to_string())),
+    };
+    let timeout = settings.connect_timeout;
+    let exists = match bounded(timeout, "MinIO", store.bucket_exists()).await {
+        Ok(Ok(exists)) => exists,
+        Ok(Err(e)) => return item(State::Unreachable(e.to_string())),
+        Err(e) => return item(State::Unreachable(e)),
+    };
+    if exists {
+        item(State::Ok)
+    } else if check_only {
+        item(State::Missing("does not exist".into()))
+    } else {
+        match store.create_bucket().await {
+            Ok(_) => item(State::Changed("created".into())),
+            Err(e) => item(State::Failed(e.to_string())),
+        }
+    }
+}
+
+async fn registry(settings: &Settings, schema: &str, check_only: bool) -> Vec<Item> {
+    let subject = value_subject(&settings.kafka.data_topic);
+    let schema_item = |state| Item {
+        service: "registry",
+        name: format!("schema under {subject}"),
+        state,
+    };
+    let level_item = |state| Item {
+        service: "registry",
+        name: format!("compatibility {SUBJECT_COMPATIBILITY} on {subject}"),
+        state,
+    };
+    let client = match RegistryClient::new(&settings.registry_url, settings.connect_timeout) {
+        Ok(c) => c,
+        Err(e) => return vec![schema_item(State::Failed(e.to_string()))],
+    };
+    let unreachable = |e: RegistryError| {
+        if e.is_transient() {
+            State::Unreachable(e.to_string())
+        } else {
+            State::Failed(e.to_string())
+        }
+    };
+    let found = match client.lookup(&subject, schema).await {
+        Ok(found) => found,
+        Err(e) => return vec![schema_item(unreachable(e))],
+    };
+    let schema_state = match (found, check_only) {
+        (Some(_), _) => State::Ok,
+        (None, true) => State::Missing("this schema is not registered".into()),
+        (None, false) => match client.register(&subject, schema).await {
+            Ok(id) => State::Changed(format!("registered with id {id}")),
+            Err(e) => unreachable(e),
+        },
+    };
+    if schema_state.is_problem() {
+        return vec![schema_item(schema_state)];
+    }
+    let level_state = match client.compatibility_level(&subject).await {
+        Ok(Some(level)) if level.eq_ignore_ascii_case(SUBJECT_COMPATIBILITY) => State::Ok,
+        Ok(current) if check_only => {
+            State::Missing(format!("is {}", current.unwrap_or_else(|| "unset".into())))
+        }
+        Ok(_) => match client
+            .set_compatibility_level(&subject, SUBJECT_COMPATIBILITY)
+            .await
+        {
+            Ok(()) => State::Changed("set".into()),
+            Err(e) => unreachable(e),
+        },
+        Err(e) => unreachable(e),
+    };
+    vec![schema_item(schema_state), level_item(level_state)]
+}
+
+/// What the consumer and producer need before they start; a one-line error that names the
+/// missing piece and says to run setup.
+pub async fn preflight(settings: &Settings, schema: &str) -> Result<(), String> {
+    let problems: Vec<String> = run(settings, schema, true)
+        .await
+        .into_iter()
+        .filter(|i| i.state.is_problem())
+        .map(|i| match &i.state {
+            State::Unreachable(d) | State::Failed(d) => d.clone(),
+            State::Missing(d) => format!("{} {}: {d}", i.service, i.name),
+            _ => unreachable!("filtered to problems"),
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let unreachable_only = problems
+        .iter()
+        .all(|p| p.contains("unreachable") || p.contains("did not answer"));
+    let hint = if unreachable_only {
+        ""
+    } else {
+        "; run `imgstream setup`"
+    };
+    Err(format!("not ready: {}{hint}", problems.join("; ")))
+}
