@@ -39,10 +39,12 @@ install() {
   say "fetching Kafka $VERSION jars from Maven Central into $LIBS"
   rm -rf "$LIBS" "$LIBS.tmp"
   # KAFKA_MVN_ARGS lets callers add e.g. -Dmaven.repo.local=... (unquoted on purpose: several args).
+  # Output is only shown on failure: Debian's Maven 3.8 prints stray ANSI codes even with -q -B.
+  local out
   # shellcheck disable=SC2086
-  mvn -q -B -Dstyle.color=never -f "$POM" ${KAFKA_MVN_ARGS:-} dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >&2 \
-    || die "Maven could not fetch the Kafka jars (see its output above)"
+  out="$(mvn -q -B -f "$POM" ${KAFKA_MVN_ARGS:-} dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" 2>&1)" \
+    || { printf '%s\n' "$out" >&2; die "Maven could not fetch the Kafka jars (output above)"; }
   touch "$LIBS.tmp/.complete" && mv "$LIBS.tmp" "$LIBS"
 }
 
