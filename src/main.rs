@@ -92,7 +92,7 @@ struct ProduceArgs {
     height: (u32, u32),
     /// png, jpeg, webp, or mix
     #[arg(long, default_value = "mix", value_parser = parse_formats)]
-    format: Vec<ImageFormat>,
+    format: Formats,
     /// Customer id on every record (default: PRODUCER_CUSTOMER_ID)
     #[arg(long)]
     customer_id: Option<String>,
@@ -183,16 +183,21 @@ fn parse_range(s: &str) -> Result<(u32, u32), String> {
     Ok((a, b))
 }
 
-fn parse_formats(s: &str) -> Result<Vec<ImageFormat>, String> {
+/// A list of formats as one argument value (`png,jpeg`), which clap must not split into many.
+#[derive(Clone)]
+struct Formats(Vec<ImageFormat>);
+
+fn parse_formats(s: &str) -> Result<Formats, String> {
     if s.eq_ignore_ascii_case("mix") {
-        return Ok(ImageFormat::ALL.to_vec());
+        return Ok(Formats(ImageFormat::ALL.to_vec()));
     }
     s.split(',')
         .map(|f| {
             ImageFormat::from_name(f.trim())
                 .ok_or_else(|| format!("{f:?} is not png, jpeg, webp or mix"))
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Formats)
 }
 
 fn init_logging() {
@@ -204,7 +209,11 @@ fn init_logging() {
     if std::env::var("IMGSTREAM_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
     } else {
-        builder.with_target(false).compact().init();
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .compact()
+            .init();
     }
 }
 
@@ -268,7 +277,7 @@ async fn run_produce(settings: &Settings, args: ProduceArgs) -> Result<ExitCode,
         rate: args.rate.max(0.0),
         width: args.width,
         height: args.height,
-        formats: args.format,
+        formats: args.format.0,
         customer_id: args
             .customer_id
             .unwrap_or_else(|| settings.customer_id.clone()),

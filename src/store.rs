@@ -79,7 +79,6 @@ impl ImageStore {
             .with_access_key_id(&settings.access_key)
             .with_secret_access_key(&settings.secret_key)
             .with_region(&settings.region)
-            .with_allow_http(true)
             .with_virtual_hosted_style_request(false)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             // Short internal retries: outages are ours to notice, log and ride out (pipeline::retry).
@@ -90,6 +89,7 @@ impl ImageStore {
             })
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(true)
                     .with_connect_timeout(timeout)
                     .with_timeout(Duration::from_secs(60))
                     .with_pool_max_idle_per_host(64),
@@ -260,14 +260,17 @@ impl ImageStore {
 }
 
 fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
+    // Wrapped errors often repeat their source's text; keep each piece of text once.
+    let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        parts.push(c.to_string());
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
         cause = c.source();
     }
-    parts.dedup();
-    parts.join(": ").replace('\n', " ")
+    line.replace('\n', " ")
 }
 
 /// Bucket-level calls, which `object_store` does not offer: signed with its own SigV4 signer.

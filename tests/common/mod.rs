@@ -1,0 +1,281 @@
+//! The integration-test harness: every test gets its own topic, dead-letter topic, bucket,
+//! PostgreSQL database, consumer group and registry subject, all created through `imgstream setup`
+//! and removed when the test ends (also when it fails).
+//!
+//! Refuses to run unless the configured database's name says it is a test database.
+#![allow(dead_code)]
+
+use imgstream::config::Settings;
+use imgstream::index::ImageIndex;
+use imgstream::kafka::admin::TopicAdmin;
+use imgstream::schema::{IMAGE_RECORD_SCHEMA, RegistryClient};
+use imgstream::setup;
+use imgstream::store::ImageStore;
+use sqlx::Connection;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The base settings from the environment, with the test-database guard applied.
+fn base_vars() -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    let url = vars
+        .entry("DATABASE_CONNECTION_STRING".into())
+        .or_insert_with(|| "postgres://imgstream:imgstream@127.0.0.1:5432/imgstream_test".into())
+        .clone();
+    if let Err(why) = check_test_database(&url) {
+        panic!("{why}");
+    }
+    vars
+}
+
+/// Integration tests create and drop databases: only next to one whose name says "test".
+pub fn check_test_database(url: &str) -> Result<(), String> {
+    let parsed = imgstream::config::parse_database_url(url).map_err(|e| e.to_string())?;
+    if parsed.database_name().to_lowercase().contains("test") {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing to run integration tests against database {:?}: its name must contain \"test\" \
+             (e.g. DATABASE_CONNECTION_STRING=postgres://imgstream:imgstream@127.0.0.1:5432/imgstream_test)",
+            parsed.database_name()
+        ))
+    }
+}
+
+/// One test's private corner of the stack.
+pub struct TestEnv {
+    pub name: String,
+    pub vars: HashMap<String, String>,
+    pub settings: Settings,
+}
+
+impl TestEnv {
+    /// Creates the names and runs `imgstream setup` (as a library call) against them.
+    pub async fn new(label: &str) -> TestEnv {
+        Self::with(label, &[]).await
+    }
+
+    pub async fn with(label: &str, overrides: &[(&str, &str)]) -> TestEnv {
+        let env = Self::unprepared(label, overrides).await;
+        let items = setup::run(&env.settings, IMAGE_RECORD_SCHEMA, false).await;
+        let problems: Vec<String> = items
+            .iter()
+            .filter(|i| i.state.is_problem())
+            .map(|i| i.to_string())
+            .collect();
+        assert!(problems.is_empty(), "setup failed: {problems:?}");
+        env
+    }
+
+    /// Names and an empty database, but no setup: for tests of setup itself.
+    pub async fn unprepared(label: &str, overrides: &[(&str, &str)]) -> TestEnv {
+        let id = Uuid::new_v4().simple().to_string();
+        let name = format!("t-{label}-{}", &id[..10])
+            .to_lowercase()
+            .replace('_', "-");
+        let mut vars = base_vars();
+        let base =
+            imgstream::config::parse_database_url(&vars["DATABASE_CONNECTION_STRING"]).unwrap();
+        let database = format!("{}_{}", base.database_name(), &id[..10]);
+        let db_url = base.with_database(&database);
+        for (k, v) in [
+            ("KAFKA_DATA_TOPIC", name.clone()),
+            ("KAFKA_GROUP_ID", name.clone()),
+            ("MINIO_BUCKET_NAME", name.clone()),
+            ("DATABASE_CONNECTION_STRING", db_url.expose().to_string()),
+            ("KAFKA_TOPIC_PARTITIONS", "3".to_string()),
+            ("IMGSTREAM_ENV_FILE", "/nonexistent".to_string()),
+        ] {
+            vars.insert(k.to_string(), v);
+        }
+        for (k, v) in overrides {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        let settings = Settings::from_vars(&vars).expect("test settings");
+        create_database(&base, &database).await;
+        TestEnv {
+            name,
+            vars,
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> ImageStore {
+        ImageStore::s3(&self.settings.store, TIMEOUT).unwrap()
+    }
+
+    pub async fn index(&self) -> ImageIndex {
+        ImageIndex::connect(&self.settings.database_url, TIMEOUT)
+            .await
+            .unwrap()
+    }
+
+    pub fn registry(&self) -> RegistryClient {
+        RegistryClient::new(&self.settings.registry_url, TIMEOUT).unwrap()
+    }
+
+    /// The `imgstream` binary with this test's settings.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env_clear()
+            .envs(&self.vars)
+            .env("IMGSTREAM_LOG", "info,rdkafka=warn,sqlx=warn");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run imgstream")
+    }
+
+    /// Starts `imgstream` in the background with its output in a log file (printed on failure).
+    pub fn spawn(&self, args: &[&str], log: &str) -> Child {
+        let path = self.log_path(log);
+        let file = std::fs::File::create(&path).expect("log file");
+        self.command(args)
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn imgstream")
+    }
+
+    pub fn log_path(&self, log: &str) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(format!("{log}.log"))
+    }
+
+    pub fn read_log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.log_path(log)).unwrap_or_default()
+    }
+
+    /// Produces `count` small images through the real CLI.
+    pub fn produce(&self, count: u64, extra: &[&str]) -> Output {
+        let count = count.to_string();
+        let mut args = vec![
+            "produce", "--count", &count, "--width", "64-160", "--height", "48-120", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "produce failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// What the services hold: (objects in the bucket, rows in the index).
+    pub async fn counts(&self) -> (usize, i64) {
+        let objects = self.store().list("images/").await.unwrap().len();
+        let index = self.index().await;
+        let rows = index.count().await.unwrap();
+        index.close().await;
+        (objects, rows)
+    }
+
+    async fn cleanup(&self) {
+        if let Ok(admin) = TopicAdmin::new(&self.settings.kafka, TIMEOUT) {
+            let _ = admin
+                .delete(&[
+                    &self.settings.kafka.data_topic,
+                    &self.settings.kafka.dlq_topic,
+                ])
+                .await;
+        }
+        let _ = self.store().destroy_bucket().await;
+        let url = &self.settings.database_url;
+        let maintenance = url.with_database("postgres");
+        if let Ok(mut conn) = sqlx::PgConnection::connect(maintenance.expose()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                url.database_name()
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+        let subject = imgstream::schema::value_subject(&self.settings.kafka.data_topic);
+        let _ = reqwest::Client::new()
+            .delete(format!(
+                "{}/subjects/{subject}?permanent=true",
+                self.settings.registry_url
+            ))
+            .send()
+            .await;
+    }
+}
+
+impl Drop for TestEnv {
+    // Runs on success and on panic alike; a fresh runtime on its own thread because Drop cannot await.
+    fn drop(&mut self) {
+        if std::env::var("IMGSTREAM_KEEP_TEST_DATA").is_ok() {
+            return;
+        }
+        let env = TestEnv {
+            name: self.name.clone(),
+            vars: self.vars.clone(),
+            settings: self.settings.clone(),
+        };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(env.cleanup());
+            std::mem::forget(env);
+        })
+        .join();
+    }
+}
+
+async fn create_database(base: &imgstream::config::DatabaseUrl, name: &str) {
+    let maintenance = base.with_database("postgres");
+    let mut conn = sqlx::PgConnection::connect(maintenance.expose())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {} ({e}); run `make stack-up`",
+                base.host_port()
+            )
+        });
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+}
+
+/// The `imgstream` binary cargo built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_imgstream"))
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

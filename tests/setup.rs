@@ -1,0 +1,186 @@
+//! `imgstream setup`, settings, and what happens before setup or with a service down.
+
+mod common;
+
+use common::{TestEnv, stderr, stdout};
+use std::time::{Duration, Instant};
+
+#[test]
+fn the_harness_refuses_a_database_that_is_not_a_test_database() {
+    let err = common::check_test_database("postgres://u:p@127.0.0.1:5432/imgstream").unwrap_err();
+    assert!(
+        err.contains("refusing") && err.contains("imgstream"),
+        "{err}"
+    );
+    assert!(common::check_test_database("postgresql+psycopg://u:p@h:5432/imgstream_test").is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_creates_everything_once_and_check_tells_missing_from_done() {
+    let env = TestEnv::unprepared("setup", &[]).await;
+
+    let fresh = env.run(&["setup", "--check"]);
+    assert!(!fresh.status.success(), "check must fail on a fresh stack");
+    let listed = stdout(&fresh);
+    for missing in [
+        "migrations",
+        &format!("topic {}", env.name),
+        &format!("topic {}.dlq", env.name),
+        "bucket",
+        "schema under",
+    ] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with("missing") && l.contains(missing)),
+            "check does not list {missing:?} as missing:\n{listed}"
+        );
+    }
+    assert!(stderr(&fresh).contains("run `imgstream setup`"));
+
+    let first = env.run(&["setup"]);
+    assert!(
+        first.status.success(),
+        "{}{}",
+        stdout(&first),
+        stderr(&first)
+    );
+    assert_eq!(
+        stdout(&first)
+            .lines()
+            .filter(|l| l.starts_with("done"))
+            .count(),
+        6,
+        "{}",
+        stdout(&first)
+    );
+
+    let second = env.run(&["setup"]);
+    assert!(second.status.success());
+    assert!(
+        stdout(&second).lines().all(|l| l.starts_with("ok")),
+        "second setup changed something:\n{}",
+        stdout(&second)
+    );
+
+    let check = env.run(&["setup", "--check"]);
+    assert!(check.status.success(), "{}", stdout(&check));
+
+    // What setup made is really there, read from the services themselves.
+    let (objects, rows) = env.counts().await;
+    assert_eq!((objects, rows), (0, 0));
+    assert!(env.store().bucket_exists().await.unwrap());
+    let level = env
+        .registry()
+        .compatibility_level(&format!("{}-value", env.name))
+        .await
+        .unwrap();
+    assert_eq!(level.as_deref(), Some("FULL"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_service_is_named_with_its_address_within_bounded_time() {
+    let cases = [
+        (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "127.0.0.1:1",
+            "Kafka at 127.0.0.1:1",
+        ),
+        (
+            "MINIO_CONNECTION_STRING",
+            "127.0.0.1:1",
+            "http://127.0.0.1:1",
+        ),
+        (
+            "SCHEMA_REGISTRY_URL",
+            "http://127.0.0.1:1/apis/ccompat/v7",
+            "127.0.0.1:1",
+        ),
+        (
+            "DATABASE_CONNECTION_STRING",
+            "postgres://imgstream:imgstream@127.0.0.1:1/imgstream_test_x",
+            "127.0.0.1:1",
+        ),
+    ];
+    for (var, value, named) in cases {
+        let env = TestEnv::unprepared(
+            "down",
+            &[(var, value), ("IMGSTREAM_CONNECT_TIMEOUT_SECS", "3")],
+        )
+        .await;
+        let started = Instant::now();
+        let out = env.run(&["setup"]);
+        let took = started.elapsed();
+        assert!(
+            !out.status.success(),
+            "{var}: setup succeeded against a closed port"
+        );
+        let text = stdout(&out);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("unreachable") && l.contains(named)),
+            "{var}: no line names {named:?} as unreachable:\n{text}"
+        );
+        assert!(took < Duration::from_secs(30), "{var}: took {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn producing_or_consuming_before_setup_says_to_run_setup_in_one_line() {
+    let env = TestEnv::unprepared("nosetup", &[]).await;
+    for args in [
+        &["produce", "--count", "1"][..],
+        &["consume", "--until-idle", "1"][..],
+    ] {
+        let out = env.run(args);
+        assert!(!out.status.success(), "{args:?} succeeded before setup");
+        let err = stderr(&out);
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("imgstream:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: expected one error line:\n{err}");
+        assert!(lines[0].contains("run `imgstream setup`"), "{}", lines[0]);
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_setting_is_reported_by_its_variable_name_without_a_panic() {
+    let env = TestEnv::unprepared("badcfg", &[]).await;
+    // The harness validated nothing itself: the binary reads the variables.
+    let out = env
+        .command(&["status"])
+        .env("KAFKA_AUTO_OFFSET_RESET", "sometimes")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("imgstream: configuration: KAFKA_AUTO_OFFSET_RESET"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_env_file_fills_in_unset_settings_and_secrets_are_not_printed() {
+    let env = TestEnv::unprepared("envfile", &[]).await;
+    let dir = env.log_path("x").parent().unwrap().to_path_buf();
+    let file = dir.join("test.env");
+    std::fs::write(
+        &file,
+        "KAFKA_DATA_TOPIC=\"bad topic name\"\nMINIO_SECRET_KEY=sup3r-s3cret\n",
+    )
+    .unwrap();
+    let mut cmd = env.command(&["setup", "--check"]);
+    cmd.env_remove("KAFKA_DATA_TOPIC")
+        .env("IMGSTREAM_ENV_FILE", &file);
+    let out = cmd.output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("KAFKA_DATA_TOPIC"),
+        "the .env value was not read: {err}"
+    );
+    assert!(!err.contains("sup3r-s3cret") && !stdout(&out).contains("sup3r-s3cret"));
+}
