@@ -279,3 +279,110 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A plain producer for hand-made (often malformed) records.
+pub fn raw_producer(env: &TestEnv) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
+        .set("message.max.bytes", "20000000")
+        .create()
+        .expect("raw producer")
+}
+
+pub async fn send_raw(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) {
+    let record = rdkafka::producer::FutureRecord::to(topic)
+        .key(key)
+        .payload(payload);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("raw send");
+}
+
+/// The id under which setup registered the value schema.
+pub async fn schema_id(env: &TestEnv) -> u32 {
+    env.registry()
+        .lookup(
+            &imgstream::schema::value_subject(&env.name),
+            IMAGE_RECORD_SCHEMA,
+        )
+        .await
+        .unwrap()
+        .expect("schema registered by setup")
+        .id
+}
+
+/// A valid record of a small generated image.
+pub fn valid_record(
+    seed: u64,
+    format: imgstream::domain::ImageFormat,
+) -> imgstream::domain::ImageRecord {
+    let spec = imgstream::generate::ImageSpec {
+        width: 40,
+        height: 30,
+        format,
+    };
+    let data = imgstream::generate::render(&spec, seed).unwrap();
+    imgstream::domain::ImageRecord {
+        image_id: Uuid::new_v4(),
+        customer_id: "test-customer".into(),
+        source_id: "cam-1".into(),
+        created_at: chrono::Utc::now(),
+        content_type: format.content_type().into(),
+        width: 40,
+        height: 30,
+        sha256: imgstream::domain::sha256_hex(&data),
+        data: bytes::Bytes::from(data),
+    }
+}
+
+/// Encodes a record with the schema registered for this test.
+pub async fn encode(env: &TestEnv, record: &imgstream::domain::ImageRecord) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
+    imgstream::schema::codec::encode(&schema, schema_id(env).await, record).unwrap()
+}
+
+/// Every record currently on a topic, read from the beginning with a plain consumer.
+pub fn read_topic(env: &TestEnv, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
+        .set("group.id", format!("reader-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), TIMEOUT).unwrap();
+        remaining += high - low;
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// A header's value as text.
+pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}

@@ -1,0 +1,257 @@
+//! The consumer against the real stack: exactly one object and one row per record, bad records in
+//! the dead-letter topic with their reason, and the audit that finds what went wrong.
+
+mod common;
+
+use common::{
+    TestEnv, encode, header, raw_producer, read_topic, send_raw, stderr, stdout, valid_record,
+};
+use imgstream::domain::{ImageFormat, object_key, sha256_hex};
+use imgstream::kafka::dlq::headers;
+use imgstream::schema::wire;
+use std::collections::BTreeMap;
+
+fn consume_until_idle(env: &TestEnv) -> serde_json::Value {
+    let out = env.run(&["consume", "--until-idle", "3", "--json"]);
+    assert!(out.status.success(), "consume failed: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).expect("consume --json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_becomes_one_object_and_one_row_with_matching_sha256() {
+    let env = TestEnv::new("exact").await;
+    env.produce(40, &[]);
+    let summary = consume_until_idle(&env);
+    assert_eq!(summary["stored"], 40);
+
+    assert_eq!(env.counts().await, (40, 40));
+    let index = env.index().await;
+    let store = env.store();
+    for row in index.all_entries().await.unwrap() {
+        let bytes = store.get(&row.object_key).await.unwrap();
+        assert_eq!(sha256_hex(&bytes), row.sha256, "object {}", row.object_key);
+        assert_eq!(bytes.len() as i64, row.size_bytes);
+        assert_eq!(row.object_key, object_key(&row.image_id));
+        assert_eq!(row.bucket, env.name);
+        assert_eq!(row.kafka_topic, env.name);
+    }
+    let verify = env.run(&["verify", "--full"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_record_is_stored_once() {
+    let env = TestEnv::new("replay").await;
+    env.produce(12, &[]);
+    consume_until_idle(&env);
+    // A second group reads the same records again from the start: a full replay.
+    let out = env
+        .command(&["consume", "--until-idle", "3", "--json"])
+        .env("KAFKA_GROUP_ID", format!("{}-again", env.name))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["replayed"], 12, "{summary}");
+    assert_eq!(summary["dead_lettered"], 0);
+    assert_eq!(env.counts().await, (12, 12));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_stored() {
+    let env = TestEnv::new("dlq").await;
+    let producer = raw_producer(&env);
+    let topic = env.name.clone();
+
+    let mut expected: BTreeMap<String, &str> = BTreeMap::new();
+    let mut send = async |label: &str, payload: Vec<u8>, code: &'static str| {
+        send_raw(&producer, &topic, label, &payload).await;
+        expected.insert(label.to_string(), code);
+    };
+    send("garbage", b"\x00\x01".to_vec(), "not-wire-format").await;
+    send("json", br#"{"image": "nope"}"#.to_vec(), "bad-magic-byte").await;
+    send(
+        "unknown-schema",
+        wire::frame(987_654, b"\x02xx"),
+        "unknown-schema-id",
+    )
+    .await;
+
+    let mut text = valid_record(1, ImageFormat::Png);
+    text.data = bytes::Bytes::from_static(b"this is not an image at all");
+    text.sha256 = sha256_hex(&text.data);
+    send(
+        "not-an-image",
+        encode(&env, &text).await,
+        "signature-mismatch",
+    )
+    .await;
+
+    let mut lying = valid_record(2, ImageFormat::Jpeg);
+    lying.content_type = "image/png".into();
+    send(
+        "lying-content-type",
+        encode(&env, &lying).await,
+        "signature-mismatch",
+    )
+    .await;
+
+    let mut bomb = valid_record(3, ImageFormat::Png);
+    bomb.width = 100_000;
+    bomb.height = 100_000;
+    send(
+        "huge-dimensions",
+        encode(&env, &bomb).await,
+        "too-many-pixels",
+    )
+    .await;
+
+    let mut wrong_sum = valid_record(4, ImageFormat::Webp);
+    wrong_sum.sha256 = sha256_hex(b"other");
+    send(
+        "wrong-sha256",
+        encode(&env, &wrong_sum).await,
+        "checksum-mismatch",
+    )
+    .await;
+
+    env.produce(10, &[]);
+    let summary = consume_until_idle(&env);
+    assert_eq!(summary["stored"], 10, "{summary}");
+    assert_eq!(summary["dead_lettered"], expected.len(), "{summary}");
+    assert_eq!(env.counts().await, (10, 10));
+
+    let letters = read_topic(&env, &format!("{topic}.dlq"));
+    assert_eq!(letters.len(), expected.len());
+    for m in &letters {
+        use rdkafka::message::Message;
+        let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+        let code = header(m, headers::CODE).unwrap();
+        assert_eq!(Some(&code.as_str()), expected.get(&key), "record {key}");
+        assert!(!header(m, headers::REASON).unwrap().is_empty());
+        assert_eq!(header(m, headers::CLASS).as_deref(), Some("invalid"));
+        assert_eq!(
+            header(m, headers::ORIGINAL_TOPIC).as_deref(),
+            Some(topic.as_str())
+        );
+        assert!(
+            header(m, headers::ORIGINAL_PARTITION)
+                .unwrap()
+                .parse::<i32>()
+                .is_ok()
+        );
+        assert!(
+            header(m, headers::ORIGINAL_OFFSET)
+                .unwrap()
+                .parse::<i64>()
+                .is_ok()
+        );
+        assert!(header(m, headers::DEAD_LETTERED_AT).is_some());
+    }
+
+    // Nothing stuck: the group has committed to the end of every partition.
+    let status = env.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["total_lag"], 0, "{status}");
+    assert_eq!(status["dlq_depth"], expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_id_reused_for_different_bytes_never_replaces_the_stored_image() {
+    let env = TestEnv::new("conflict").await;
+    let producer = raw_producer(&env);
+    let original = valid_record(10, ImageFormat::Png);
+    let mut impostor = valid_record(11, ImageFormat::Png);
+    impostor.image_id = original.image_id;
+    send_raw(
+        &producer,
+        &env.name,
+        "cam-1",
+        &encode(&env, &original).await,
+    )
+    .await;
+    send_raw(
+        &producer,
+        &env.name,
+        "cam-1",
+        &encode(&env, &impostor).await,
+    )
+    .await;
+    // The very same record again is a harmless duplicate, not a conflict.
+    send_raw(
+        &producer,
+        &env.name,
+        "cam-1",
+        &encode(&env, &original).await,
+    )
+    .await;
+
+    let summary = consume_until_idle(&env);
+    assert_eq!(summary["stored"], 2, "{summary}");
+    assert_eq!(summary["dead_lettered"], 1, "{summary}");
+    assert_eq!(env.counts().await, (1, 1));
+    let stored = env
+        .store()
+        .get(&object_key(&original.image_id))
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&stored), original.sha256);
+
+    let letters = read_topic(&env, &format!("{}.dlq", env.name));
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        header(&letters[0], headers::CLASS).as_deref(),
+        Some("conflict")
+    );
+    assert_eq!(
+        header(&letters[0], headers::CODE).as_deref(),
+        Some("object-conflict")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_finds_a_deleted_object_and_a_planted_orphan_and_repairs_only_the_orphan() {
+    let env = TestEnv::new("verify").await;
+    env.produce(6, &[]);
+    consume_until_idle(&env);
+    let store = env.store();
+    let index = env.index().await;
+    let rows = index.all_entries().await.unwrap();
+    let deleted = rows[0].object_key.clone();
+    store.delete(&deleted).await.unwrap();
+    let orphan = "images/zz/planted-orphan";
+    store
+        .put_image(
+            orphan,
+            bytes::Bytes::from_static(b"orphan"),
+            "image/png",
+            &sha256_hex(b"orphan"),
+        )
+        .await
+        .unwrap();
+
+    let out = env.run(&["verify", "--full"]);
+    assert!(!out.status.success(), "verify passed with damage");
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("missing object: {deleted}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("orphan object: {orphan}")), "{text}");
+
+    // The orphan is younger than the grace period: a consumer could be mid-batch, so it stays.
+    let young = env.run(&["verify", "--repair"]);
+    assert!(stdout(&young).contains(&format!("orphan kept (younger than grace): {orphan}")));
+    assert!(store.get(orphan).await.is_ok());
+
+    let repaired = env.run(&["verify", "--repair", "--grace", "0s"]);
+    assert!(
+        stdout(&repaired).contains(&format!("orphan removed: {orphan}")),
+        "{}",
+        stdout(&repaired)
+    );
+    assert!(store.get(orphan).await.is_err());
+    // A missing object cannot be repaired from the index; it is still reported.
+    assert!(stdout(&repaired).contains(&format!("missing object: {deleted}")));
+    assert_eq!(env.counts().await, (5, 6));
+}
