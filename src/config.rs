@@ -47,6 +47,8 @@ pub struct KafkaSettings {
     pub dlq_topic: String,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// librdkafka `debug` contexts (e.g. `cgrp,fetch`), for diagnosing the client itself.
+    pub debug: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -214,6 +216,10 @@ impl Settings {
                 1,
                 32,
             )?,
+            debug: vars
+                .get("IMGSTREAM_KAFKA_DEBUG")
+                .filter(|v| !v.trim().is_empty())
+                .cloned(),
         };
 
         let database_url = parse_database_url(&get(

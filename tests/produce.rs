@@ -135,7 +135,7 @@ async fn an_interrupted_producer_reports_exactly_what_was_delivered() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    unsafe { libc_kill(child.id() as i32, 2) };
+    common::signal(&child, common::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     let summary: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -143,11 +143,6 @@ async fn an_interrupted_producer_reports_exactly_what_was_delivered() {
     let delivered = summary["delivered"].as_u64().unwrap();
     assert!(delivered > 0);
     assert_eq!(read_topic(&env, &env.name).len() as u64, delivered);
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 fn schema_with_field(field: serde_json::Value) -> String {
@@ -188,7 +183,7 @@ async fn an_incompatible_schema_change_is_refused_with_the_registrys_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compatible_schema_change_registers_and_the_running_consumer_keeps_storing() {
     let env = TestEnv::new("compat").await;
-    let mut consumer = env.spawn(&["consume", "--until-idle", "8"], "consumer");
+    let consumer = env.spawn(&["consume", "--until-idle", "8"], "consumer");
     env.produce(5, &[]);
     let path = env.log_path("compatible").with_extension("avsc");
     std::fs::write(
@@ -215,7 +210,7 @@ async fn a_compatible_schema_change_registers_and_the_running_consumer_keeps_sto
         "the compatible schema should be version 2"
     );
 
-    let status = consumer.wait().unwrap();
+    let status = consumer.wait();
     assert!(status.success(), "{}", env.read_log("consumer"));
     assert_eq!(env.counts().await, (10, 10), "{}", env.read_log("consumer"));
     assert!(read_topic(&env, &format!("{}.dlq", env.name)).is_empty());

@@ -72,7 +72,10 @@ pub fn base_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Fail fast and clearly when the broker is not there, instead of librdkafka's silent retries.
         .set("socket.connection.setup.timeout.ms", "10000")
-        .set("log_level", "4");
+        .set("log_level", if kafka.debug.is_some() { "7" } else { "4" });
+    if let Some(debug) = &kafka.debug {
+        config.set("debug", debug);
+    }
     config
 }
 

@@ -193,7 +193,12 @@ impl Pipeline {
             }
             let batch = self.poll_batch().await?;
             if batch.is_empty() {
-                if let Some(idle) = self.opts.until_idle
+                // Idle means "owning partitions and nothing new", not "still waiting to join": after
+                // a crash the group holds the dead member's partitions until its session expires.
+                let owns_partitions = self.consumer.assignment().is_ok_and(|a| a.count() > 0);
+                if !owns_partitions {
+                    last_record = Instant::now();
+                } else if let Some(idle) = self.opts.until_idle
                     && last_record.elapsed() >= idle
                 {
                     return Ok(StopReason::Idle);

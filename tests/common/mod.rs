@@ -134,14 +134,16 @@ impl TestEnv {
     }
 
     /// Starts `imgstream` in the background with its output in a log file (printed on failure).
-    pub fn spawn(&self, args: &[&str], log: &str) -> Child {
+    pub fn spawn(&self, args: &[&str], log: &str) -> Spawned {
         let path = self.log_path(log);
         let file = std::fs::File::create(&path).expect("log file");
-        self.command(args)
+        let child = self
+            .command(args)
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
-            .expect("spawn imgstream")
+            .expect("spawn imgstream");
+        Spawned(Some(child))
     }
 
     pub fn log_path(&self, log: &str) -> PathBuf {
@@ -385,4 +387,43 @@ pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> 
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+pub const SIGINT: i32 = 2;
+pub const SIGKILL: i32 = 9;
+pub const SIGCONT: i32 = 18;
+pub const SIGSTOP: i32 = 19;
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
+/// A background `imgstream`, killed if the test ends (or fails) while it still runs, so that it
+/// never outlives the topic and bucket the cleanup removes.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn child(&self) -> &Child {
+        self.0.as_ref().expect("running")
+    }
+
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.0.take().expect("running").wait().expect("wait")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned; no memory is shared.
+    let rc = unsafe { kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig}) failed", child.id());
 }

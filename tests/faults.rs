@@ -1,0 +1,178 @@
+//! Faults against the real stack: consumers killed and frozen, MinIO and PostgreSQL taken away
+//! mid-run. Each ends with exact counts read from the services. These tests stop shared services,
+//! so `make test` runs them alone, one at a time.
+
+mod common;
+
+use common::{SIGCONT, SIGKILL, SIGSTOP, TestEnv, read_topic, signal, stdout};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `scripts/stack/<service>.sh <verb>`.
+fn stack(service: &str, verb: &str) {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("scripts/stack/{service}.sh"));
+    let status = Command::new(&script)
+        .arg(verb)
+        .status()
+        .expect("stack script");
+    assert!(status.success(), "{service} {verb} failed");
+}
+
+/// Brings a stopped service back even when the test fails halfway.
+struct Restart(&'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        stack(self.0, "start");
+    }
+}
+
+async fn rows(env: &TestEnv) -> i64 {
+    match imgstream::index::ImageIndex::connect(&env.settings.database_url, Duration::from_secs(2))
+        .await
+    {
+        Ok(index) => {
+            let n = index.count().await.unwrap_or(-1);
+            index.close().await;
+            n
+        }
+        Err(_) => -1,
+    }
+}
+
+/// Waits until at least `n` rows are indexed: proof that a run is under way before the fault.
+async fn wait_for_rows(env: &TestEnv, n: i64) {
+    let reached =
+        common::eventually(Duration::from_secs(90), || async { rows(env).await >= n }).await;
+    assert!(reached, "never reached {n} rows");
+}
+
+fn wait_ok(process: common::Spawned, env: &TestEnv, log: &str) {
+    let status = process.wait();
+    assert!(
+        status.success(),
+        "{log} exited with {status:?}:\n{}",
+        env.read_log(log)
+    );
+}
+
+/// Exactly `n` objects and `n` rows, every checksum right, nothing dead-lettered, nothing left.
+async fn assert_exactly_once(env: &TestEnv, n: usize) {
+    assert_eq!(env.counts().await, (n, n as i64));
+    let verify = env.run(&["verify", "--full"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert!(
+        read_topic(env, &format!("{}.dlq", env.name)).is_empty(),
+        "records were dead-lettered"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
+    assert_eq!(status["total_lag"], 0, "{status}");
+}
+
+const CONSUME: [&str; 5] = ["consume", "--batch-size", "20", "--until-idle", "25"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_once() {
+    let env = TestEnv::new("sigkill").await;
+    env.produce(400, &[]);
+    let mut rows_at_kill = Vec::new();
+    for round in 0..4u64 {
+        let run = env.spawn(&["consume", "--batch-size", "10"], &format!("run{round}"));
+        let before = rows(&env).await;
+        // Kill once this run has stored something (mid-stream, not during start-up), at a
+        // different moment of the batch cycle each round.
+        let progressed = common::eventually(Duration::from_secs(60), || async {
+            rows(&env).await > before
+        })
+        .await;
+        assert!(
+            progressed,
+            "run {round} made no progress:\n{}",
+            env.read_log(&format!("run{round}"))
+        );
+        tokio::time::sleep(Duration::from_millis(37 * round)).await;
+        signal(run.child(), SIGKILL);
+        let _ = run.wait();
+        rows_at_kill.push(rows(&env).await);
+    }
+    assert!(
+        rows_at_kill.iter().all(|&r| r < 400),
+        "kills came too late to mean anything: {rows_at_kill:?}"
+    );
+    let last = env.spawn(&["consume", "--until-idle", "4"], "final");
+    wait_ok(last, &env, "final");
+    assert_exactly_once(&env, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minio_stopped_mid_run_then_started_again_loses_and_doubles_nothing() {
+    let env = TestEnv::new("minio").await;
+    env.produce(400, &[]);
+    let consumer = env.spawn(&CONSUME, "consumer");
+    wait_for_rows(&env, 40).await;
+    {
+        let _restart = Restart("minio");
+        stack("minio", "stop");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(
+            rows(&env).await < 400,
+            "the run ended before the outage began"
+        );
+    }
+    wait_ok(consumer, &env, "consumer");
+    let log = env.read_log("consumer");
+    assert!(
+        log.contains("outage started") && log.contains("outage ended"),
+        "{log}"
+    );
+    assert_exactly_once(&env, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_restarted_mid_run_loses_and_doubles_nothing() {
+    let env = TestEnv::new("pgrestart").await;
+    env.produce(400, &[]);
+    let consumer = env.spawn(&CONSUME, "consumer");
+    wait_for_rows(&env, 40).await;
+    {
+        let _restart = Restart("postgres");
+        stack("postgres", "stop");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    wait_ok(consumer, &env, "consumer");
+    assert!(env.read_log("consumer").contains("outage ended"));
+    assert_exactly_once(&env, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_two_consumers_killed_mid_run_leaves_the_other_to_finish_exactly() {
+    let env = TestEnv::with("twokill", &[("KAFKA_TOPIC_PARTITIONS", "4")]).await;
+    env.produce(500, &[]);
+    let a = env.spawn(&CONSUME, "a");
+    let b = env.spawn(&CONSUME, "b");
+    wait_for_rows(&env, 60).await;
+    signal(a.child(), SIGKILL);
+    let _ = a.wait();
+    // b takes over a's partitions once a's session expires, and drains them.
+    wait_ok(b, &env, "b");
+    assert_exactly_once(&env, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_frozen_past_its_session_then_resumed_neither_doubles_nor_overwrites() {
+    let env = TestEnv::with("zombie", &[("KAFKA_TOPIC_PARTITIONS", "4")]).await;
+    env.produce(500, &[]);
+    let a = env.spawn(&CONSUME, "a");
+    let b = env.spawn(&CONSUME, "b");
+    wait_for_rows(&env, 60).await;
+    signal(a.child(), SIGSTOP);
+    // Past session.timeout.ms (10 s): the group gives a's partitions to b while a is frozen.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    signal(a.child(), SIGCONT);
+    wait_ok(a, &env, "a");
+    wait_ok(b, &env, "b");
+    assert_exactly_once(&env, 500).await;
+}
