@@ -29,6 +29,7 @@
 
 pub mod monitor;
 pub mod retry;
+pub mod usage;
 
 use crate::domain::{ImageRecord, IndexEntry, Origin, object_key};
 use crate::index::{ImageIndex, IndexError, InsertOutcome};
@@ -107,11 +108,26 @@ pub struct Stats {
     pub bytes: AtomicU64,
     pub batches: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// When the first record arrived and the last batch was committed: the busy span, without
+    /// start-up and idle waiting, for throughput figures.
+    pub first_record: std::sync::OnceLock<Instant>,
+    pub last_commit: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Stats {
     pub fn processed(&self) -> u64 {
         self.stored.load(Ordering::Relaxed) + self.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// Seconds from the first record received to the last batch committed.
+    pub fn busy_secs(&self) -> f64 {
+        match (
+            self.first_record.get(),
+            *self.last_commit.lock().expect("stats lock"),
+        ) {
+            (Some(first), Some(last)) => last.saturating_duration_since(*first).as_secs_f64(),
+            _ => 0.0,
+        }
     }
 }
 
@@ -206,8 +222,11 @@ impl Pipeline {
                 continue;
             }
             last_record = Instant::now();
+            self.stats.first_record.get_or_init(Instant::now);
             match self.process(batch).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    *self.stats.last_commit.lock().expect("stats lock") = Some(Instant::now());
+                }
                 // Shutdown during an outage: nothing of this batch was committed, so a later run
                 // replays it. Stopping is the right thing; exiting 0 tells the supervisor so.
                 Err(BatchError::Shutdown) => return Ok(StopReason::Shutdown),
@@ -674,8 +693,15 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, reason: StopReason) -> Str
     let stored = stats.stored.load(Ordering::Relaxed);
     let bytes = stats.bytes.load(Ordering::Relaxed);
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let busy = stats.busy_secs();
+    let usage = usage::own();
     serde_json::json!({
         "stopped": format!("{reason:?}").to_lowercase(),
+        "busy_secs": busy,
+        "busy_images_per_sec": if busy > 0.0 { stored as f64 / busy } else { 0.0 },
+        "busy_mb_per_sec": if busy > 0.0 { bytes as f64 / busy / 1e6 } else { 0.0 },
+        "peak_rss_kib": usage.peak_rss_kib,
+        "cpu_secs": usage.cpu_secs,
         "stored": stored,
         "replayed": stats.replayed.load(Ordering::Relaxed),
         "dead_lettered": stats.dead_lettered.load(Ordering::Relaxed),

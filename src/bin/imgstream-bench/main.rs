@@ -1,0 +1,638 @@
+//! `make bench`: the pipeline against the machine's own ceiling, measured in the same run.
+//!
+//! For each image size: preload a topic, measure the ceilings (raw concurrent PUTs with the
+//! consumer's client and concurrency; a raw Kafka consume), drain the topic with the real
+//! consumer process (throughput, peak RSS, CPU), run a naive one-at-a-time reference, and measure
+//! produce-to-index latency at half the pipeline's pace. Then scaling over 1, 2 and 4 partitions,
+//! and the consumer's peak RSS over a 100,000-record backlog. Prints a table and writes JSON.
+
+mod naive;
+mod services;
+
+use imgstream::config::Settings;
+use imgstream::domain::{ImageFormat, ImageRecord, object_key, sha256_hex};
+use imgstream::generate::{ImageSpec, render};
+use imgstream::index::ImageIndex;
+use imgstream::kafka::producer::ImageProducer;
+use imgstream::schema::{IMAGE_RECORD_SCHEMA, codec, value_subject};
+use imgstream::store::ImageStore;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One benchmarked image size.
+struct Case {
+    label: &'static str,
+    target_bytes: usize,
+    format: ImageFormat,
+    records: usize,
+    ceiling_puts: usize,
+    naive_records: usize,
+}
+
+fn cases(quick: bool) -> Vec<Case> {
+    let scale = if quick { 5 } else { 1 };
+    vec![
+        Case {
+            label: "16KiB",
+            target_bytes: 16 << 10,
+            format: ImageFormat::Jpeg,
+            records: 20_000 / scale,
+            ceiling_puts: 10_000 / scale,
+            naive_records: 600 / scale,
+        },
+        Case {
+            label: "256KiB",
+            target_bytes: 256 << 10,
+            format: ImageFormat::Jpeg,
+            records: 3_000 / scale,
+            ceiling_puts: 2_000 / scale,
+            naive_records: 200 / scale,
+        },
+        Case {
+            label: "2MiB",
+            target_bytes: 2 << 20,
+            format: ImageFormat::Png,
+            records: 400 / scale,
+            ceiling_puts: 300 / scale,
+            naive_records: 60 / scale,
+        },
+    ]
+}
+
+/// Settings for one benchmark case: its own topic, bucket, group and database.
+fn case_settings(
+    base: &HashMap<String, String>,
+    name: &str,
+    database: &str,
+    partitions: usize,
+) -> (Settings, HashMap<String, String>) {
+    let mut vars = base.clone();
+    let db = imgstream::config::parse_database_url(&vars["DATABASE_CONNECTION_STRING"])
+        .unwrap()
+        .with_database(database);
+    for (k, v) in [
+        ("KAFKA_DATA_TOPIC", name.to_string()),
+        ("KAFKA_GROUP_ID", name.to_string()),
+        ("MINIO_BUCKET_NAME", name.to_string()),
+        ("DATABASE_CONNECTION_STRING", db.expose().to_string()),
+        ("KAFKA_TOPIC_PARTITIONS", partitions.to_string()),
+        ("IMGSTREAM_ENV_FILE", "/nonexistent".to_string()),
+    ] {
+        vars.insert(k.into(), v);
+    }
+    (Settings::from_vars(&vars).expect("bench settings"), vars)
+}
+
+/// Images close to the target size: dimensions scaled from one trial render.
+fn image_pool(target: usize, format: ImageFormat, n: usize) -> Vec<(ImageSpec, Vec<u8>)> {
+    let mut side = 256u32;
+    for _ in 0..4 {
+        let bytes = render(
+            &ImageSpec {
+                width: side,
+                height: side * 3 / 4,
+                format,
+            },
+            1,
+        )
+        .unwrap()
+        .len();
+        let scale = (target as f64 / bytes as f64).sqrt();
+        side = ((side as f64 * scale) as u32).clamp(16, 8192);
+        if (0.9..1.1).contains(&scale) {
+            break;
+        }
+    }
+    let spec = ImageSpec {
+        width: side,
+        height: side * 3 / 4,
+        format,
+    };
+    (0..n as u64)
+        .map(|seed| (spec, render(&spec, seed + 100).unwrap()))
+        .collect()
+}
+
+async fn setup(settings: &Settings) {
+    let problems: Vec<String> = imgstream::setup::run(settings, IMAGE_RECORD_SCHEMA, false)
+        .await
+        .into_iter()
+        .filter(|i| i.state.is_problem())
+        .map(|i| i.to_string())
+        .collect();
+    assert!(problems.is_empty(), "bench setup failed: {problems:?}");
+}
+
+/// Produces `count` records of pooled images with fresh ids; returns records/s.
+async fn preload(
+    settings: &Settings,
+    pool: &[(ImageSpec, Vec<u8>)],
+    count: usize,
+    rate: Option<f64>,
+) -> f64 {
+    let registry = imgstream::schema::RegistryClient::new(&settings.registry_url, TIMEOUT).unwrap();
+    let schema_id = registry
+        .register(
+            &value_subject(&settings.kafka.data_topic),
+            IMAGE_RECORD_SCHEMA,
+        )
+        .await
+        .unwrap();
+    let schema = apache_avro::Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
+    let producer = ImageProducer::new(&settings.kafka, &settings.limits).unwrap();
+    let shas: Vec<String> = pool.iter().map(|(_, d)| sha256_hex(d)).collect();
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..count {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let (spec, data) = &pool[i % pool.len()];
+        let record = ImageRecord {
+            image_id: uuid::Uuid::new_v4(),
+            customer_id: "bench".into(),
+            source_id: format!("cam-{}", i % 64),
+            created_at: chrono::Utc::now(),
+            content_type: spec.format.content_type().into(),
+            width: spec.width,
+            height: spec.height,
+            sha256: shas[i % pool.len()].clone(),
+            data: bytes::Bytes::from(data.clone()),
+        };
+        let payload = codec::encode(&schema, schema_id, &record).unwrap();
+        let delivery = producer
+            .enqueue(
+                &record.source_id,
+                &payload,
+                record.created_at.timestamp_millis(),
+            )
+            .await
+            .unwrap();
+        pending.push(delivery);
+        while pending.len() > 2000 {
+            use futures::StreamExt;
+            pending
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+    use futures::StreamExt;
+    while let Some(d) = pending.next().await {
+        d.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Raw consume of the whole topic: records/s and MB/s with no processing at all.
+fn kafka_ceiling(settings: &Settings, expected: usize) -> (f64, f64) {
+    let fetch = imgstream::kafka::consumer::FetchSettings::default();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .set("group.id", format!("{}-raw", settings.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set(
+            "queued.max.messages.kbytes",
+            fetch.queued_max_kbytes.to_string(),
+        )
+        .set("fetch.max.bytes", fetch.fetch_max_bytes.to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            fetch.max_partition_fetch_bytes.to_string(),
+        )
+        .create()
+        .unwrap();
+    let topic = &settings.kafka.data_topic;
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut n, mut bytes) = (0usize, 0usize);
+    let mut started = None;
+    while n < expected {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_secs(5)) {
+            started.get_or_insert_with(Instant::now);
+            n += 1;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+        }
+    }
+    let secs = started.unwrap().elapsed().as_secs_f64();
+    (n as f64 / secs, bytes as f64 / secs / 1e6)
+}
+
+/// Raw concurrent PUTs, same client and concurrency as the consumer: objects/s and MB/s.
+async fn store_ceiling(
+    settings: &Settings,
+    pool: &[(ImageSpec, Vec<u8>)],
+    puts: usize,
+    concurrency: usize,
+) -> (f64, f64) {
+    use futures::StreamExt;
+    let store = ImageStore::s3(&settings.store, TIMEOUT).unwrap();
+    let payloads: Vec<(bytes::Bytes, String)> = pool
+        .iter()
+        .map(|(_, d)| (bytes::Bytes::from(d.clone()), sha256_hex(d)))
+        .collect();
+    let started = Instant::now();
+    let bytes: usize = futures::stream::iter(0..puts)
+        .map(|i| {
+            let (data, sha) = payloads[i % payloads.len()].clone();
+            let store = &store;
+            async move {
+                let key = format!("ceiling/{}", object_key(&uuid::Uuid::new_v4()));
+                store
+                    .put_image(&key, data.clone(), "image/jpeg", &sha)
+                    .await
+                    .unwrap();
+                data.len()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    (puts as f64 / secs, bytes as f64 / secs / 1e6)
+}
+
+/// Runs the real consumer binary until the topic is drained; its JSON summary, plus the CPU
+/// that Kafka, MinIO and PostgreSQL spent meanwhile.
+fn run_consumers(
+    vars: &HashMap<String, String>,
+    processes: usize,
+    extra: &[&str],
+) -> (Vec<Value>, services::CpuDelta) {
+    let before = services::cpu();
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            Command::new(binary())
+                .args(["consume", "--until-idle", "3", "--json"])
+                .args(extra)
+                .env_clear()
+                .envs(vars)
+                .env("IMGSTREAM_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn consumer")
+        })
+        .collect();
+    let summaries = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "consumer failed");
+            serde_json::from_slice(&out.stdout).expect("consumer json")
+        })
+        .collect();
+    (summaries, services::cpu().since(&before))
+}
+
+fn binary() -> PathBuf {
+    std::env::current_exe().unwrap().with_file_name("imgstream")
+}
+
+async fn fresh_database(settings: &Settings) {
+    use sqlx::Connection;
+    let url = &settings.database_url;
+    let mut conn = sqlx::PgConnection::connect(url.with_database("postgres").expose())
+        .await
+        .unwrap();
+    let name = url.database_name();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn cleanup(settings: &Settings) {
+    if let Ok(admin) = imgstream::kafka::admin::TopicAdmin::new(&settings.kafka, TIMEOUT) {
+        let _ = admin
+            .delete(&[&settings.kafka.data_topic, &settings.kafka.dlq_topic])
+            .await;
+    }
+    let _ = ImageStore::s3(&settings.store, TIMEOUT)
+        .unwrap()
+        .destroy_bucket()
+        .await;
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> Value {
+    let name = format!("bench-{}-{run}", case.label.to_lowercase());
+    let (settings, vars) = case_settings(base, &name, "imgstream_bench", 6);
+    fresh_database(&settings).await;
+    setup(&settings).await;
+    eprintln!("[{}] preparing images", case.label);
+    let pool = image_pool(case.target_bytes, case.format, 16);
+    let image_bytes = pool.iter().map(|(_, d)| d.len()).sum::<usize>() / pool.len();
+
+    eprintln!("[{}] preloading {} records", case.label, case.records);
+    let produce_rate = preload(&settings, &pool, case.records, None).await;
+    eprintln!("[{}] ceilings", case.label);
+    let (kafka_rps, kafka_mbps) =
+        tokio::task::block_in_place(|| kafka_ceiling(&settings, case.records));
+    let uploads = imgstream::pipeline::PipelineOptions::new(imgstream::validate::Limits {
+        max_pixels: 1,
+        max_image_bytes: 1,
+    })
+    .uploads_in_flight;
+    let (put_ops, put_mbps) = store_ceiling(&settings, &pool, case.ceiling_puts, uploads).await;
+
+    eprintln!("[{}] pipeline drain", case.label);
+    let (summaries, cpu) = run_consumers(&vars, 1, &[]);
+    let s = &summaries[0];
+    let stored = s["stored"].as_u64().unwrap();
+    assert_eq!(
+        stored as usize, case.records,
+        "pipeline stored {stored} of {}",
+        case.records
+    );
+    let pipe_ips = s["busy_images_per_sec"].as_f64().unwrap();
+    let pipe_mbps = s["busy_mb_per_sec"].as_f64().unwrap();
+    let consumer_cpu = s["cpu_secs"].as_f64().unwrap();
+
+    eprintln!("[{}] naive reference", case.label);
+    let (naive_settings, _) =
+        case_settings(base, &format!("{name}-naive"), "imgstream_bench_naive", 6);
+    fresh_database(&naive_settings).await;
+    let mut naive_settings = naive_settings;
+    naive_settings.kafka.data_topic = settings.kafka.data_topic.clone();
+    setup_bucket_and_index(&naive_settings).await;
+    let naive_ips = naive::run(&naive_settings, case.naive_records).await;
+
+    eprintln!("[{}] latency at half pace", case.label);
+    let paced_rate = (pipe_ips / 2.0).max(1.0);
+    let paced_count = ((paced_rate * 10.0) as usize).clamp(20, case.records);
+    let (lat_settings, lat_vars) =
+        case_settings(base, &format!("{name}-lat"), "imgstream_bench", 6);
+    setup(&lat_settings).await;
+    let since = chrono::Utc::now();
+    let consumer = Command::new(binary())
+        .args(["consume", "--until-idle", "3", "--json"])
+        .env_clear()
+        .envs(&lat_vars)
+        .env("IMGSTREAM_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await; // joined and assigned before the first record
+    let since_records = chrono::Utc::now();
+    preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
+    consumer.wait_with_output().unwrap();
+    let index = ImageIndex::connect(&lat_settings.database_url, TIMEOUT)
+        .await
+        .unwrap();
+    let latencies = index
+        .latencies_since(since_records.max(since))
+        .await
+        .unwrap();
+    index.close().await;
+
+    cleanup(&settings).await;
+    cleanup(&naive_settings).await;
+    cleanup(&lat_settings).await;
+
+    let total_cpu = consumer_cpu + cpu.total();
+    json!({
+        "size": case.label,
+        "image_bytes_avg": image_bytes,
+        "records": case.records,
+        "produce_records_per_sec": produce_rate,
+        "ceiling": {
+            "put_objects_per_sec": put_ops, "put_mb_per_sec": put_mbps, "put_concurrency": uploads,
+            "kafka_records_per_sec": kafka_rps, "kafka_mb_per_sec": kafka_mbps,
+        },
+        "pipeline": {
+            "images_per_sec": pipe_ips, "mb_per_sec": pipe_mbps,
+            "peak_rss_mib": s["peak_rss_kib"].as_f64().unwrap() / 1024.0,
+            "cpu_secs_per_1000_images": consumer_cpu / stored as f64 * 1000.0,
+            "consumer_cpu_secs": consumer_cpu,
+            "services_cpu_secs": cpu.to_json(),
+            "consumer_cpu_share": consumer_cpu / total_cpu,
+        },
+        "naive": { "images_per_sec": naive_ips, "records": case.naive_records },
+        "latency": {
+            "paced_images_per_sec": paced_rate, "records": latencies.len(),
+            "p50_ms": percentile(&latencies, 0.5) * 1000.0, "p99_ms": percentile(&latencies, 0.99) * 1000.0,
+        },
+        "ratios": {
+            "pipeline_over_put_ceiling": pipe_ips / put_ops,
+            "pipeline_over_kafka_ceiling": pipe_ips / kafka_rps,
+            "pipeline_over_ceiling": pipe_ips / put_ops.min(kafka_rps),
+            "pipeline_over_naive": pipe_ips / naive_ips,
+        },
+    })
+}
+
+/// The naive reference writes to its own bucket and database but reads the case's topic.
+async fn setup_bucket_and_index(settings: &Settings) {
+    let store = ImageStore::s3(&settings.store, TIMEOUT).unwrap();
+    store.create_bucket().await.unwrap();
+    let index = ImageIndex::connect(&settings.database_url, TIMEOUT)
+        .await
+        .unwrap();
+    index.migrate().await.unwrap();
+    index.close().await;
+}
+
+/// Throughput with 1, 2 and 4 partitions and as many consumer processes.
+async fn scaling(base: &HashMap<String, String>, run: &str, records: usize) -> Value {
+    let pool = image_pool(16 << 10, ImageFormat::Jpeg, 16);
+    let mut rows = Vec::new();
+    for partitions in [1usize, 2, 4] {
+        eprintln!("[scaling] {partitions} partition(s)");
+        let (settings, vars) = case_settings(
+            base,
+            &format!("bench-scale{partitions}-{run}"),
+            "imgstream_bench",
+            partitions,
+        );
+        fresh_database(&settings).await;
+        setup(&settings).await;
+        preload(&settings, &pool, records, None).await;
+        let index = ImageIndex::connect(&settings.database_url, TIMEOUT)
+            .await
+            .unwrap();
+        let watcher = tokio::spawn(async move {
+            // Wall time from the first row to the last: the group's combined throughput.
+            let mut first = None;
+            loop {
+                let n = index.count().await.unwrap_or(0) as usize;
+                if n > 0 && first.is_none() {
+                    first = Some(Instant::now());
+                }
+                if n >= records {
+                    return first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let (summaries, _) = tokio::task::block_in_place(|| run_consumers(&vars, partitions, &[]));
+        let secs = watcher.await.unwrap();
+        let stored: u64 = summaries
+            .iter()
+            .map(|s| s["stored"].as_u64().unwrap())
+            .sum();
+        rows.push(
+            json!({ "partitions": partitions, "processes": partitions, "stored": stored,
+                          "images_per_sec": records as f64 / secs }),
+        );
+        cleanup(&settings).await;
+    }
+    json!(rows)
+}
+
+/// Peak RSS of one consumer draining a 100,000-record backlog of 16 KiB images.
+async fn backlog_rss(base: &HashMap<String, String>, run: &str, records: usize) -> Value {
+    eprintln!("[backlog] preloading {records} records");
+    let (settings, vars) =
+        case_settings(base, &format!("bench-backlog-{run}"), "imgstream_bench", 6);
+    fresh_database(&settings).await;
+    setup(&settings).await;
+    let pool = image_pool(16 << 10, ImageFormat::Jpeg, 16);
+    preload(&settings, &pool, records, None).await;
+    eprintln!("[backlog] draining");
+    let (summaries, _) = tokio::task::block_in_place(|| run_consumers(&vars, 1, &[]));
+    cleanup(&settings).await;
+    let s = &summaries[0];
+    json!({ "records": records, "stored": s["stored"], "peak_rss_mib": s["peak_rss_kib"].as_f64().unwrap() / 1024.0,
+            "images_per_sec": s["busy_images_per_sec"] })
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<&str> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let base: HashMap<String, String> = std::env::vars().collect();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let started = Instant::now();
+
+    let mut results = Vec::new();
+    for case in cases(quick) {
+        if only.is_some_and(|o| !o.split(',').any(|x| x.eq_ignore_ascii_case(case.label))) {
+            continue;
+        }
+        results.push(bench_case(&base, &run, &case).await);
+    }
+    let scale = if only.is_none() {
+        Some(scaling(&base, &run, if quick { 4_000 } else { 12_000 }).await)
+    } else {
+        None
+    };
+    let backlog = if only.is_none() && !quick {
+        Some(backlog_rss(&base, &run, 100_000).await)
+    } else {
+        None
+    };
+
+    let report = json!({
+        "when": chrono::Utc::now().to_rfc3339(),
+        "elapsed_secs": started.elapsed().as_secs_f64(),
+        "machine": services::machine(),
+        "versions": services::versions(),
+        "consumer_defaults": { "batch_size": 500, "uploads_in_flight": 32, "object_store_client": "object_store (reqwest)" },
+        "cases": results,
+        "scaling": scale,
+        "backlog": backlog,
+    });
+    print_table(&report);
+    let dir = PathBuf::from("bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "bench-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("latest.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    println!(
+        "\nwritten: {} ({:.0}s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn print_table(r: &Value) {
+    println!(
+        "\n{:<8} {:>9} {:>11} {:>11} {:>10} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "size",
+        "img/s",
+        "MB/s",
+        "put ceil/s",
+        "kafka/s",
+        "naive/s",
+        "p/ceil",
+        "p/naive",
+        "RSS MiB",
+        "cpu/1k",
+        "cpu %",
+        "p50 ms",
+        "p99 ms"
+    );
+    for c in r["cases"].as_array().unwrap() {
+        println!(
+            "{:<8} {:>9.0} {:>11.1} {:>11.0} {:>10.0} {:>9.0} {:>8.2} {:>8.1} {:>9.0} {:>8.2} {:>8.1} {:>8.0} {:>8.0}",
+            c["size"].as_str().unwrap(),
+            c["pipeline"]["images_per_sec"].as_f64().unwrap(),
+            c["pipeline"]["mb_per_sec"].as_f64().unwrap(),
+            c["ceiling"]["put_objects_per_sec"].as_f64().unwrap(),
+            c["ceiling"]["kafka_records_per_sec"].as_f64().unwrap(),
+            c["naive"]["images_per_sec"].as_f64().unwrap(),
+            c["ratios"]["pipeline_over_ceiling"].as_f64().unwrap(),
+            c["ratios"]["pipeline_over_naive"].as_f64().unwrap(),
+            c["pipeline"]["peak_rss_mib"].as_f64().unwrap(),
+            c["pipeline"]["cpu_secs_per_1000_images"].as_f64().unwrap(),
+            c["pipeline"]["consumer_cpu_share"].as_f64().unwrap() * 100.0,
+            c["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            c["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(rows) = r["scaling"].as_array() {
+        for row in rows {
+            println!(
+                "scaling: {} partition(s), {} process(es): {:.0} images/s",
+                row["partitions"],
+                row["processes"],
+                row["images_per_sec"].as_f64().unwrap()
+            );
+        }
+    }
+    if !r["backlog"].is_null() {
+        println!(
+            "backlog: {} records drained, peak RSS {:.0} MiB",
+            r["backlog"]["stored"],
+            r["backlog"]["peak_rss_mib"].as_f64().unwrap()
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! What the services on this machine spend, read from their pid files and /proc.
+
+use imgstream::pipeline::usage;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+fn stack_dir() -> PathBuf {
+    std::env::var("IMGSTREAM_STACK_DIR").map_or_else(|_| PathBuf::from(".stack"), PathBuf::from)
+}
+
+fn pid_in(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Live children of a process (PostgreSQL backends of the postmaster).
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CpuDelta {
+    pub kafka: f64,
+    pub minio: f64,
+    pub postgres: f64,
+}
+
+impl CpuDelta {
+    pub fn total(&self) -> f64 {
+        self.kafka + self.minio + self.postgres
+    }
+
+    pub fn since(&self, before: &CpuDelta) -> CpuDelta {
+        CpuDelta {
+            kafka: self.kafka - before.kafka,
+            minio: self.minio - before.minio,
+            postgres: self.postgres - before.postgres,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "kafka": self.kafka, "minio": self.minio, "postgresql": self.postgres })
+    }
+}
+
+/// CPU seconds spent so far by Kafka (every node), MinIO and PostgreSQL (postmaster, its reaped
+/// children, and its live backends).
+pub fn cpu() -> CpuDelta {
+    let dir = stack_dir();
+    let mut kafka = 0.0;
+    if let Ok(clusters) = std::fs::read_dir(dir.join("kafka")) {
+        for cluster in clusters.flatten() {
+            if let Ok(nodes) = std::fs::read_dir(cluster.path()) {
+                for node in nodes.flatten() {
+                    if let Some(pid) = pid_in(&node.path().join("kafka.pid")) {
+                        kafka += usage::cpu_secs(pid).unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+    }
+    let minio = pid_in(&dir.join("minio/minio.pid"))
+        .and_then(usage::cpu_secs)
+        .unwrap_or(0.0);
+    let postgres = pid_in(&dir.join("postgres/data/postmaster.pid")).map_or(0.0, |pm| {
+        usage::cpu_secs(pm).unwrap_or(0.0)
+            + children(pm)
+                .into_iter()
+                .filter_map(usage::cpu_secs)
+                .sum::<f64>()
+    });
+    CpuDelta {
+        kafka,
+        minio,
+        postgres,
+    }
+}
+
+pub fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem_kib: Option<u64> = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": model,
+        "memory_gib": mem_kib.map(|k| k as f64 / 1024.0 / 1024.0),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+/// Service versions as `make stack-status` reports them.
+pub fn versions() -> Value {
+    let out = std::process::Command::new("scripts/stack/stack.sh")
+        .arg("status")
+        .output();
+    let mut v = serde_json::Map::new();
+    v.insert("imgstream".into(), json!(env!("CARGO_PKG_VERSION")));
+    if let Ok(out) = out {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.len() >= 3 {
+                v.insert(parts[0].into(), json!(parts[2]));
+            }
+        }
+    }
+    Value::Object(v)
+}
