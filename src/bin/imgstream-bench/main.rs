@@ -390,8 +390,9 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         case_settings(base, &format!("{name}-lat"), "imgstream_bench", 6);
     setup(&lat_settings).await;
     let since = chrono::Utc::now();
+    let max = paced_count.to_string();
     let consumer = Command::new(binary())
-        .args(["consume", "--until-idle", "3", "--json"])
+        .args(["consume", "--max", &max, "--json"])
         .env_clear()
         .envs(&lat_vars)
         .env("IMGSTREAM_LOG", "warn")
