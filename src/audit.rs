@@ -48,11 +48,20 @@ pub struct Status {
     pub dlq_depth: i64,
 }
 
+/// One partition's offsets: its retained range and the group's committed position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+    pub committed: Option<i64>,
+}
+
 /// Offsets of a group on a topic, read without joining the group.
 pub fn group_offsets(
     settings: &Settings,
     topic: &str,
-) -> Result<Vec<(i32, i64, i64, Option<i64>)>, BrokerError> {
+) -> Result<Vec<PartitionOffsets>, BrokerError> {
     let bootstrap = &settings.kafka.bootstrap_servers;
     let mut config = base_config(&settings.kafka, "imgstream-status");
     let consumer: BaseConsumer = quiet(&mut config)
@@ -95,7 +104,12 @@ pub fn group_offsets(
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
-        out.push((p.id(), low, high, c));
+        out.push(PartitionOffsets {
+            partition: p.id(),
+            low,
+            high,
+            committed: c,
+        });
     }
     out.sort();
     Ok(out)
@@ -111,24 +125,31 @@ pub async fn status(
     let positions = index.partition_positions(topic).await?;
     let partitions: Vec<PartitionStatus> = offsets
         .into_iter()
-        .map(|(partition, low, high, committed)| {
-            let (max_indexed_offset, indexed_rows) = positions
-                .get(&partition)
-                .map_or((None, 0), |(max, n)| (Some(*max), *n));
-            PartitionStatus {
-                partition,
-                high_watermark: high,
-                committed,
-                lag: high - committed.unwrap_or(low).max(low),
-                max_indexed_offset,
-                indexed_rows,
-            }
-        })
+        .map(
+            |PartitionOffsets {
+                 partition,
+                 low,
+                 high,
+                 committed,
+             }| {
+                let (max_indexed_offset, indexed_rows) = positions
+                    .get(&partition)
+                    .map_or((None, 0), |(max, n)| (Some(*max), *n));
+                PartitionStatus {
+                    partition,
+                    high_watermark: high,
+                    committed,
+                    lag: high - committed.unwrap_or(low).max(low),
+                    max_indexed_offset,
+                    indexed_rows,
+                }
+            },
+        )
         .collect();
     let dlq_depth =
         tokio::task::block_in_place(|| group_offsets(settings, &settings.kafka.dlq_topic))?
             .iter()
-            .map(|(_, low, high, _)| high - low)
+            .map(|p| p.high - p.low)
             .sum();
     Ok(Status {
         topic: topic.clone(),
@@ -262,19 +283,26 @@ pub async fn verify(
     if let Ok(offsets) = tokio::task::block_in_place(|| group_offsets(settings, topic)) {
         report.partitions = offsets
             .into_iter()
-            .map(|(partition, low, high, committed)| {
-                let (max_indexed_offset, indexed_rows) = positions
-                    .get(&partition)
-                    .map_or((None, 0), |(m, n)| (Some(*m), *n));
-                PartitionStatus {
-                    partition,
-                    high_watermark: high,
-                    committed,
-                    lag: high - committed.unwrap_or(low).max(low),
-                    max_indexed_offset,
-                    indexed_rows,
-                }
-            })
+            .map(
+                |PartitionOffsets {
+                     partition,
+                     low,
+                     high,
+                     committed,
+                 }| {
+                    let (max_indexed_offset, indexed_rows) = positions
+                        .get(&partition)
+                        .map_or((None, 0), |(m, n)| (Some(*m), *n));
+                    PartitionStatus {
+                        partition,
+                        high_watermark: high,
+                        committed,
+                        lag: high - committed.unwrap_or(low).max(low),
+                        max_indexed_offset,
+                        indexed_rows,
+                    }
+                },
+            )
             .collect();
     }
     Ok(report)

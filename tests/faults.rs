@@ -176,3 +176,32 @@ async fn a_consumer_frozen_past_its_session_then_resumed_neither_doubles_nor_ove
     wait_ok(b, &env, "b");
     assert_exactly_once(&env, 500).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_zero() {
+    let env = TestEnv::new("sigterm").await;
+    env.produce(400, &[]);
+    let consumer = env.spawn(&["consume", "--batch-size", "20"], "consumer");
+    wait_for_rows(&env, 40).await;
+    signal(consumer.child(), common::SIGTERM);
+    let status = consumer.wait();
+    assert!(
+        status.success(),
+        "exit {status:?}:\n{}",
+        env.read_log("consumer")
+    );
+    // Everything stored was committed: the group's committed offsets cover exactly the rows.
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
+    let committed: i64 = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(committed, rows(&env).await, "{status}");
+    assert!(committed < 400, "the run finished before the signal");
+    let rest = env.spawn(&["consume", "--until-idle", "3"], "rest");
+    wait_ok(rest, &env, "rest");
+    assert_exactly_once(&env, 400).await;
+}

@@ -2,25 +2,99 @@
 
 use super::{BrokerError, base_config, quiet};
 use crate::config::KafkaSettings;
-use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
-/// Logs rebalances and counts revocations, so the pipeline can tell that ownership moved.
+/// Offsets that are done (every record below them stored or dead-lettered) but not yet
+/// committed: a commit refused during a rebalance is kept here, retried once the group has
+/// settled, and flushed for revoked partitions before they are handed over.
+#[derive(Default)]
+pub struct OffsetLedger {
+    done: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl OffsetLedger {
+    /// Records "everything below `next` is done" for each partition; never moves backwards.
+    pub fn record(&self, positions: &BTreeMap<(String, i32), i64>) {
+        let mut done = self.done.lock().expect("ledger lock");
+        for (tp, next) in positions {
+            let e = done.entry(tp.clone()).or_insert(*next);
+            *e = (*e).max(*next);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.done.lock().expect("ledger lock").is_empty()
+    }
+
+    /// The pending positions of the partitions `owned` says we hold; entries of partitions we no
+    /// longer hold are dropped (their new owner replays from the last commit, idempotently).
+    pub fn pending(&self, owned: impl Fn(&str, i32) -> bool) -> TopicPartitionList {
+        let mut done = self.done.lock().expect("ledger lock");
+        done.retain(|(t, p), _| owned(t, *p));
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), next) in done.iter() {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*next));
+        }
+        tpl
+    }
+
+    /// Forgets positions once committed (unless they moved on meanwhile).
+    pub fn committed(&self, tpl: &TopicPartitionList) {
+        let mut done = self.done.lock().expect("ledger lock");
+        for e in tpl.elements() {
+            let key = (e.topic().to_string(), e.partition());
+            if let (Some(current), Offset::Offset(o)) = (done.get(&key), e.offset())
+                && *current <= o
+            {
+                done.remove(&key);
+            }
+        }
+    }
+}
+
+/// Logs rebalances, counts revocations, and commits what is done for revoked partitions before
+/// they move to another member.
 #[derive(Default)]
 pub struct GroupContext {
     pub revocations: AtomicU64,
+    pub ledger: Arc<OffsetLedger>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 self.revocations.fetch_add(1, Ordering::SeqCst);
                 info!(partitions = %describe(tpl), "partitions revoked");
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                let is_revoked =
+                    |t: &str, p: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == p);
+                let flush = self.ledger.pending(is_revoked);
+                if flush.count() > 0 {
+                    match consumer.commit(&flush, CommitMode::Sync) {
+                        Ok(()) => {
+                            info!(partitions = %describe(&flush), "committed done offsets before handing partitions over")
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "could not commit before revocation; the new owner replays idempotently")
+                        }
+                    }
+                }
+                // Revoked partitions are no longer ours to commit, whatever happened above.
+                let _ = self.ledger.pending(|t, p| !is_revoked(t, p));
             }
             Rebalance::Assign(tpl) => info!(partitions = %describe(tpl), "partitions assigned"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
@@ -91,6 +165,9 @@ pub fn group_consumer(
         )
         .set("fetch.wait.max.ms", "100");
     config
-        .create_with_context(GroupContext::default())
+        .create_with_context(GroupContext {
+            revocations: AtomicU64::new(0),
+            ledger: Arc::new(OffsetLedger::default()),
+        })
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
 }

@@ -45,13 +45,13 @@ use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use retry::{Backoff, Outage, Stopped, retry};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 /// Tuning of the pipeline. Defaults are the benchmark's winners on a 2-core machine.
@@ -75,7 +75,7 @@ impl PipelineOptions {
     pub fn new(limits: Limits) -> Self {
         PipelineOptions {
             batch_max_records: 500,
-            batch_max_bytes: 64 << 20,
+            batch_max_bytes: 16 << 20,
             batch_linger: Duration::from_millis(100),
             uploads_in_flight: 32,
             until_idle: None,
@@ -197,18 +197,57 @@ impl Pipeline {
 
     /// Consumes until idle, the record limit, or shutdown. Returns why it stopped.
     pub async fn run(&self) -> Result<StopReason, PipelineError> {
+        // Three stages joined in one task, linked by small bounded channels: while one batch is
+        // indexed and committed, the next ones upload and the one after is fetched and checked.
+        // Batches leave the store stage in the order they entered, and the commit stage takes
+        // them one at a time, so each commit still covers only work that is durable.
+        let (checked_tx, checked_rx) = mpsc::channel::<CheckedBatch>(1);
+        let (stored_tx, stored_rx) = mpsc::channel::<StoredBatch>(1);
+        let uploads = Semaphore::new(self.opts.uploads_in_flight.max(1));
+        let (fetched, stored, committed) = tokio::join!(
+            self.fetch_stage(checked_tx),
+            self.store_stage(checked_rx, stored_tx, &uploads),
+            self.commit_stage(stored_rx),
+        );
+        // The first fatal error wins; a stage that stopped because another failed says Shutdown.
+        for result in [committed, stored] {
+            match result {
+                Err(BatchError::Fatal(e)) => return Err(e),
+                Err(BatchError::Shutdown) => return Ok(StopReason::Shutdown),
+                Ok(()) => {}
+            }
+        }
+        match fetched {
+            Err(BatchError::Fatal(e)) => Err(e),
+            Err(BatchError::Shutdown) => Ok(StopReason::Shutdown),
+            Ok(reason) => Ok(reason),
+        }
+    }
+
+    /// Stage 1: poll batches, decode and validate them, until idle, the record limit, or shutdown.
+    async fn fetch_stage(&self, tx: mpsc::Sender<CheckedBatch>) -> Result<StopReason, BatchError> {
         let mut last_record = Instant::now();
+        let mut fetched = 0u64;
         loop {
             if self.shutdown.is_triggered() {
                 return Ok(StopReason::Shutdown);
             }
-            if let Some(max) = self.opts.max_records
-                && self.stats.processed() >= max
-            {
+            if self.opts.max_records.is_some_and(|max| fetched >= max) {
                 return Ok(StopReason::MaxRecords);
             }
-            let batch = self.poll_batch().await?;
+            let remaining = self
+                .opts
+                .max_records
+                .map_or(usize::MAX, |m| (m - fetched) as usize);
+            let batch = self
+                .poll_batch(remaining)
+                .await
+                .map_err(BatchError::Fatal)?;
             if batch.is_empty() {
+                // A commit deferred by a rebalance goes through once the group has settled.
+                if !self.consumer.context().ledger.is_empty() {
+                    self.flush_ledger().await?;
+                }
                 // Idle means "owning partitions and nothing new", not "still waiting to join": after
                 // a crash the group holds the dead member's partitions until its session expires.
                 let owns_partitions = self.consumer.assignment().is_ok_and(|a| a.count() > 0);
@@ -223,26 +262,98 @@ impl Pipeline {
             }
             last_record = Instant::now();
             self.stats.first_record.get_or_init(Instant::now);
-            match self.process(batch).await {
-                Ok(()) => {
-                    *self.stats.last_commit.lock().expect("stats lock") = Some(Instant::now());
+            fetched += batch.len() as u64;
+            let positions = next_offsets(&batch);
+            let mut valid = Vec::new();
+            let mut letters = Vec::new();
+            for c in self.decode_and_validate(batch).await? {
+                match c {
+                    Checked::Valid(p, r) => valid.push((p, r)),
+                    Checked::Refused(letter) => letters.push(letter),
                 }
-                // Shutdown during an outage: nothing of this batch was committed, so a later run
-                // replays it. Stopping is the right thing; exiting 0 tells the supervisor so.
-                Err(BatchError::Shutdown) => return Ok(StopReason::Shutdown),
-                Err(BatchError::Fatal(e)) => return Err(e),
+            }
+            if tx
+                .send(CheckedBatch {
+                    positions,
+                    valid,
+                    letters,
+                })
+                .await
+                .is_err()
+            {
+                // A later stage stopped; its result says why.
+                return Ok(StopReason::Shutdown);
             }
         }
     }
 
+    /// Stage 2: objects. Up to `STORE_BATCHES_IN_FLIGHT` batches upload at once (the semaphore
+    /// caps uploads overall), finished batches wait in order for the commit stage, and uploads
+    /// keep going while they wait.
+    async fn store_stage(
+        &self,
+        rx: mpsc::Receiver<CheckedBatch>,
+        tx: mpsc::Sender<StoredBatch>,
+        uploads: &Semaphore,
+    ) -> Result<(), BatchError> {
+        let incoming =
+            futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) });
+        let mut uploading = std::pin::pin!(
+            incoming
+                .map(|batch| self.store_batch(batch, uploads))
+                .buffered(STORE_BATCHES_IN_FLIGHT)
+        );
+        let mut done: std::collections::VecDeque<StoredBatch> = Default::default();
+        let mut input_open = true;
+        loop {
+            if !input_open && done.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                next = uploading.next(), if input_open && done.len() < STORE_BATCHES_IN_FLIGHT => match next {
+                    Some(batch) => done.push_back(batch?),
+                    None => input_open = false,
+                },
+                permit = tx.reserve(), if !done.is_empty() => match permit {
+                    Ok(permit) => permit.send(done.pop_front().expect("non-empty")),
+                    Err(_) => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn store_batch(
+        &self,
+        batch: CheckedBatch,
+        uploads: &Semaphore,
+    ) -> Result<StoredBatch, BatchError> {
+        let mut letters = batch.letters;
+        let stored = self.put_objects(batch.valid, &mut letters, uploads).await?;
+        Ok(StoredBatch {
+            positions: batch.positions,
+            stored,
+            letters,
+        })
+    }
+
+    /// Stage 3: rows, dead letters, offsets — one batch at a time, in order.
+    async fn commit_stage(&self, mut rx: mpsc::Receiver<StoredBatch>) -> Result<(), BatchError> {
+        while let Some(batch) = rx.recv().await {
+            let mut letters = batch.letters;
+            self.index_rows(batch.stored, &mut letters).await?;
+            self.dead_letter(&letters).await?;
+            self.commit(&batch.positions).await?;
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            *self.stats.last_commit.lock().expect("stats lock") = Some(Instant::now());
+        }
+        Ok(())
+    }
+
     /// Collects up to `batch_max_records` / `batch_max_bytes`, waiting at most `batch_linger`
     /// once the first record arrived (and up to a second for that first one).
-    async fn poll_batch(&self) -> Result<Vec<Polled>, PipelineError> {
+    async fn poll_batch(&self, remaining: usize) -> Result<Vec<Polled>, PipelineError> {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
-        let remaining = self.opts.max_records.map_or(usize::MAX, |m| {
-            m.saturating_sub(self.stats.processed()) as usize
-        });
         let limit = self.opts.batch_max_records.min(remaining).max(1);
         let mut deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while batch.len() < limit && bytes < self.opts.batch_max_bytes {
@@ -317,28 +428,6 @@ impl Pipeline {
         }
     }
 
-    /// The batch protocol described at the top of this module.
-    async fn process(&self, batch: Vec<Polled>) -> Result<(), BatchError> {
-        let commit_positions = next_offsets(&batch);
-        let checked = self.decode_and_validate(batch).await?;
-
-        let mut valid = Vec::new();
-        let mut letters = Vec::new();
-        for c in checked {
-            match c {
-                Checked::Valid(p, r) => valid.push((p, r)),
-                Checked::Refused(letter) => letters.push(letter),
-            }
-        }
-
-        let stored = self.put_objects(valid, &mut letters).await?;
-        self.index_rows(stored, &mut letters).await?;
-        self.dead_letter(&letters).await?;
-        self.commit(&commit_positions).await?;
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     async fn decode_and_validate(&self, batch: Vec<Polled>) -> Result<Vec<Checked>, BatchError> {
         // Writer schemas are fetched (once per id, then cached) before the CPU work starts, so the
         // only waiting on the registry happens here, with retries.
@@ -405,10 +494,15 @@ impl Pipeline {
         &self,
         valid: Vec<(Polled, ImageRecord)>,
         letters: &mut Vec<DeadLetter>,
-    ) -> Result<Vec<(Polled, ImageRecord)>, BatchError> {
+        uploads: &Semaphore,
+    ) -> Result<Vec<(Polled, IndexEntry)>, BatchError> {
         let store = &self.sinks.store;
         let results: Vec<_> = futures::stream::iter(valid)
             .map(|(polled, record)| async move {
+                let _permit = uploads
+                    .acquire()
+                    .await
+                    .expect("upload semaphore is never closed");
                 let key = object_key(&record.image_id);
                 let result = retry(
                     &STORE_OUTAGE,
@@ -438,7 +532,10 @@ impl Pipeline {
                     if outcome == PutOutcome::AlreadyStored {
                         self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                     }
-                    stored.push((polled, record));
+                    // The bytes are stored; only their index entry travels on (and the image
+                    // memory is freed here).
+                    let entry = IndexEntry::new(&record, &polled.origin, self.sinks.store.bucket());
+                    stored.push((polled, entry));
                 }
                 Err(Stopped::Permanent(StoreError::Conflict { key, existing })) => {
                     letters.push(letter(
@@ -461,17 +558,13 @@ impl Pipeline {
     /// Step 2: rows, one statement for the batch.
     async fn index_rows(
         &self,
-        stored: Vec<(Polled, ImageRecord)>,
+        stored: Vec<(Polled, IndexEntry)>,
         letters: &mut Vec<DeadLetter>,
     ) -> Result<(), BatchError> {
         if stored.is_empty() {
             return Ok(());
         }
-        let bucket = self.sinks.store.bucket();
-        let entries: Vec<IndexEntry> = stored
-            .iter()
-            .map(|(p, r)| IndexEntry::new(r, &p.origin, bucket))
-            .collect();
+        let entries: Vec<IndexEntry> = stored.iter().map(|(_, e)| e.clone()).collect();
         let index = &self.sinks.index;
         let outcomes = match retry(
             &INDEX_OUTAGE,
@@ -490,7 +583,7 @@ impl Pipeline {
             match outcome {
                 InsertOutcome::Inserted | InsertOutcome::AlreadyIndexed => {
                     self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(record.data.len() as u64, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(record.size_bytes as u64, Ordering::Relaxed);
                 }
                 InsertOutcome::Conflict { existing } => letters.push(letter(
                     polled,
@@ -542,39 +635,70 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Step 4: offsets. A commit refused because ownership moved is not an error: the new owner
-    /// replays from the last commit and every write it repeats is idempotent.
+    /// Step 4: offsets. The batch's positions join the ledger of done-but-uncommitted offsets,
+    /// and everything in it that this member still owns is committed. A commit refused because
+    /// the group is rebalancing stays in the ledger: it is retried once the group has settled, or
+    /// flushed by the revocation callback before the partition is handed over. Losing it anyway
+    /// (a crash) only means the next owner replays those records, idempotently.
     async fn commit(&self, positions: &BTreeMap<(String, i32), i64>) -> Result<(), BatchError> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in positions {
-            if tpl
-                .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .is_err()
-            {
-                warn!(topic, partition, "cannot express commit position");
-            }
+        self.consumer.context().ledger.record(positions);
+        self.flush_ledger().await
+    }
+
+    async fn flush_ledger(&self) -> Result<(), BatchError> {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return Ok(());
+        };
+        let owned: HashSet<(String, i32)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let ledger = &self.consumer.context().ledger;
+        let tpl = ledger.pending(|t, p| owned.contains(&(t.to_string(), p)));
+        if tpl.count() == 0 {
+            return Ok(());
         }
         let consumer = &self.consumer;
         let attempt =
             || async { tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) };
-        let result = retry(
+        match retry(
             &KAFKA_OUTAGE,
             self.opts.backoff,
             &self.shutdown,
             commit_is_transient,
             attempt,
         )
-        .await;
-        match result {
-            Ok(()) => Ok(()),
+        .await
+        {
+            Ok(()) => {
+                ledger.committed(&tpl);
+                Ok(())
+            }
             Err(Stopped::Permanent(e)) => {
                 self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "offset commit refused (partitions moved to another member); they will be replayed idempotently");
+                debug!(error = %e, "offset commit deferred until the group settles");
                 Ok(())
             }
             Err(Stopped::Shutdown(_)) => Err(BatchError::Shutdown),
         }
     }
+}
+
+/// Batches uploading at once in the store stage; with `batch_max_bytes` this bounds the images
+/// held in memory.
+const STORE_BATCHES_IN_FLIGHT: usize = 3;
+
+struct CheckedBatch {
+    positions: BTreeMap<(String, i32), i64>,
+    valid: Vec<(Polled, ImageRecord)>,
+    letters: Vec<DeadLetter>,
+}
+
+struct StoredBatch {
+    positions: BTreeMap<(String, i32), i64>,
+    stored: Vec<(Polled, IndexEntry)>,
+    letters: Vec<DeadLetter>,
 }
 
 enum BatchError {
@@ -644,10 +768,16 @@ fn check_one(
             ));
         }
     };
-    let record = match codec.decode_with(schema, id, &polled.payload) {
+    let mut record = match codec.decode_with(schema, id, &polled.payload) {
         Ok(r) => r,
         Err(e) => return Checked::Refused(letter(&polled, e.code(), "invalid", e.to_string())),
     };
+    // With the image as the record's last field (our schema), its bytes end the payload: share
+    // them instead of holding a second copy of every image until it is stored.
+    let n = record.data.len();
+    if n > 0 && polled.payload.len() >= n && polled.payload.ends_with(&record.data) {
+        record.data = polled.payload.slice(polled.payload.len() - n..);
+    }
     match validate(&record, limits) {
         Ok(_) => Checked::Valid(polled, record),
         Err(invalid) => Checked::Refused(letter(

@@ -391,6 +391,7 @@ pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> 
 
 pub const SIGINT: i32 = 2;
 pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
 pub const SIGCONT: i32 = 18;
 pub const SIGSTOP: i32 = 19;
 
