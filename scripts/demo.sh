@@ -1,48 +1,53 @@
 #!/usr/bin/env bash
 # The main job end to end on the local stack: setup → produce N → consume until all are stored →
-# a summary counted from the services themselves.
+# a summary counted from the services themselves (not from the producer's tally).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count="${1:-1000}"
 bin=target/release/imgstream
+out=.stack/demo
+mkdir -p "$out"
 [[ -f .env ]] && echo "using settings from .env"
 
 echo "== imgstream setup"
 "$bin" setup
 
-# Counts before this run, so a second demo reports what it added.
-rows_before=$("$bin" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["index_rows"])')
+# Records left by an interrupted earlier demo are stored first, so this run's counts are its own.
+"$bin" consume --until-idle 2 --json > "$out/leftover.json"
+"$bin" status --json > "$out/before.json"
 
 echo "== produce $count images"
 start=$(date +%s.%N)
-"$bin" produce --count "$count" --json > .stack/demo-produce.json
-python3 -c 'import json; s=json.load(open(".stack/demo-produce.json")); print(f"produced {s[\"delivered\"]} images ({s[\"bytes_delivered\"]/1e6:.1f} MB) in {s[\"elapsed_secs\"]:.1f}s: {s[\"images_per_sec\"]:.0f} images/s")'
-
+"$bin" produce --count "$count" --json > "$out/produce.json"
 echo "== consume until every image is stored"
-"$bin" consume --until-idle 5 --json > .stack/demo-consume.json
+"$bin" consume --until-idle 5 --json > "$out/consume.json"
 end=$(date +%s.%N)
+"$bin" status --json > "$out/after.json"
 
-"$bin" status --json > .stack/demo-status.json
-python3 - "$count" "$rows_before" "$start" "$end" <<'PY'
+python3 - "$count" "$start" "$end" "$out" <<'PY'
 import json, sys
-count, rows_before, start, end = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-p = json.load(open(".stack/demo-produce.json"))
-c = json.load(open(".stack/demo-consume.json"))
-s = json.load(open(".stack/demo-status.json"))
+count, start, end, out = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+load = lambda name: json.load(open(f"{out}/{name}.json"))
+p, c, before, after = load("produce"), load("consume"), load("before"), load("after")
+objects = after["bucket_objects"] - before["bucket_objects"]
+rows = after["index_rows"] - before["index_rows"]
+letters = after["dlq_depth"] - before["dlq_depth"]
 print()
-print("== imgstream demo summary (counted from the services)")
-print(f"  produced (delivery reports)   {p['delivered']}")
-print(f"  objects in bucket             {s['bucket_objects']}")
-print(f"  rows in index                 {s['index_rows']}  (+{s['index_rows'] - rows_before} this run)")
-print(f"  dead letters                  {s['dlq_depth']}")
-print(f"  consumer lag                  {s['total_lag']}")
-print(f"  bytes stored this run         {c['bytes']/1e6:.1f} MB")
-print(f"  consume rate                  {c['images_per_sec']:.0f} images/s, {c['mb_per_sec']:.1f} MB/s (incl. {5}s idle wait)")
-print(f"  elapsed (produce + consume)   {end - start:.1f}s")
+print("== imgstream demo summary (objects, rows and lag counted from the services)")
+print(f"  produced (delivery reports)   {p['delivered']} images, {p['bytes_delivered'] / 1e6:.1f} MB, {p['images_per_sec']:.0f} images/s")
+print(f"  new objects in bucket         {objects}   (bucket total {after['bucket_objects']})")
+print(f"  new rows in index             {rows}   (table total {after['index_rows']})")
+print(f"  new dead letters              {letters}")
+print(f"  consumer lag                  {after['total_lag']}")
+print(f"  consume rate                  {c['busy_images_per_sec']:.0f} images/s, {c['busy_mb_per_sec']:.1f} MB/s while busy "
+      f"({c['stored']} stored in {c['busy_secs']:.1f}s)")
+print(f"  elapsed (produce + consume)   {end - start:.1f}s, including the consumer's 5s idle check")
 print()
 print("  MinIO console   http://127.0.0.1:9001  (minioadmin / minioadmin)")
 print("  PostgreSQL      psql postgres://imgstream:imgstream@127.0.0.1:5432/imgstream -c 'select count(*) from images'")
-ok = s["index_rows"] - rows_before == count and s["bucket_objects"] >= s["index_rows"] and s["total_lag"] == 0
+ok = objects == count and rows == count and letters == 0 and after["total_lag"] == 0
+if not ok:
+    print(f"\nDEMO FAILED: expected {count} new objects and rows, no dead letters and no lag", file=sys.stderr)
 sys.exit(0 if ok else 1)
 PY
 "$bin" verify --sample 50 | tail -n 1
