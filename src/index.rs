@@ -63,7 +63,9 @@ impl ImageIndex {
         let database = url.database_name().to_string();
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(timeout)
+            // Short: a database that is down should surface as an error the pipeline logs and
+            // retries with backoff, not as a silent multi-second wait for a pooled connection.
+            .acquire_timeout(timeout.min(Duration::from_secs(3)))
             .connect(url.expose())
             .await
             .map_err(|e| classify(e, &addr, &database))?;

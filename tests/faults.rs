@@ -74,13 +74,25 @@ async fn assert_exactly_once(env: &TestEnv, n: usize) {
 
 const CONSUME: [&str; 5] = ["consume", "--batch-size", "20", "--until-idle", "25"];
 
+/// A deliberately slow consumer (small batches, two uploads at a time), so that a fault injected
+/// after the first rows lands in the middle of the run and not after its end.
+const CONSUME_SLOWLY: [&str; 7] = [
+    "consume",
+    "--batch-size",
+    "10",
+    "--uploads",
+    "2",
+    "--until-idle",
+    "25",
+];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_once() {
     let env = TestEnv::new("sigkill").await;
     env.produce(400, &[]);
     let mut rows_at_kill = Vec::new();
     for round in 0..4u64 {
-        let run = env.spawn(&["consume", "--batch-size", "10"], &format!("run{round}"));
+        let run = env.spawn(&CONSUME_SLOWLY[..5], &format!("run{round}"));
         let before = rows(&env).await;
         // Kill once this run has stored something (mid-stream, not during start-up), at a
         // different moment of the batch cycle each round.
@@ -111,7 +123,7 @@ async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_on
 async fn minio_stopped_mid_run_then_started_again_loses_and_doubles_nothing() {
     let env = TestEnv::new("minio").await;
     env.produce(400, &[]);
-    let consumer = env.spawn(&CONSUME, "consumer");
+    let consumer = env.spawn(&CONSUME_SLOWLY, "consumer");
     wait_for_rows(&env, 40).await;
     {
         let _restart = Restart("minio");
@@ -135,15 +147,23 @@ async fn minio_stopped_mid_run_then_started_again_loses_and_doubles_nothing() {
 async fn postgresql_restarted_mid_run_loses_and_doubles_nothing() {
     let env = TestEnv::new("pgrestart").await;
     env.produce(400, &[]);
-    let consumer = env.spawn(&CONSUME, "consumer");
+    let consumer = env.spawn(&CONSUME_SLOWLY, "consumer");
     wait_for_rows(&env, 40).await;
     {
         let _restart = Restart("postgres");
         stack("postgres", "stop");
         tokio::time::sleep(Duration::from_secs(6)).await;
     }
+    assert!(
+        rows(&env).await < 400,
+        "the run ended before the outage could matter"
+    );
     wait_ok(consumer, &env, "consumer");
-    assert!(env.read_log("consumer").contains("outage ended"));
+    let log = env.read_log("consumer");
+    assert!(
+        log.contains("outage started") && log.contains("outage ended"),
+        "{log}"
+    );
     assert_exactly_once(&env, 400).await;
 }
 
@@ -181,7 +201,7 @@ async fn a_consumer_frozen_past_its_session_then_resumed_neither_doubles_nor_ove
 async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_zero() {
     let env = TestEnv::new("sigterm").await;
     env.produce(400, &[]);
-    let consumer = env.spawn(&["consume", "--batch-size", "20"], "consumer");
+    let consumer = env.spawn(&CONSUME_SLOWLY[..5], "consumer");
     wait_for_rows(&env, 40).await;
     signal(consumer.child(), common::SIGTERM);
     let status = consumer.wait();
