@@ -33,6 +33,12 @@ fn generation(c: &mut Criterion) {
             );
         }
     }
+    for size in [256u32, 1024] {
+        group.bench_function(
+            BenchmarkId::new("draw-only", format!("{size}x{size}")),
+            |b| b.iter(|| imgstream::generate::draw_rgb(size, size, 7)),
+        );
+    }
     group.finish();
 }
 

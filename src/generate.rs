@@ -3,7 +3,6 @@
 //! nor pure noise), and the same seed always yields the same bytes.
 
 use crate::domain::ImageFormat;
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPEncoder;
 use image::{ExtendedColorType, ImageEncoder};
@@ -60,13 +59,20 @@ pub fn draw_rgb(width: u32, height: u32, seed: u64) -> Vec<u8> {
     let col_wave: Vec<f32> = (0..w).map(|x| amp * (fx * x as f32 + px).sin()).collect();
     let row_wave: Vec<f32> = (0..h).map(|y| amp * (fy * y as f32 + py).sin()).collect();
 
+    // The gradient is linear in x, so each row is a start value plus a constant step per pixel:
+    // additions only, no division in the inner loop. `origin` is the smallest projection over the
+    // corners, so t stays within 0..=1.
+    let step: [f32; 3] = std::array::from_fn(|c| (c1[c] - c0[c]) * dx / span);
     for y in 0..h {
         let row = &mut buf[y * w * 3..(y + 1) * w * 3];
-        for x in 0..w {
-            let t = ((x as f32 * dx + y as f32 * dy - origin) / span).clamp(0.0, 1.0);
-            let wave = col_wave[x] + row_wave[y];
+        let t0 = (y as f32 * dy - origin) / span;
+        let mut value: [f32; 3] =
+            std::array::from_fn(|c| c0[c] + (c1[c] - c0[c]) * t0 + row_wave[y]);
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let wave = col_wave[x];
             for c in 0..3 {
-                row[x * 3 + c] = (c0[c] + (c1[c] - c0[c]) * t + wave).clamp(0.0, 255.0) as u8;
+                px[c] = (value[c] + wave).clamp(0.0, 255.0) as u8;
+                value[c] += step[c];
             }
         }
     }
@@ -81,37 +87,43 @@ pub fn draw_rgb(width: u32, height: u32, seed: u64) -> Vec<u8> {
         let rx = rng.gen_range(0.05..0.35f32) * w as f32;
         let ry = rng.gen_range(0.05..0.35f32) * h as f32;
         let ellipse = rng.gen_bool(0.6);
-        let x0 = (cx - rx).max(0.0) as usize;
-        let x1 = ((cx + rx) as usize).min(w);
+        // Fixed-point blend (alpha in 1/256ths): integer math in the inner loop.
+        let a = (alpha * 256.0) as i32;
+        let rgb = color.map(|c| c as i32);
         let y0 = (cy - ry).max(0.0) as usize;
         let y1 = ((cy + ry) as usize).min(h);
         for y in y0..y1 {
-            let ny = (y as f32 - cy) / ry;
-            for x in x0..x1 {
-                if ellipse {
-                    let nx = (x as f32 - cx) / rx;
-                    if nx * nx + ny * ny > 1.0 {
-                        continue;
-                    }
-                }
-                let i = (y * w + x) * 3;
+            // The shape's horizontal extent on this row: the whole box, or the ellipse's chord.
+            let half = if ellipse {
+                let ny = (y as f32 + 0.5 - cy) / ry;
+                rx * (1.0 - ny * ny).max(0.0).sqrt()
+            } else {
+                rx
+            };
+            let x0 = (cx - half).max(0.0) as usize;
+            let x1 = ((cx + half) as usize).min(w);
+            if x0 >= x1 {
+                continue;
+            }
+            for px in buf[(y * w + x0) * 3..(y * w + x1) * 3].chunks_exact_mut(3) {
                 for c in 0..3 {
-                    let under = buf[i + c] as f32;
-                    buf[i + c] = (under + (color[c] - under) * alpha) as u8;
+                    let under = px[c] as i32;
+                    px[c] = (under + (((rgb[c] - under) * a) >> 8)) as u8;
                 }
             }
         }
     }
 
-    // Sensor noise: small, so the image stays compressible like a photo.
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    // Sensor noise: small (-3..=4), so the image stays compressible like a photo. One xorshift
+    // step gives eight bytes of noise.
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15 | 1;
     for chunk in buf.chunks_mut(8) {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        for (k, v) in chunk.iter_mut().enumerate() {
-            let n = ((state >> (k * 8)) & 0x7) as i16 - 3;
-            *v = (*v as i16 + n).clamp(0, 255) as u8;
+        let noise = state.to_le_bytes();
+        for (v, n) in chunk.iter_mut().zip(noise) {
+            *v = v.saturating_add_signed(((n & 7) as i8) - 3);
         }
     }
     buf
@@ -129,27 +141,29 @@ fn random_color(rng: &mut SmallRng) -> [f32; 3] {
 pub fn encode(pixels: &[u8], spec: &ImageSpec) -> Result<Vec<u8>, GenerateError> {
     let mut out = Vec::with_capacity(pixels.len() / 4);
     let (w, h) = (spec.width, spec.height);
-    let result = match spec.format {
+    let result: Result<(), String> = match spec.format {
         // Fast deflate with adaptive filtering: ~the ratio of default settings at a fraction of the time.
         ImageFormat::Png => {
             PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
                 .write_image(pixels, w, h, ExtendedColorType::Rgb8)
+                .map_err(|e| e.to_string())
         }
-        ImageFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY).write_image(
-            pixels,
-            w,
-            h,
-            ExtendedColorType::Rgb8,
-        ),
-        ImageFormat::Webp => {
-            WebPEncoder::new_lossless(&mut out).write_image(pixels, w, h, ExtendedColorType::Rgb8)
-        }
+        // jpeg-encoder rather than the image crate's encoder: measured 2.2x faster (benches/generate.rs).
+        ImageFormat::Jpeg => match (u16::try_from(w), u16::try_from(h)) {
+            (Ok(w16), Ok(h16)) => jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY)
+                .encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| e.to_string()),
+            _ => Err("JPEG is limited to 65535 pixels a side".to_string()),
+        },
+        ImageFormat::Webp => WebPEncoder::new_lossless(&mut out)
+            .write_image(pixels, w, h, ExtendedColorType::Rgb8)
+            .map_err(|e| e.to_string()),
     };
-    result.map_err(|e| GenerateError::Encode {
+    result.map_err(|detail| GenerateError::Encode {
         width: w,
         height: h,
         format: spec.format,
-        detail: e.to_string(),
+        detail,
     })?;
     Ok(out)
 }
