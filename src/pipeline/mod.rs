@@ -739,7 +739,8 @@ fn next_offsets(batch: &[Polled]) -> BTreeMap<(String, i32), i64> {
     next
 }
 
-type SchemaLookup = BTreeMap<u32, Result<Arc<apache_avro::Schema>, (&'static str, String)>>;
+type SchemaLookup =
+    BTreeMap<u32, Result<Arc<crate::schema::codec::Writer>, (&'static str, String)>>;
 
 fn check_one(
     codec: &ImageCodec,
@@ -768,16 +769,10 @@ fn check_one(
             ));
         }
     };
-    let mut record = match codec.decode_with(schema, id, &polled.payload) {
+    let record = match codec.decode_with(schema, id, &polled.payload) {
         Ok(r) => r,
         Err(e) => return Checked::Refused(letter(&polled, e.code(), "invalid", e.to_string())),
     };
-    // With the image as the record's last field (our schema), its bytes end the payload: share
-    // them instead of holding a second copy of every image until it is stored.
-    let n = record.data.len();
-    if n > 0 && polled.payload.len() >= n && polled.payload.ends_with(&record.data) {
-        record.data = polled.payload.slice(polled.payload.len() - n..);
-    }
     match validate(&record, limits) {
         Ok(_) => Checked::Valid(polled, record),
         Err(invalid) => Checked::Refused(letter(

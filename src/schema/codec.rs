@@ -60,11 +60,19 @@ pub enum EncodeError {
     Avro { image_id: Uuid, detail: String },
 }
 
+/// A writer schema from the registry, and whether it is exactly the reader schema (the common
+/// case, which decodes on the fast path).
+pub struct Writer {
+    pub schema: Schema,
+    pub same_as_reader: bool,
+}
+
 /// Encodes with one schema (the one registered for producing) and decodes with any registered one.
 pub struct ImageCodec {
     reader: Schema,
+    reader_form: String,
     registry: RegistryClient,
-    writers: RwLock<HashMap<u32, Arc<Schema>>>,
+    writers: RwLock<HashMap<u32, Arc<Writer>>>,
 }
 
 impl ImageCodec {
@@ -72,14 +80,23 @@ impl ImageCodec {
         let reader =
             Schema::parse_str(reader_schema).map_err(|e| EncodeError::Schema(e.to_string()))?;
         Ok(ImageCodec {
+            reader_form: reader.canonical_form(),
             reader,
             registry,
             writers: RwLock::new(HashMap::new()),
         })
     }
 
+    /// Wraps a parsed writer schema, noting whether it is the reader schema.
+    pub fn writer(&self, schema: Schema) -> Writer {
+        Writer {
+            same_as_reader: schema.canonical_form() == self.reader_form,
+            schema,
+        }
+    }
+
     /// The writer schema for an id: from the cache, or once from the registry.
-    pub async fn writer_schema(&self, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    pub async fn writer_schema(&self, id: u32) -> Result<Arc<Writer>, DecodeError> {
         if let Some(s) = self.writers.read().expect("schema cache poisoned").get(&id) {
             return Ok(s.clone());
         }
@@ -87,42 +104,162 @@ impl ImageCodec {
             RegistryError::NotFound { .. } => DecodeError::UnknownSchema(id),
             other => DecodeError::Registry { id, source: other },
         })?;
-        let schema = Arc::new(
-            Schema::parse_str(&text).map_err(|e| DecodeError::BadSchema {
-                id,
-                detail: e.to_string(),
-            })?,
-        );
+        let schema = Schema::parse_str(&text).map_err(|e| DecodeError::BadSchema {
+            id,
+            detail: e.to_string(),
+        })?;
+        let writer = Arc::new(self.writer(schema));
         self.writers
             .write()
             .expect("schema cache poisoned")
-            .insert(id, schema.clone());
-        Ok(schema)
+            .insert(id, writer.clone());
+        Ok(writer)
     }
 
     /// Decodes one Kafka value into a record.
-    pub async fn decode(&self, payload: &[u8]) -> Result<ImageRecord, DecodeError> {
+    pub async fn decode(&self, payload: &Bytes) -> Result<ImageRecord, DecodeError> {
         let (id, _) = wire::split(payload)?;
         let writer = self.writer_schema(id).await?;
         self.decode_with(&writer, id, payload)
     }
 
     /// Decoding once the writer schema is known; synchronous so it can run off the async threads.
+    /// The image bytes of the result share the payload's memory.
     pub fn decode_with(
         &self,
-        writer: &Schema,
+        writer: &Writer,
         id: u32,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<ImageRecord, DecodeError> {
+        if writer.same_as_reader {
+            return fast::decode(payload.slice(wire::HEADER_LEN.min(payload.len())..), id);
+        }
         let (_, mut datum) = wire::split(payload)?;
-        let value =
-            apache_avro::from_avro_datum(writer, &mut datum, Some(&self.reader)).map_err(|e| {
-                DecodeError::Avro {
-                    id,
-                    detail: e.to_string(),
-                }
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, Some(&self.reader))
+            .map_err(|e| DecodeError::Avro {
+                id,
+                detail: e.to_string(),
             })?;
-        record_from_value(value)
+        let mut record = record_from_value(value)?;
+        // Generic decoding copied the image; when it ends the payload, share that memory instead.
+        let n = record.data.len();
+        if n > 0 && payload.len() >= n && payload.ends_with(&record.data) {
+            record.data = payload.slice(payload.len() - n..);
+        }
+        Ok(record)
+    }
+}
+
+/// Reads a record written with exactly the reader schema, field by field in its order, straight
+/// from the payload: the image bytes are a slice of it, not a copy. Any other writer schema goes
+/// through apache-avro's schema resolution instead.
+mod fast {
+    use super::DecodeError;
+    use crate::domain::ImageRecord;
+    use bytes::Bytes;
+    use chrono::{DateTime, Utc};
+    use uuid::Uuid;
+
+    struct Reader {
+        buf: Bytes,
+        pos: usize,
+        id: u32,
+    }
+
+    impl Reader {
+        fn fail(&self, detail: String) -> DecodeError {
+            DecodeError::Avro {
+                id: self.id,
+                detail,
+            }
+        }
+
+        /// Avro's zig-zag varint long.
+        fn long(&mut self) -> Result<i64, DecodeError> {
+            let mut value: u64 = 0;
+            for shift in (0..64).step_by(7) {
+                let Some(&byte) = self.buf.get(self.pos) else {
+                    return Err(self.fail("datum ends inside a number".into()));
+                };
+                self.pos += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+                }
+            }
+            Err(self.fail("number longer than 10 bytes".into()))
+        }
+
+        fn int(&mut self, field: &'static str) -> Result<i32, DecodeError> {
+            let v = self.long()?;
+            i32::try_from(v).map_err(|_| self.fail(format!("{field}: {v} does not fit an int")))
+        }
+
+        fn bytes(&mut self, field: &'static str) -> Result<Bytes, DecodeError> {
+            let len = self.long()?;
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|l| self.pos.checked_add(l))
+                .filter(|end| *end <= self.buf.len())
+                .ok_or_else(|| self.fail(format!("{field}: length {len} runs past the datum")))?;
+            let out = self.buf.slice(self.pos..end);
+            self.pos = end;
+            Ok(out)
+        }
+
+        fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+            let raw = self.bytes(field)?;
+            String::from_utf8(raw.to_vec()).map_err(|_| self.fail(format!("{field}: not UTF-8")))
+        }
+    }
+
+    pub(super) fn decode(datum: Bytes, id: u32) -> Result<ImageRecord, DecodeError> {
+        let mut r = Reader {
+            buf: datum,
+            pos: 0,
+            id,
+        };
+        let image_id = r.string("image_id")?;
+        let image_id = Uuid::parse_str(&image_id).map_err(|e| DecodeError::Field {
+            field: "image_id",
+            detail: e.to_string(),
+        })?;
+        let customer_id = r.string("customer_id")?;
+        let source_id = r.string("source_id")?;
+        let micros = r.long()?;
+        let created_at =
+            DateTime::<Utc>::from_timestamp_micros(micros).ok_or(DecodeError::Field {
+                field: "created_at",
+                detail: format!("{micros} out of range"),
+            })?;
+        let content_type = r.string("content_type")?;
+        let width = r.int("width")?;
+        let height = r.int("height")?;
+        let sha256 = r.string("sha256")?;
+        let data = r.bytes("data")?;
+        if r.pos != r.buf.len() {
+            return Err(r.fail(format!(
+                "{} bytes left after the record",
+                r.buf.len() - r.pos
+            )));
+        }
+        let dimension = |v: i32, field: &'static str| {
+            u32::try_from(v).map_err(|_| DecodeError::Field {
+                field,
+                detail: format!("{v} is negative"),
+            })
+        };
+        Ok(ImageRecord {
+            image_id,
+            customer_id,
+            source_id,
+            created_at,
+            content_type,
+            width: dimension(width, "width")?,
+            height: dimension(height, "height")?,
+            sha256,
+            data,
+        })
     }
 }
 
@@ -266,9 +403,21 @@ mod tests {
     fn a_record_round_trips_through_the_wire_format() {
         let schema = Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
         let record = sample();
-        let bytes = encode(&schema, 42, &record).unwrap();
+        let bytes = Bytes::from(encode(&schema, 42, &record).unwrap());
         assert_eq!(&bytes[..5], &[0, 0, 0, 0, 42]);
-        assert_eq!(codec().decode_with(&schema, 42, &bytes).unwrap(), record);
+        let codec = codec();
+        let writer = codec.writer(schema);
+        assert!(
+            writer.same_as_reader,
+            "the fast path applies to our own schema"
+        );
+        assert_eq!(codec.decode_with(&writer, 42, &bytes).unwrap(), record);
+        // The generic path reads the same record.
+        let generic = Writer {
+            same_as_reader: false,
+            ..writer
+        };
+        assert_eq!(codec.decode_with(&generic, 42, &bytes).unwrap(), record);
     }
 
     #[test]
@@ -279,17 +428,44 @@ mod tests {
         ));
         let v2 = Schema::parse_str(&v2.to_string()).unwrap();
         let record = sample();
-        let bytes = encode(&v2, 43, &record).unwrap();
-        assert_eq!(codec().decode_with(&v2, 43, &bytes).unwrap(), record);
+        let bytes = Bytes::from(encode(&v2, 43, &record).unwrap());
+        let codec = codec();
+        let writer = codec.writer(v2);
+        assert!(!writer.same_as_reader);
+        assert_eq!(codec.decode_with(&writer, 43, &bytes).unwrap(), record);
     }
 
     #[test]
     fn bytes_that_do_not_match_the_schema_are_a_permanent_error() {
         let schema = Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
-        let err = codec()
-            .decode_with(&schema, 1, &wire::frame(1, b"\x02garbage"))
-            .unwrap_err();
-        assert!(!err.is_transient());
-        assert_eq!(err.code(), "malformed-avro");
+        let codec = codec();
+        for same_as_reader in [true, false] {
+            let writer = Writer {
+                schema: schema.clone(),
+                same_as_reader,
+            };
+            let err = codec
+                .decode_with(&writer, 1, &Bytes::from(wire::frame(1, b"\x02garbage")))
+                .unwrap_err();
+            assert!(!err.is_transient());
+            assert!(
+                ["malformed-avro", "bad-field"].contains(&err.code()),
+                "fast path {same_as_reader}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_record_is_refused_not_read_past_its_end() {
+        let schema = Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
+        let bytes = encode(&schema, 7, &sample()).unwrap();
+        let codec = codec();
+        let writer = codec.writer(schema);
+        for cut in [6, 20, bytes.len() - 1] {
+            let err = codec
+                .decode_with(&writer, 7, &Bytes::copy_from_slice(&bytes[..cut]))
+                .unwrap_err();
+            assert_eq!(err.code(), "malformed-avro", "cut at {cut}: {err}");
+        }
     }
 }

@@ -36,7 +36,10 @@ pub async fn run(settings: &Settings, records: usize) -> f64 {
     for _ in 0..records {
         let m = consumer.recv().await.unwrap();
         started.get_or_insert_with(Instant::now);
-        let record = codec.decode(m.payload().unwrap()).await.unwrap();
+        let record = codec
+            .decode(&bytes::Bytes::copy_from_slice(m.payload().unwrap()))
+            .await
+            .unwrap();
         validate(&record, &limits).unwrap();
         let key = object_key(&record.image_id);
         store
