@@ -49,6 +49,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// librdkafka `debug` contexts (e.g. `cgrp,fetch`), for diagnosing the client itself.
     pub debug: Option<String>,
+    /// Producer compression: none, lz4, snappy or gzip.
+    pub compression: String,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -216,6 +218,18 @@ impl Settings {
                 1,
                 32,
             )?,
+            compression: match get("KAFKA_COMPRESSION_TYPE", "none")
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                c @ ("none" | "lz4" | "snappy" | "gzip") => c.to_string(),
+                other => {
+                    return Err(invalid(
+                        "KAFKA_COMPRESSION_TYPE",
+                        format!("{other:?} is not none, lz4, snappy or gzip"),
+                    ));
+                }
+            },
             debug: vars
                 .get("IMGSTREAM_KAFKA_DEBUG")
                 .filter(|v| !v.trim().is_empty())

@@ -239,10 +239,12 @@ impl Pipeline {
                 .opts
                 .max_records
                 .map_or(usize::MAX, |m| (m - fetched) as usize);
+            let polling = Instant::now();
             let batch = self
                 .poll_batch(remaining)
                 .await
                 .map_err(BatchError::Fatal)?;
+            let polled_in = polling.elapsed();
             if batch.is_empty() {
                 // A commit deferred by a rebalance goes through once the group has settled.
                 if !self.consumer.context().ledger.is_empty() {
@@ -264,6 +266,7 @@ impl Pipeline {
             self.stats.first_record.get_or_init(Instant::now);
             fetched += batch.len() as u64;
             let positions = next_offsets(&batch);
+            let (records, checking) = (batch.len(), Instant::now());
             let mut valid = Vec::new();
             let mut letters = Vec::new();
             for c in self.decode_and_validate(batch).await? {
@@ -272,6 +275,8 @@ impl Pipeline {
                     Checked::Refused(letter) => letters.push(letter),
                 }
             }
+            let (checked_in, sending) = (checking.elapsed(), Instant::now());
+            debug!(records, ?polled_in, ?checked_in, "batch fetched");
             if tx
                 .send(CheckedBatch {
                     positions,
@@ -284,6 +289,7 @@ impl Pipeline {
                 // A later stage stopped; its result says why.
                 return Ok(StopReason::Shutdown);
             }
+            debug!(waited = ?sending.elapsed(), "batch handed to the store stage");
         }
     }
 
@@ -328,7 +334,9 @@ impl Pipeline {
         uploads: &Semaphore,
     ) -> Result<StoredBatch, BatchError> {
         let mut letters = batch.letters;
+        let (records, started) = (batch.valid.len(), Instant::now());
         let stored = self.put_objects(batch.valid, &mut letters, uploads).await?;
+        debug!(records, took = ?started.elapsed(), "batch uploaded");
         Ok(StoredBatch {
             positions: batch.positions,
             stored,
@@ -340,9 +348,12 @@ impl Pipeline {
     async fn commit_stage(&self, mut rx: mpsc::Receiver<StoredBatch>) -> Result<(), BatchError> {
         while let Some(batch) = rx.recv().await {
             let mut letters = batch.letters;
+            let started = Instant::now();
             self.index_rows(batch.stored, &mut letters).await?;
+            let indexed = started.elapsed();
             self.dead_letter(&letters).await?;
             self.commit(&batch.positions).await?;
+            debug!(?indexed, total = ?started.elapsed(), "batch indexed and committed");
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             *self.stats.last_commit.lock().expect("stats lock") = Some(Instant::now());
         }

@@ -362,7 +362,11 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
     let (put_ops, put_mbps) = store_ceiling(&settings, &pool, case.ceiling_puts, uploads).await;
 
     eprintln!("[{}] pipeline drain", case.label);
-    let (summaries, cpu) = run_consumers(&vars, 1, &[]);
+    let extra: Vec<String> = std::env::var("BENCH_CONSUMER_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (summaries, cpu) = run_consumers(&vars, 1, &extra);
     let s = &summaries[0];
     let stored = s["stored"].as_u64().unwrap();
     assert_eq!(
