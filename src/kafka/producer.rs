@@ -23,8 +23,9 @@ pub fn producer_config(
         // Exactly-once per partition from the producer's side: retries never duplicate or reorder.
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // Images are already compressed (PNG deflate, JPEG, WebP); see KAFKA_COMPRESSION_TYPE in
-        // the README for what lz4, snappy and gzip measured against none.
+        // Images are already compressed (PNG deflate, JPEG, WebP). Measured on 300 generated images
+        // (scripts/measure-compression.sh): lz4 and snappy saved 0.0% of the broker's disk, gzip
+        // 0.7% at less than half the produce rate. So none, unless KAFKA_COMPRESSION_TYPE says so.
         .set("compression.type", &kafka.compression)
         .set("linger.ms", "5")
         .set("batch.size", "4000000")
