@@ -160,53 +160,47 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
 async fn an_image_id_reused_for_different_bytes_never_replaces_the_stored_image() {
     let env = TestEnv::new("conflict").await;
     let producer = raw_producer(&env);
-    let original = valid_record(10, ImageFormat::Png);
-    let mut impostor = valid_record(11, ImageFormat::Png);
-    impostor.image_id = original.image_id;
-    send_raw(
-        &producer,
-        &env.name,
-        "cam-1",
-        &encode(&env, &original).await,
-    )
-    .await;
-    send_raw(
-        &producer,
-        &env.name,
-        "cam-1",
-        &encode(&env, &impostor).await,
-    )
-    .await;
-    // The very same record again is a harmless duplicate, not a conflict.
-    send_raw(
-        &producer,
-        &env.name,
-        "cam-1",
-        &encode(&env, &original).await,
-    )
-    .await;
+    // Ten ids, each sent as original, impostor (same id, other bytes), original again, all on one
+    // partition: the first record of an id must win, whatever the upload concurrency.
+    let mut originals = Vec::new();
+    for n in 0..10 {
+        let original = valid_record(100 + n, ImageFormat::Png);
+        let mut impostor = valid_record(200 + n, ImageFormat::Png);
+        impostor.image_id = original.image_id;
+        for record in [&original, &impostor, &original] {
+            send_raw(&producer, &env.name, "cam-1", &encode(&env, record).await).await;
+        }
+        originals.push(original);
+    }
 
     let summary = consume_until_idle(&env);
-    assert_eq!(summary["stored"], 2, "{summary}");
-    assert_eq!(summary["dead_lettered"], 1, "{summary}");
-    assert_eq!(env.counts().await, (1, 1));
-    let stored = env
-        .store()
-        .get(&object_key(&original.image_id))
-        .await
-        .unwrap();
-    assert_eq!(sha256_hex(&stored), original.sha256);
+    // The repeated original is a harmless duplicate (stored), the impostor a conflict.
+    assert_eq!(summary["stored"], 20, "{summary}");
+    assert_eq!(summary["dead_lettered"], 10, "{summary}");
+    assert_eq!(env.counts().await, (10, 10));
+    for original in &originals {
+        let stored = env
+            .store()
+            .get(&object_key(&original.image_id))
+            .await
+            .unwrap();
+        assert_eq!(
+            sha256_hex(&stored),
+            original.sha256,
+            "image {} was replaced",
+            original.image_id
+        );
+    }
 
     let letters = read_topic(&env, &format!("{}.dlq", env.name));
-    assert_eq!(letters.len(), 1);
-    assert_eq!(
-        header(&letters[0], headers::CLASS).as_deref(),
-        Some("conflict")
-    );
-    assert_eq!(
-        header(&letters[0], headers::CODE).as_deref(),
-        Some("object-conflict")
-    );
+    assert_eq!(letters.len(), 10);
+    for letter in &letters {
+        assert_eq!(header(letter, headers::CLASS).as_deref(), Some("conflict"));
+        assert_eq!(
+            header(letter, headers::CODE).as_deref(),
+            Some("object-conflict")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

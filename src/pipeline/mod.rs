@@ -27,6 +27,7 @@
 //! are about one record and send only that record to the dead-letter topic. Failures that no retry
 //! can fix (bad credentials, a missing bucket or table) stop the consumer with one clear line.
 
+mod key_order;
 pub mod monitor;
 pub mod retry;
 pub mod usage;
@@ -42,6 +43,7 @@ use crate::store::{ImageStore, PutOutcome, StoreError};
 use crate::validate::{Limits, validate};
 use bytes::Bytes;
 use futures::StreamExt;
+use key_order::{KeyOrder, Turn};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -149,7 +151,7 @@ pub struct Sinks {
 
 /// One record as polled, owned so the batch can outlive the poll.
 #[derive(Debug, Clone)]
-struct Polled {
+pub(crate) struct Polled {
     origin: Origin,
     key: Option<Vec<u8>>,
     payload: Bytes,
@@ -304,9 +306,16 @@ impl Pipeline {
     ) -> Result<(), BatchError> {
         let incoming =
             futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) });
+        let key_order = KeyOrder::default();
+        let key_order = &key_order;
         let mut uploading = std::pin::pin!(
             incoming
-                .map(|batch| self.store_batch(batch, uploads))
+                // Places in line are taken here, as batches arrive in offset order and before any
+                // of their uploads start.
+                .map(|batch| {
+                    let turns = key_order.register(&batch.valid);
+                    self.store_batch(batch, turns, uploads)
+                })
                 .buffered(STORE_BATCHES_IN_FLIGHT)
         );
         let mut done: std::collections::VecDeque<StoredBatch> = Default::default();
@@ -331,11 +340,14 @@ impl Pipeline {
     async fn store_batch(
         &self,
         batch: CheckedBatch,
+        turns: Vec<Turn<'_>>,
         uploads: &Semaphore,
     ) -> Result<StoredBatch, BatchError> {
         let mut letters = batch.letters;
         let (records, started) = (batch.valid.len(), Instant::now());
-        let stored = self.put_objects(batch.valid, &mut letters, uploads).await?;
+        let stored = self
+            .put_objects(batch.valid, turns, &mut letters, uploads)
+            .await?;
         debug!(records, took = ?started.elapsed(), "batch uploaded");
         Ok(StoredBatch {
             positions: batch.positions,
@@ -504,12 +516,16 @@ impl Pipeline {
     async fn put_objects(
         &self,
         valid: Vec<(Polled, ImageRecord)>,
+        turns: Vec<Turn<'_>>,
         letters: &mut Vec<DeadLetter>,
         uploads: &Semaphore,
     ) -> Result<Vec<(Polled, IndexEntry)>, BatchError> {
         let store = &self.sinks.store;
-        let results: Vec<_> = futures::stream::iter(valid)
-            .map(|(polled, record)| async move {
+        let results: Vec<_> = futures::stream::iter(valid.into_iter().zip(turns))
+            .map(|((polled, record), turn)| async move {
+                // The earliest record of an image id writes first; the wait comes before taking
+                // an upload slot, so waiting never holds up other uploads.
+                turn.wait().await;
                 let _permit = uploads
                     .acquire()
                     .await
@@ -530,6 +546,7 @@ impl Pipeline {
                     },
                 )
                 .await;
+                drop(turn);
                 (polled, record, result)
             })
             .buffer_unordered(self.opts.uploads_in_flight.max(1))
