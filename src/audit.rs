@@ -115,6 +115,29 @@ pub fn group_offsets(
     Ok(out)
 }
 
+/// Joins the group's offsets with what the index holds per partition.
+fn partition_statuses(
+    offsets: Vec<PartitionOffsets>,
+    positions: &HashMap<i32, (i64, i64)>,
+) -> Vec<PartitionStatus> {
+    offsets
+        .into_iter()
+        .map(|o| {
+            let (max_indexed_offset, indexed_rows) = positions
+                .get(&o.partition)
+                .map_or((None, 0), |(max, n)| (Some(*max), *n));
+            PartitionStatus {
+                partition: o.partition,
+                high_watermark: o.high,
+                committed: o.committed,
+                lag: o.high - o.committed.unwrap_or(o.low).max(o.low),
+                max_indexed_offset,
+                indexed_rows,
+            }
+        })
+        .collect()
+}
+
 pub async fn status(
     settings: &Settings,
     store: &ImageStore,
@@ -122,30 +145,7 @@ pub async fn status(
 ) -> Result<Status, AuditError> {
     let topic = &settings.kafka.data_topic;
     let offsets = tokio::task::block_in_place(|| group_offsets(settings, topic))?;
-    let positions = index.partition_positions(topic).await?;
-    let partitions: Vec<PartitionStatus> = offsets
-        .into_iter()
-        .map(
-            |PartitionOffsets {
-                 partition,
-                 low,
-                 high,
-                 committed,
-             }| {
-                let (max_indexed_offset, indexed_rows) = positions
-                    .get(&partition)
-                    .map_or((None, 0), |(max, n)| (Some(*max), *n));
-                PartitionStatus {
-                    partition,
-                    high_watermark: high,
-                    committed,
-                    lag: high - committed.unwrap_or(low).max(low),
-                    max_indexed_offset,
-                    indexed_rows,
-                }
-            },
-        )
-        .collect();
+    let partitions = partition_statuses(offsets, &index.partition_positions(topic).await?);
     let dlq_depth =
         tokio::task::block_in_place(|| group_offsets(settings, &settings.kafka.dlq_topic))?
             .iter()
@@ -281,29 +281,7 @@ pub async fn verify(
     let topic = &settings.kafka.data_topic;
     let positions = index.partition_positions(topic).await?;
     if let Ok(offsets) = tokio::task::block_in_place(|| group_offsets(settings, topic)) {
-        report.partitions = offsets
-            .into_iter()
-            .map(
-                |PartitionOffsets {
-                     partition,
-                     low,
-                     high,
-                     committed,
-                 }| {
-                    let (max_indexed_offset, indexed_rows) = positions
-                        .get(&partition)
-                        .map_or((None, 0), |(m, n)| (Some(*m), *n));
-                    PartitionStatus {
-                        partition,
-                        high_watermark: high,
-                        committed,
-                        lag: high - committed.unwrap_or(low).max(low),
-                        max_indexed_offset,
-                        indexed_rows,
-                    }
-                },
-            )
-            .collect();
+        report.partitions = partition_statuses(offsets, &positions);
     }
     Ok(report)
 }
