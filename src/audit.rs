@@ -42,6 +42,7 @@ pub struct Status {
     pub group: String,
     pub partitions: Vec<PartitionStatus>,
     pub total_lag: i64,
+    /// Rows of this bucket (the table may index other buckets too).
     pub index_rows: i64,
     pub bucket_objects: u64,
     pub dlq_topic: String,
@@ -156,7 +157,7 @@ pub async fn status(
         group: settings.kafka.group_id.clone(),
         total_lag: partitions.iter().map(|p| p.lag).sum(),
         partitions,
-        index_rows: index.count().await?,
+        index_rows: index.count_in_bucket(store.bucket()).await?,
         bucket_objects: store.list(crate::domain::OBJECT_PREFIX).await?.len() as u64,
         dlq_topic: settings.kafka.dlq_topic.clone(),
         dlq_depth,
@@ -210,7 +211,7 @@ pub async fn verify(
     repair: Option<Duration>,
 ) -> Result<VerifyReport, AuditError> {
     let objects = store.list(crate::domain::OBJECT_PREFIX).await?;
-    let rows = index.all_entries().await?;
+    let rows = index.entries_in_bucket(store.bucket()).await?;
     let by_key: HashMap<&str, &crate::store::StoredObject> =
         objects.iter().map(|o| (o.key.as_str(), o)).collect();
     let row_keys: HashMap<&str, &crate::domain::IndexEntry> =

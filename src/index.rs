@@ -219,13 +219,36 @@ impl ImageIndex {
 
     /// Every row, for auditing. Ordered by key so audits read predictably.
     pub async fn all_entries(&self) -> Result<Vec<IndexEntry>, IndexError> {
-        let rows = sqlx::query(&format!("{SELECT_ENTRY} ORDER BY object_key"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.entries_where("true", None).await
+    }
+
+    /// The rows of one bucket: what `verify` compares that bucket against.
+    pub async fn entries_in_bucket(&self, bucket: &str) -> Result<Vec<IndexEntry>, IndexError> {
+        self.entries_where("bucket = $1", Some(bucket)).await
+    }
+
+    async fn entries_where(
+        &self,
+        condition: &str,
+        bucket: Option<&str>,
+    ) -> Result<Vec<IndexEntry>, IndexError> {
+        let sql = format!("{SELECT_ENTRY} WHERE {condition} ORDER BY object_key");
+        let mut query = sqlx::query(&sql);
+        if let Some(bucket) = bucket {
+            query = query.bind(bucket);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
         rows.iter()
             .map(entry_from_row)
             .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub async fn count_in_bucket(&self, bucket: &str) -> Result<i64, IndexError> {
+        sqlx::query_scalar("SELECT count(*) FROM images WHERE bucket = $1")
+            .bind(bucket)
+            .fetch_one(&self.pool)
+            .await
             .map_err(|e| self.err(e))
     }
 

@@ -410,7 +410,10 @@ async fn run_status(settings: &Settings, json: bool) -> Result<ExitCode, String>
         );
     }
     println!("total lag        {}", status.total_lag);
-    println!("index rows       {}", status.index_rows);
+    println!(
+        "index rows       {} (bucket {})",
+        status.index_rows, settings.store.bucket
+    );
     println!(
         "bucket objects   {} (bucket {})",
         status.bucket_objects, settings.store.bucket

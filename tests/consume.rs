@@ -224,9 +224,20 @@ async fn verify_finds_a_deleted_object_and_a_planted_orphan_and_repairs_only_the
         .await
         .unwrap();
 
+    // A row of another bucket sharing the table is not this bucket's missing object.
+    let mut elsewhere = rows[1].clone();
+    elsewhere.image_id = uuid::Uuid::new_v4();
+    elsewhere.object_key = object_key(&elsewhere.image_id);
+    elsewhere.bucket = "another-bucket".into();
+    index.insert_batch(&[elsewhere.clone()]).await.unwrap();
+
     let out = env.run(&["verify", "--full"]);
     assert!(!out.status.success(), "verify passed with damage");
     let text = stdout(&out);
+    assert!(
+        !text.contains(&elsewhere.object_key),
+        "another bucket's row was audited:\n{text}"
+    );
     assert!(
         text.contains(&format!("missing object: {deleted}")),
         "{text}"
@@ -247,5 +258,5 @@ async fn verify_finds_a_deleted_object_and_a_planted_orphan_and_repairs_only_the
     assert!(store.get(orphan).await.is_err());
     // A missing object cannot be repaired from the index; it is still reported.
     assert!(stdout(&repaired).contains(&format!("missing object: {deleted}")));
-    assert_eq!(env.counts().await, (5, 6));
+    assert_eq!(env.counts().await, (5, 7));
 }
