@@ -110,6 +110,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     pub batches: AtomicU64,
     pub commit_failures: AtomicU64,
+    /// Object uploads running right now (for the debug timings).
+    pub uploads_running: AtomicU64,
     /// When the first record arrived and the last batch was committed: the busy span, without
     /// start-up and idle waiting, for throughput figures.
     pub first_record: std::sync::OnceLock<Instant>,
@@ -203,16 +205,18 @@ impl Pipeline {
         // indexed and committed, the next ones upload and the one after is fetched and checked.
         // Batches leave the store stage in the order they entered, and the commit stage takes
         // them one at a time, so each commit still covers only work that is durable.
+        let (polled_tx, polled_rx) = mpsc::channel::<PolledBatch>(1);
         let (checked_tx, checked_rx) = mpsc::channel::<CheckedBatch>(1);
         let (stored_tx, stored_rx) = mpsc::channel::<StoredBatch>(1);
         let uploads = Semaphore::new(self.opts.uploads_in_flight.max(1));
-        let (fetched, stored, committed) = tokio::join!(
-            self.fetch_stage(checked_tx),
+        let (fetched, checked, stored, committed) = tokio::join!(
+            self.fetch_stage(polled_tx),
+            self.check_stage(polled_rx, checked_tx),
             self.store_stage(checked_rx, stored_tx, &uploads),
             self.commit_stage(stored_rx),
         );
         // The first fatal error wins; a stage that stopped because another failed says Shutdown.
-        for result in [committed, stored] {
+        for result in [committed, stored, checked] {
             match result {
                 Err(BatchError::Fatal(e)) => return Err(e),
                 Err(BatchError::Shutdown) => return Ok(StopReason::Shutdown),
@@ -226,8 +230,8 @@ impl Pipeline {
         }
     }
 
-    /// Stage 1: poll batches, decode and validate them, until idle, the record limit, or shutdown.
-    async fn fetch_stage(&self, tx: mpsc::Sender<CheckedBatch>) -> Result<StopReason, BatchError> {
+    /// Stage 1: poll batches until idle, the record limit, or shutdown.
+    async fn fetch_stage(&self, tx: mpsc::Sender<PolledBatch>) -> Result<StopReason, BatchError> {
         let mut last_record = Instant::now();
         let mut fetched = 0u64;
         loop {
@@ -267,23 +271,18 @@ impl Pipeline {
             last_record = Instant::now();
             self.stats.first_record.get_or_init(Instant::now);
             fetched += batch.len() as u64;
+            let uploads_running = self.stats.uploads_running.load(Ordering::Relaxed);
+            debug!(
+                records = batch.len(),
+                ?polled_in,
+                uploads_running,
+                "batch polled"
+            );
             let positions = next_offsets(&batch);
-            let (records, checking) = (batch.len(), Instant::now());
-            let mut valid = Vec::new();
-            let mut letters = Vec::new();
-            for c in self.decode_and_validate(batch).await? {
-                match c {
-                    Checked::Valid(p, r) => valid.push((p, r)),
-                    Checked::Refused(letter) => letters.push(letter),
-                }
-            }
-            let (checked_in, sending) = (checking.elapsed(), Instant::now());
-            debug!(records, ?polled_in, ?checked_in, "batch fetched");
             if tx
-                .send(CheckedBatch {
+                .send(PolledBatch {
                     positions,
-                    valid,
-                    letters,
+                    records: batch,
                 })
                 .await
                 .is_err()
@@ -291,11 +290,40 @@ impl Pipeline {
                 // A later stage stopped; its result says why.
                 return Ok(StopReason::Shutdown);
             }
-            debug!(waited = ?sending.elapsed(), "batch handed to the store stage");
         }
     }
 
-    /// Stage 2: objects. Up to `STORE_BATCHES_IN_FLIGHT` batches upload at once (the semaphore
+    /// Stage 2: decode and validate (CPU work, on the blocking pool) while the next batch is
+    /// being polled.
+    async fn check_stage(
+        &self,
+        mut rx: mpsc::Receiver<PolledBatch>,
+        tx: mpsc::Sender<CheckedBatch>,
+    ) -> Result<(), BatchError> {
+        while let Some(batch) = rx.recv().await {
+            let checking = Instant::now();
+            let mut valid = Vec::new();
+            let mut letters = Vec::new();
+            for c in self.decode_and_validate(batch.records).await? {
+                match c {
+                    Checked::Valid(p, r) => valid.push((p, r)),
+                    Checked::Refused(letter) => letters.push(letter),
+                }
+            }
+            debug!(checked_in = ?checking.elapsed(), "batch checked");
+            let checked = CheckedBatch {
+                positions: batch.positions,
+                valid,
+                letters,
+            };
+            if tx.send(checked).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage 3: objects. Up to `STORE_BATCHES_IN_FLIGHT` batches upload at once (the semaphore
     /// caps uploads overall), finished batches wait in order for the commit stage, and uploads
     /// keep going while they wait.
     async fn store_stage(
@@ -356,7 +384,7 @@ impl Pipeline {
         })
     }
 
-    /// Stage 3: rows, dead letters, offsets — one batch at a time, in order.
+    /// Stage 4: rows, dead letters, offsets — one batch at a time, in order.
     async fn commit_stage(&self, mut rx: mpsc::Receiver<StoredBatch>) -> Result<(), BatchError> {
         while let Some(batch) = rx.recv().await {
             let mut letters = batch.letters;
@@ -531,6 +559,7 @@ impl Pipeline {
                     .await
                     .expect("upload semaphore is never closed");
                 let key = object_key(&record.image_id);
+                self.stats.uploads_running.fetch_add(1, Ordering::Relaxed);
                 let result = retry(
                     &STORE_OUTAGE,
                     self.opts.backoff,
@@ -546,6 +575,7 @@ impl Pipeline {
                     },
                 )
                 .await;
+                self.stats.uploads_running.fetch_sub(1, Ordering::Relaxed);
                 drop(turn);
                 (polled, record, result)
             })
@@ -687,9 +717,15 @@ impl Pipeline {
         if tpl.count() == 0 {
             return Ok(());
         }
-        let consumer = &self.consumer;
-        let attempt =
-            || async { tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) };
+        // On the blocking pool: a synchronous commit must not freeze the other stages.
+        let attempt = || {
+            let (consumer, tpl) = (self.consumer.clone(), tpl.clone());
+            async move {
+                tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                    .await
+                    .unwrap_or(Err(KafkaError::Canceled))
+            }
+        };
         match retry(
             &KAFKA_OUTAGE,
             self.opts.backoff,
@@ -716,6 +752,11 @@ impl Pipeline {
 /// Batches uploading at once in the store stage; with `batch_max_bytes` this bounds the images
 /// held in memory.
 const STORE_BATCHES_IN_FLIGHT: usize = 3;
+
+struct PolledBatch {
+    positions: BTreeMap<(String, i32), i64>,
+    records: Vec<Polled>,
+}
 
 struct CheckedBatch {
     positions: BTreeMap<(String, i32), i64>,
