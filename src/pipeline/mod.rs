@@ -22,8 +22,9 @@
 //! refused by the group coordinator, so it cannot move the new owner's offsets.
 //!
 //! Transient failures (a service down, a timeout) are retried with capped backoff while nothing is
-//! committed past the failed record; the consumer stops polling meanwhile, so librdkafka's
-//! prefetch — capped by `queued.max.messages.kbytes` — is all that is buffered. Permanent failures
+//! committed past the failed record. The bounded channels between the stages fill up and the
+//! fetch stage stops polling meanwhile, so a few batches plus librdkafka's prefetch — capped by
+//! `queued.max.messages.kbytes` — are all that is buffered. Permanent failures
 //! are about one record and send only that record to the dead-letter topic. Failures that no retry
 //! can fix (bad credentials, a missing bucket or table) stop the consumer with one clear line.
 
@@ -201,10 +202,10 @@ impl Pipeline {
 
     /// Consumes until idle, the record limit, or shutdown. Returns why it stopped.
     pub async fn run(&self) -> Result<StopReason, PipelineError> {
-        // Three stages joined in one task, linked by small bounded channels: while one batch is
-        // indexed and committed, the next ones upload and the one after is fetched and checked.
-        // Batches leave the store stage in the order they entered, and the commit stage takes
-        // them one at a time, so each commit still covers only work that is durable.
+        // Four stages joined in one task, linked by small bounded channels: while one batch is
+        // indexed and committed, the next ones upload, one is checked and one is polled. Batches
+        // leave the store stage in the order they entered, and the commit stage takes them one
+        // at a time, so each commit still covers only work that is durable.
         let (polled_tx, polled_rx) = mpsc::channel::<PolledBatch>(1);
         let (checked_tx, checked_rx) = mpsc::channel::<CheckedBatch>(1);
         let (stored_tx, stored_rx) = mpsc::channel::<StoredBatch>(1);
