@@ -89,7 +89,8 @@ const CONSUME_SLOWLY: [&str; 7] = [
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_once() {
     let env = TestEnv::new("sigkill").await;
-    env.produce(400, &[]);
+    // Enough records that four short runs cannot drain them all before their kill.
+    env.produce(1000, &[]);
     let mut rows_at_kill = Vec::new();
     for round in 0..4u64 {
         let run = env.spawn(&CONSUME_SLOWLY[..5], &format!("run{round}"));
@@ -111,12 +112,12 @@ async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_on
         rows_at_kill.push(rows(&env).await);
     }
     assert!(
-        rows_at_kill.iter().all(|&r| r < 400),
+        rows_at_kill.iter().all(|&r| r < 1000),
         "kills came too late to mean anything: {rows_at_kill:?}"
     );
     let last = env.spawn(&["consume", "--until-idle", "4"], "final");
     wait_ok(last, &env, "final");
-    assert_exactly_once(&env, 400).await;
+    assert_exactly_once(&env, 1000).await;
 }
 
 /// Stops a service for a while in the middle of a run; the run must log the outage, heal by
