@@ -4,7 +4,7 @@ STACK := scripts/stack/stack.sh
 DEMO_COUNT ?= 1000
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test stack-up stack-down stack-status build release fmt lint unit bench clean-stack
+.PHONY: demo test stack-up stack-down stack-status deps build release fmt lint unit bench clean-stack
 
 demo: stack-up release
 	scripts/demo.sh $(DEMO_COUNT)
@@ -21,10 +21,14 @@ stack-down:
 stack-status:
 	$(STACK) status
 
-build:
+# Native build dependencies (librdkafka needs curl's headers and cmake), from Debian's packages.
+deps:
+	scripts/build-deps.sh
+
+build: deps
 	cargo build --locked
 
-release:
+release: deps
 	cargo build --release --locked
 
 fmt:
