@@ -34,11 +34,11 @@ release: deps
 fmt:
 	cargo fmt --all
 
-lint:
+lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-unit:
+unit: deps
 	cargo test --locked --lib --bins
 
 bench: stack-up release
