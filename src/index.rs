@@ -76,14 +76,6 @@ impl ImageIndex {
         })
     }
 
-    pub fn database(&self) -> &str {
-        &self.database
-    }
-
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     fn err(&self, e: sqlx::Error) -> IndexError {
         classify(e, &self.addr, &self.database)
     }
@@ -259,13 +251,6 @@ impl ImageIndex {
             .map_err(|e| self.err(e))
     }
 
-    pub async fn total_bytes(&self) -> Result<i64, IndexError> {
-        sqlx::query_scalar("SELECT coalesce(sum(size_bytes), 0)::int8 FROM images")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.err(e))
-    }
-
     /// Per partition of `topic`: the highest offset indexed and the number of rows.
     pub async fn partition_positions(
         &self,
@@ -295,19 +280,6 @@ impl ImageIndex {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))
-    }
-
-    pub async fn delete_entry(&self, image_id: Uuid) -> Result<bool, IndexError> {
-        let done = sqlx::query("DELETE FROM images WHERE image_id = $1")
-            .bind(image_id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     pub async fn close(&self) {

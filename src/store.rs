@@ -135,10 +135,6 @@ impl ImageStore {
         &self.bucket
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     /// Writes an image under `key` unless the key already exists; never replaces stored bytes.
     pub async fn put_image(
         &self,

@@ -7,7 +7,6 @@ use rdkafka::consumer::{
 };
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
@@ -59,11 +58,10 @@ impl OffsetLedger {
     }
 }
 
-/// Logs rebalances, counts revocations, and commits what is done for revoked partitions before
+/// Logs rebalances and commits what is done for revoked partitions before
 /// they move to another member.
 #[derive(Default)]
 pub struct GroupContext {
-    pub revocations: AtomicU64,
     pub ledger: Arc<OffsetLedger>,
 }
 
@@ -73,7 +71,6 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                self.revocations.fetch_add(1, Ordering::SeqCst);
                 info!(partitions = %describe(tpl), "partitions revoked");
                 let revoked: Vec<(String, i32)> = tpl
                     .elements()
@@ -166,7 +163,6 @@ pub fn group_consumer(
         .set("fetch.wait.max.ms", "100");
     config
         .create_with_context(GroupContext {
-            revocations: AtomicU64::new(0),
             ledger: Arc::new(OffsetLedger::default()),
         })
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))

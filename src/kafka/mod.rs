@@ -6,7 +6,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod producer;
 
-use crate::config::{KafkaSettings, Settings};
+use crate::config::KafkaSettings;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use thiserror::Error;
@@ -82,8 +82,4 @@ pub fn base_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
 /// librdkafka logs connection failures on its own threads; we report them ourselves, once.
 pub fn quiet(config: &mut ClientConfig) -> &mut ClientConfig {
     config.set("log.connection.close", "false")
-}
-
-pub fn bootstrap(settings: &Settings) -> &str {
-    &settings.kafka.bootstrap_servers
 }

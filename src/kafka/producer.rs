@@ -88,12 +88,4 @@ impl ImageProducer {
             .flush(Timeout::After(timeout))
             .map_err(|e| BrokerError::from_kafka(&e, &self.bootstrap))
     }
-
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
-    }
-
-    pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
-    }
 }

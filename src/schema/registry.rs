@@ -68,10 +68,6 @@ impl RegistryClient {
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     /// Registers `schema` under `subject` (or finds it there) and returns its global id.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         #[derive(Deserialize)]
