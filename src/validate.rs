@@ -163,7 +163,14 @@ fn describe_unknown(data: &[u8]) -> String {
 fn header_dimensions(data: &[u8], format: ImageFormat) -> Result<(u32, u32), Invalid> {
     let image_format = match format {
         ImageFormat::Png => image::ImageFormat::Png,
-        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        // `image` copies a whole JPEG into a buffer before reading its header: for a 2 MB image
+        // that copy cost more than the rest of the check, so the frame header is found here.
+        ImageFormat::Jpeg => {
+            return jpeg_dimensions(data).map_err(|detail| Invalid::UnreadableHeader {
+                format,
+                detail: detail.into(),
+            });
+        }
         ImageFormat::Webp => image::ImageFormat::WebP,
     };
     image::ImageReader::with_format(Cursor::new(data), image_format)
@@ -172,6 +179,49 @@ fn header_dimensions(data: &[u8], format: ImageFormat) -> Result<(u32, u32), Inv
             format,
             detail: e.to_string(),
         })
+}
+
+/// Width and height from a JPEG's frame header (SOFn), walking the marker segments before it.
+fn jpeg_dimensions(data: &[u8]) -> Result<(u32, u32), &'static str> {
+    const TRUNCATED: &str = "truncated before the frame header";
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return Err("no start-of-image marker");
+    }
+    let mut pos = 2;
+    loop {
+        // A marker is 0xFF followed by its code; extra 0xFF bytes before it are fill.
+        if *data.get(pos).ok_or(TRUNCATED)? != 0xFF {
+            return Err("expected a marker between segments");
+        }
+        while *data.get(pos).ok_or(TRUNCATED)? == 0xFF {
+            pos += 1;
+        }
+        let marker = data[pos];
+        pos += 1;
+        match marker {
+            // Markers without a segment.
+            0x01 | 0xD0..=0xD8 => continue,
+            0xD9 | 0xDA => return Err("no frame header before the image data"),
+            _ => {}
+        }
+        let segment = data.get(pos..pos + 2).ok_or(TRUNCATED)?;
+        let len = usize::from(u16::from_be_bytes([segment[0], segment[1]]));
+        if len < 2 {
+            return Err("segment length below 2");
+        }
+        // Every SOFn except DHT (C4), JPG (C8) and DAC (CC): precision, height, width.
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            let frame = data.get(pos + 2..pos + 7).ok_or(TRUNCATED)?;
+            let height = u32::from(u16::from_be_bytes([frame[1], frame[2]]));
+            let width = u32::from(u16::from_be_bytes([frame[3], frame[4]]));
+            if height == 0 || width == 0 {
+                // Height 0 defers it to a DNL marker after the first scan: not worth accepting.
+                return Err("frame header without both dimensions");
+            }
+            return Ok((width, height));
+        }
+        pos += len;
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +322,64 @@ mod tests {
             validate(&record, &LIMITS).unwrap_err().code(),
             "checksum-mismatch"
         );
+    }
+
+    #[test]
+    fn jpeg_dimensions_match_what_the_image_crate_reads() {
+        for (width, height) in [(1, 1), (17, 9), (640, 480), (1000, 750)] {
+            let record = record_with(ImageFormat::Jpeg, width, height);
+            let by_image = image::ImageReader::with_format(
+                Cursor::new(&record.data[..]),
+                image::ImageFormat::Jpeg,
+            )
+            .into_dimensions()
+            .expect("image crate reads it");
+            assert_eq!(jpeg_dimensions(&record.data), Ok(by_image));
+            assert_eq!(by_image, (width, height));
+        }
+    }
+
+    #[test]
+    fn jpeg_frame_header_is_found_after_other_segments_and_fill_bytes() {
+        let progressive = [
+            &[0xFF, 0xD8][..],                     // SOI
+            &[0xFF, 0xE0, 0x00, 0x04, 0xAA, 0xBB], // APP0, 2 bytes of payload
+            &[0xFF, 0xFF, 0xFF],                   // fill bytes before the next marker
+            &[0xC4, 0x00, 0x03, 0x00],             // DHT: not a frame header
+            &[
+                0xFF, 0xC2, 0x00, 0x0B, 0x08, 0x01, 0x2C, 0x01, 0x90, 0x01, 0x01, 0x11, 0x00,
+            ], // SOF2
+        ]
+        .concat();
+        assert_eq!(jpeg_dimensions(&progressive), Ok((400, 300)));
+    }
+
+    #[test]
+    fn jpeg_without_a_usable_frame_header_is_unreadable() {
+        let cases: [(&[u8], &str); 5] = [
+            (&[0xFF, 0xD8], "truncated before the frame header"),
+            (
+                &[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, 0x00],
+                "truncated before the frame header",
+            ),
+            (
+                &[0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02],
+                "no frame header before the image data",
+            ),
+            (
+                &[0xFF, 0xD8, 0x12, 0x34],
+                "expected a marker between segments",
+            ),
+            (
+                &[
+                    0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 0x08, 0x00, 0x00, 0x01, 0x00,
+                ],
+                "frame header without both dimensions",
+            ),
+        ];
+        for (bytes, why) in cases {
+            assert_eq!(jpeg_dimensions(bytes), Err(why), "{bytes:02x?}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod usage;
 use crate::domain::{ImageRecord, IndexEntry, Origin, object_key};
 use crate::index::{ImageIndex, IndexError, InsertOutcome};
 use crate::kafka::BrokerError;
-use crate::kafka::consumer::GroupConsumer;
+use crate::kafka::consumer::{GroupConsumer, payload_bytes};
 use crate::kafka::dlq::{DeadLetter, DeadLetterWriter};
 use crate::schema::{DecodeError, ImageCodec};
 use crate::shutdown::Shutdown;
@@ -416,20 +416,23 @@ impl Pipeline {
             };
             match received {
                 Ok(m) => {
-                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    bytes += payload.len();
                     if batch.is_empty() {
                         deadline = tokio::time::Instant::now() + self.opts.batch_linger;
                     }
+                    let origin = Origin {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    };
+                    let key = m.key().map(<[u8]>::to_vec);
+                    let timestamp_ms = m.timestamp().to_millis();
+                    let payload = payload_bytes(&self.consumer, m);
+                    bytes += payload.len();
                     batch.push(Polled {
-                        origin: Origin {
-                            topic: m.topic().to_string(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                        },
-                        key: m.key().map(<[u8]>::to_vec),
+                        origin,
+                        key,
                         payload,
-                        timestamp_ms: m.timestamp().to_millis(),
+                        timestamp_ms,
                     });
                 }
                 Err(e) => self.on_consumer_error(e)?,
