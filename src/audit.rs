@@ -59,6 +59,17 @@ pub struct PartitionOffsets {
 }
 
 /// Offsets of a group on a topic, read without joining the group.
+/// `group_offsets` on the blocking pool: librdkafka's offset queries block.
+async fn fetch_group_offsets(
+    settings: &Settings,
+    topic: &str,
+) -> Result<Vec<PartitionOffsets>, BrokerError> {
+    let (settings, topic) = (settings.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || group_offsets(&settings, &topic))
+        .await
+        .unwrap_or_else(|e| Err(BrokerError::Other(format!("offset query stopped: {e}"))))
+}
+
 pub fn group_offsets(
     settings: &Settings,
     topic: &str,
@@ -145,13 +156,13 @@ pub async fn status(
     index: &ImageIndex,
 ) -> Result<Status, AuditError> {
     let topic = &settings.kafka.data_topic;
-    let offsets = tokio::task::block_in_place(|| group_offsets(settings, topic))?;
+    let offsets = fetch_group_offsets(settings, topic).await?;
     let partitions = partition_statuses(offsets, &index.partition_positions(topic).await?);
-    let dlq_depth =
-        tokio::task::block_in_place(|| group_offsets(settings, &settings.kafka.dlq_topic))?
-            .iter()
-            .map(|p| p.high - p.low)
-            .sum();
+    let dlq_depth = fetch_group_offsets(settings, &settings.kafka.dlq_topic)
+        .await?
+        .iter()
+        .map(|p| p.high - p.low)
+        .sum();
     Ok(Status {
         topic: topic.clone(),
         group: settings.kafka.group_id.clone(),
@@ -281,7 +292,7 @@ pub async fn verify(
 
     let topic = &settings.kafka.data_topic;
     let positions = index.partition_positions(topic).await?;
-    if let Ok(offsets) = tokio::task::block_in_place(|| group_offsets(settings, topic)) {
+    if let Ok(offsets) = fetch_group_offsets(settings, topic).await {
         report.partitions = partition_statuses(offsets, &positions);
     }
     Ok(report)

@@ -129,8 +129,18 @@ async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {
                 .collect();
         }
     };
-    // librdkafka's metadata call blocks; keep it off the async threads.
-    let probe = tokio::task::block_in_place(|| admin.metadata(None));
+    // librdkafka's metadata call blocks; keep it off the async thread.
+    let admin = std::sync::Arc::new(admin);
+    let probe = {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || admin.metadata(None))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::kafka::BrokerError::Other(format!(
+                    "metadata query stopped: {e}"
+                )))
+            })
+    };
     if let Err(e) = probe {
         return specs
             .iter()

@@ -359,7 +359,14 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         max_image_bytes: 1,
     })
     .uploads_in_flight;
-    let (put_ops, put_mbps) = store_ceiling(&settings, &pool, case.ceiling_puts, uploads).await;
+    // On a single-threaded runtime of its own, like the consumer's (src/main.rs).
+    let (put_ops, put_mbps) = tokio::task::block_in_place(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store_ceiling(&settings, &pool, case.ceiling_puts, uploads))
+    });
 
     eprintln!("[{}] pipeline drain", case.label);
     let extra: Vec<String> = std::env::var("BENCH_CONSUMER_ARGS")
