@@ -123,6 +123,12 @@ struct ConsumeArgs {
     /// Concurrent object uploads
     #[arg(long, default_value_t = 32)]
     uploads: usize,
+    /// Largest batch in MiB of payload (large images fill a batch before --batch-size does)
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    batch_mib: usize,
+    /// Batches uploading at once; with --batch-mib this bounds the image bytes held in memory
+    #[arg(long, default_value_t = 3)]
+    batches_in_flight: usize,
     /// Print the summary as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -347,6 +353,8 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     });
     opts.batch_max_records = args.batch_size.max(1);
     opts.uploads_in_flight = args.uploads.max(1);
+    opts.batch_max_bytes = args.batch_mib.max(1) << 20;
+    opts.batches_in_flight = args.batches_in_flight.max(1);
     opts.until_idle = args.until_idle.map(Duration::from_secs_f64);
     opts.max_records = args.max;
     let pipeline = Pipeline::new(consumer.clone(), sinks, opts, Shutdown::on_signals());

@@ -66,6 +66,9 @@ pub struct PipelineOptions {
     pub batch_linger: Duration,
     /// Concurrent object uploads.
     pub uploads_in_flight: usize,
+    /// Batches uploading at once in the store stage; with `batch_max_bytes` this bounds the
+    /// image bytes held in memory.
+    pub batches_in_flight: usize,
     /// Exit after this long without a new record.
     pub until_idle: Option<Duration>,
     /// Exit after this many records were stored or dead-lettered.
@@ -81,6 +84,7 @@ impl PipelineOptions {
             batch_max_bytes: 16 << 20,
             batch_linger: Duration::from_millis(100),
             uploads_in_flight: 32,
+            batches_in_flight: 3,
             until_idle: None,
             max_records: None,
             limits,
@@ -324,7 +328,7 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Stage 3: objects. Up to `STORE_BATCHES_IN_FLIGHT` batches upload at once (the semaphore
+    /// Stage 3: objects. Up to `batches_in_flight` batches upload at once (the semaphore
     /// caps uploads overall), finished batches wait in order for the commit stage, and uploads
     /// keep going while they wait.
     async fn store_stage(
@@ -333,6 +337,7 @@ impl Pipeline {
         tx: mpsc::Sender<StoredBatch>,
         uploads: &Semaphore,
     ) -> Result<(), BatchError> {
+        let in_flight = self.opts.batches_in_flight.max(1);
         let incoming =
             futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) });
         let key_order = KeyOrder::default();
@@ -345,7 +350,7 @@ impl Pipeline {
                     let turns = key_order.register(&batch.valid);
                     self.store_batch(batch, turns, uploads)
                 })
-                .buffered(STORE_BATCHES_IN_FLIGHT)
+                .buffered(in_flight)
         );
         let mut done: std::collections::VecDeque<StoredBatch> = Default::default();
         let mut input_open = true;
@@ -354,7 +359,7 @@ impl Pipeline {
                 return Ok(());
             }
             tokio::select! {
-                next = uploading.next(), if input_open && done.len() < STORE_BATCHES_IN_FLIGHT => match next {
+                next = uploading.next(), if input_open && done.len() < in_flight => match next {
                     Some(batch) => done.push_back(batch?),
                     None => input_open = false,
                 },
@@ -752,10 +757,6 @@ impl Pipeline {
         }
     }
 }
-
-/// Batches uploading at once in the store stage; with `batch_max_bytes` this bounds the images
-/// held in memory.
-const STORE_BATCHES_IN_FLIGHT: usize = 3;
 
 struct PolledBatch {
     positions: BTreeMap<(String, i32), i64>,
