@@ -6,7 +6,7 @@ use rand::Rng;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Backoff bounds. The cap keeps recovery prompt once a service is back.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +104,13 @@ where
             }
             Err(e) if !is_transient(&e) => return Err(Stopped::Permanent(e)),
             Err(e) => {
-                outage.failed(&e.to_string());
+                // One failure alone is not an outage: MinIO, for one, now and then resets a
+                // pooled keep-alive connection, and the retry goes through on a fresh one.
+                if attempt == 0 {
+                    debug!(service = outage.service, error = %e, "failed once; retrying");
+                } else {
+                    outage.failed(&e.to_string());
+                }
                 if shutdown.is_triggered() {
                     return Err(Stopped::Shutdown(e));
                 }
@@ -164,6 +170,49 @@ mod tests {
         .await;
         assert_eq!(result.unwrap(), 3);
         assert!(!outage.is_ongoing());
+    }
+
+    /// Runs `retry` over an operation that fails `failures` times, and says whether an outage was
+    /// declared by the time it succeeded.
+    async fn outage_declared_after(failures: u32) -> bool {
+        let (_t, shutdown) = Shutdown::new();
+        let outage = Outage::new("test");
+        let calls = AtomicU32::new(0);
+        let declared = std::sync::atomic::AtomicBool::new(false);
+        let fast = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
+        let result: Result<(), Stopped<String>> = retry(
+            &outage,
+            fast,
+            &shutdown,
+            |_| true,
+            || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                declared.store(outage.is_ongoing(), Ordering::SeqCst);
+                async move {
+                    if n < failures {
+                        Err("connection reset".to_string())
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(result.is_ok());
+        declared.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_single_failure_is_retried_without_declaring_an_outage() {
+        assert!(!outage_declared_after(1).await);
+    }
+
+    #[tokio::test]
+    async fn a_second_failure_in_a_row_declares_an_outage() {
+        assert!(outage_declared_after(2).await);
     }
 
     #[tokio::test]
