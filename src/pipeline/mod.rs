@@ -599,8 +599,9 @@ impl Pipeline {
                     if outcome == PutOutcome::AlreadyStored {
                         self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                     }
-                    // The bytes are stored; only their index entry travels on (and the image
-                    // memory is freed here).
+                    // The record's payload travels on with its index entry until the row is
+                    // written: an index conflict dead-letters the original bytes. It is a slice
+                    // of librdkafka's fetch buffer, so this holds memory but copies nothing.
                     let entry = IndexEntry::new(&record, &polled.origin, self.sinks.store.bucket());
                     stored.push((polled, entry));
                 }
