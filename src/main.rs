@@ -228,9 +228,8 @@ fn main() -> ExitCode {
     init_logging();
     // One async thread, with decoding, hashing and blocking librdkafka calls on the blocking pool.
     // Measured on the consumer (README, "Choices the measurements made"): the multi-threaded
-    // runtime spent 4.8 context
-    // switches per 16 KiB image handing HTTP and Kafka work between threads, this one 1.1, and
-    // CPU per image fell by 10-18% at the same throughput.
+    // runtime spent 4.8 context switches per 16 KiB image handing HTTP and Kafka work between
+    // threads, this one 1.1, and CPU per image fell by 10-18% at the same throughput.
     let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
