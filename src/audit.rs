@@ -3,7 +3,7 @@
 use crate::config::Settings;
 use crate::domain::sha256_hex;
 use crate::index::{ImageIndex, IndexError};
-use crate::kafka::{BrokerError, base_config, quiet};
+use crate::kafka::{BrokerError, base_config, off_thread, quiet};
 use crate::store::{ImageStore, StoreError};
 use chrono::{Duration as Age, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -58,18 +58,16 @@ pub struct PartitionOffsets {
     pub committed: Option<i64>,
 }
 
-/// Offsets of a group on a topic, read without joining the group.
-/// `group_offsets` on the blocking pool: librdkafka's offset queries block.
+/// `group_offsets` off the async thread: librdkafka's offset queries block.
 async fn fetch_group_offsets(
     settings: &Settings,
     topic: &str,
 ) -> Result<Vec<PartitionOffsets>, BrokerError> {
     let (settings, topic) = (settings.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || group_offsets(&settings, &topic))
-        .await
-        .unwrap_or_else(|e| Err(BrokerError::Other(format!("offset query stopped: {e}"))))
+    off_thread(move || group_offsets(&settings, &topic)).await
 }
 
+/// Offsets of a group on a topic, read without joining the group.
 pub fn group_offsets(
     settings: &Settings,
     topic: &str,

@@ -133,13 +133,7 @@ async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {
     let admin = std::sync::Arc::new(admin);
     let probe = {
         let admin = admin.clone();
-        tokio::task::spawn_blocking(move || admin.metadata(None))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::kafka::BrokerError::Other(format!(
-                    "metadata query stopped: {e}"
-                )))
-            })
+        crate::kafka::off_thread(move || admin.metadata(None)).await
     };
     if let Err(e) = probe {
         return specs

@@ -201,8 +201,6 @@ pub fn group_consumer(
         )
         .set("fetch.wait.max.ms", "100");
     config
-        .create_with_context(GroupContext {
-            ledger: Arc::new(OffsetLedger::default()),
-        })
+        .create_with_context(GroupContext::default())
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
 }

@@ -80,6 +80,15 @@ pub fn base_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
 }
 
 /// librdkafka logs connection failures on its own threads; we report them ourselves, once.
+/// Runs a blocking librdkafka call (metadata, offsets) on the blocking pool, off the async thread.
+pub async fn off_thread<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or_else(|e| Err(BrokerError::Other(format!("broker query stopped: {e}"))))
+}
+
 pub fn quiet(config: &mut ClientConfig) -> &mut ClientConfig {
     config.set("log.connection.close", "false")
 }

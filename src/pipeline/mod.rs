@@ -632,7 +632,7 @@ impl Pipeline {
         if stored.is_empty() {
             return Ok(());
         }
-        let entries: Vec<IndexEntry> = stored.iter().map(|(_, e)| e.clone()).collect();
+        let (polled, entries): (Vec<Polled>, Vec<IndexEntry>) = stored.into_iter().unzip();
         let index = &self.sinks.index;
         let outcomes = match retry(
             &INDEX_OUTAGE,
@@ -647,7 +647,7 @@ impl Pipeline {
             Err(Stopped::Permanent(e)) => return Err(BatchError::Fatal(e.into())),
             Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
         };
-        for ((polled, record), outcome) in stored.iter().zip(outcomes) {
+        for ((polled, record), outcome) in polled.iter().zip(&entries).zip(outcomes) {
             match outcome {
                 InsertOutcome::Inserted | InsertOutcome::AlreadyIndexed => {
                     self.stats.stored.fetch_add(1, Ordering::Relaxed);
