@@ -3,13 +3,20 @@
 //!
 //! Writes are create-only (`If-None-Match: *`), so a stored image can never be replaced: a second
 //! write to the same key either carries the same bytes (a replay: fine) or is a conflict.
+//!
+//! Every write carries the record's declared SHA-256 as an S3 checksum (`x-amz-checksum-sha256`):
+//! the store hashes the bytes it is about to persist and refuses them on a mismatch, so the check
+//! covers the last hop too, and the object keeps its checksum for later audits. This is the one
+//! place an image's integrity is checked; the consumer does not hash images itself.
 
 use crate::config::StoreSettings;
 use crate::domain::sha256_hex;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential, S3ConditionalPut};
+use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -38,6 +45,18 @@ pub enum StoreError {
     Conflict { key: String, existing: String },
     #[error("object {key} not found")]
     NotFound { key: String },
+    #[error("the bytes for {key} do not match their declared sha256 {declared} ({detail})")]
+    ChecksumMismatch {
+        key: String,
+        declared: String,
+        detail: String,
+    },
+    #[error("object store at {endpoint} refused {what} ({detail})")]
+    Refused {
+        endpoint: String,
+        what: String,
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -67,12 +86,17 @@ pub struct ImageStore {
     inner: Arc<dyn ObjectStore>,
     bucket: String,
     endpoint: String,
-    admin: Option<S3Admin>,
+    /// Signed requests `object_store` cannot make: checksummed writes and bucket calls.
+    s3: Option<S3Direct>,
 }
 
 impl ImageStore {
     /// A store backed by S3/MinIO.
     pub fn s3(settings: &StoreSettings, timeout: Duration) -> Result<Self, StoreError> {
+        let unavailable = |detail: String| StoreError::Unavailable {
+            endpoint: settings.endpoint.clone(),
+            detail,
+        };
         let store = AmazonS3Builder::new()
             .with_endpoint(&settings.endpoint)
             .with_bucket_name(&settings.bucket)
@@ -80,10 +104,7 @@ impl ImageStore {
             .with_secret_access_key(&settings.secret_key)
             .with_region(&settings.region)
             .with_virtual_hosted_style_request(false)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            // SigV4 over the payload would hash every image a second time: the consumer has just
-            // checked the bytes against their sha256, the signature still covers the headers, and
-            // `imgstream verify` audits stored checksums.
+            // Reads, lists and deletes only: writes go through `S3Direct::put_object`.
             .with_unsigned_payload(true)
             // Short internal retries: outages are ours to notice, log and ride out (pipeline::retry).
             .with_retry(RetryConfig {
@@ -95,28 +116,25 @@ impl ImageStore {
                 ClientOptions::new()
                     .with_allow_http(true)
                     .with_connect_timeout(timeout)
-                    .with_timeout(Duration::from_secs(60))
-                    .with_pool_max_idle_per_host(64),
+                    .with_timeout(Duration::from_secs(60)),
             )
             .build()
-            .map_err(|e| StoreError::Unavailable {
-                endpoint: settings.endpoint.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| unavailable(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(Duration::from_secs(60))
+            // One idle connection per upload in flight, so bursts reuse connections.
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| unavailable(e.to_string()))?;
         Ok(ImageStore {
             inner: Arc::new(store),
             bucket: settings.bucket.clone(),
             endpoint: settings.endpoint.clone(),
-            admin: Some(S3Admin {
+            s3: Some(S3Direct {
                 settings: settings.clone(),
-                http: reqwest::Client::builder()
-                    .connect_timeout(timeout)
-                    .timeout(timeout * 3)
-                    .build()
-                    .map_err(|e| StoreError::Unavailable {
-                        endpoint: settings.endpoint.clone(),
-                        detail: e.to_string(),
-                    })?,
+                http,
+                admin_timeout: timeout * 3,
             }),
         })
     }
@@ -127,7 +145,7 @@ impl ImageStore {
             inner: Arc::new(InMemory::new()),
             bucket: bucket.to_string(),
             endpoint: "memory://".into(),
-            admin: None,
+            s3: None,
         }
     }
 
@@ -136,6 +154,7 @@ impl ImageStore {
     }
 
     /// Writes an image under `key` unless the key already exists; never replaces stored bytes.
+    /// The store refuses bytes whose SHA-256 is not `sha256` (lowercase or uppercase hex).
     pub async fn put_image(
         &self,
         key: &str,
@@ -143,13 +162,48 @@ impl ImageStore {
         content_type: &str,
         sha256: &str,
     ) -> Result<PutOutcome, StoreError> {
-        let path = Path::from(key);
+        let digest = parse_sha256(sha256).ok_or_else(|| StoreError::ChecksumMismatch {
+            key: key.to_string(),
+            declared: sha256.to_string(),
+            detail: "not 64 hex digits".into(),
+        })?;
+        let written = match &self.s3 {
+            Some(s3) => s3.put_object(key, data, content_type, &digest).await?,
+            None => self.put_in_memory(key, data, content_type, sha256).await?,
+        };
+        if written {
+            return Ok(PutOutcome::Created);
+        }
+        let existing = self.stored_sha256(key).await?;
+        if existing.eq_ignore_ascii_case(sha256) {
+            Ok(PutOutcome::AlreadyStored)
+        } else {
+            Err(StoreError::Conflict {
+                key: key.to_string(),
+                existing,
+            })
+        }
+    }
+
+    /// The in-memory twin of `S3Direct::put_object`: the same checksum check, then a create-only
+    /// write. False when the key already exists.
+    async fn put_in_memory(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+        sha256: &str,
+    ) -> Result<bool, StoreError> {
+        let actual = sha256_hex(&data);
+        if !actual.eq_ignore_ascii_case(sha256) {
+            return Err(StoreError::ChecksumMismatch {
+                key: key.to_string(),
+                declared: sha256.to_string(),
+                detail: format!("computed {actual}"),
+            });
+        }
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type.to_string().into());
-        attributes.insert(
-            Attribute::Metadata("sha256".into()),
-            sha256.to_string().into(),
-        );
         let opts = PutOptions {
             mode: PutMode::Create,
             attributes,
@@ -157,23 +211,24 @@ impl ImageStore {
         };
         match self
             .inner
-            .put_opts(&path, PutPayload::from_bytes(data), opts)
+            .put_opts(&Path::from(key), PutPayload::from_bytes(data), opts)
             .await
         {
-            Ok(_) => Ok(PutOutcome::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = sha256_hex(&self.get(key).await?);
-                if existing.eq_ignore_ascii_case(sha256) {
-                    Ok(PutOutcome::AlreadyStored)
-                } else {
-                    Err(StoreError::Conflict {
-                        key: key.to_string(),
-                        existing,
-                    })
-                }
-            }
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(self.classify(e, key)),
         }
+    }
+
+    /// The SHA-256 of what `key` holds: the checksum the store kept at write time when it has
+    /// one, otherwise the hash of the downloaded bytes.
+    async fn stored_sha256(&self, key: &str) -> Result<String, StoreError> {
+        if let Some(s3) = &self.s3
+            && let Some(digest) = s3.stored_checksum(key).await?
+        {
+            return Ok(hex::encode(digest));
+        }
+        Ok(sha256_hex(&self.get(key).await?))
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -208,16 +263,16 @@ impl ImageStore {
     }
 
     pub async fn bucket_exists(&self) -> Result<bool, StoreError> {
-        match &self.admin {
-            Some(admin) => admin.bucket_exists().await,
+        match &self.s3 {
+            Some(s3) => s3.bucket_exists().await,
             None => Ok(true),
         }
     }
 
     /// Creates the bucket if it is missing; true when it was created now.
     pub async fn create_bucket(&self) -> Result<bool, StoreError> {
-        match &self.admin {
-            Some(admin) => admin.create_bucket().await,
+        match &self.s3 {
+            Some(s3) => s3.create_bucket().await,
             None => Ok(false),
         }
     }
@@ -227,8 +282,8 @@ impl ImageStore {
         for object in self.list("").await? {
             self.delete(&object.key).await?;
         }
-        match &self.admin {
-            Some(admin) => admin.delete_bucket().await,
+        match &self.s3 {
+            Some(s3) => s3.delete_bucket().await,
             None => Ok(()),
         }
     }
@@ -273,20 +328,90 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     line.replace('\n', " ")
 }
 
-/// Bucket-level calls, which `object_store` does not offer: signed with its own SigV4 signer.
+/// Signed S3 requests that `object_store` does not offer: a write carrying a checksum the caller
+/// already knows (object_store can only compute one itself, which would hash every image again),
+/// and bucket-level calls. Signed with object_store's own SigV4 signer.
 #[derive(Clone)]
-struct S3Admin {
+struct S3Direct {
     settings: StoreSettings,
     http: reqwest::Client,
+    admin_timeout: Duration,
 }
 
-impl S3Admin {
+/// An S3 answer: status, the headers asked for, and the error body when there is one.
+struct S3Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    error: String,
+}
+
+const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
+
+impl S3Direct {
+    /// A create-only write that the store verifies against `sha256`. False when the key exists.
+    async fn put_object(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+        sha256: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let headers = [
+            (
+                http::header::CONTENT_TYPE.as_str(),
+                content_type.to_string(),
+            ),
+            (http::header::IF_NONE_MATCH.as_str(), "*".to_string()),
+            (CHECKSUM_SHA256, BASE64.encode(sha256)),
+        ];
+        let answer = self
+            .send(http::Method::PUT, Some(key), &headers, Some(data))
+            .await?;
+        match answer.status {
+            200 => Ok(true),
+            412 => Ok(false),
+            400 if answer
+                .error
+                .contains("<Code>XAmzContentChecksumMismatch</Code>")
+                || answer.error.contains("<Code>BadDigest</Code>") =>
+            {
+                Err(StoreError::ChecksumMismatch {
+                    key: key.to_string(),
+                    declared: hex::encode(sha256),
+                    detail: "the store computed another".into(),
+                })
+            }
+            // A concurrent conditional write to the same key is still in progress: try again.
+            409 => Err(self.unavailable(format!("PUT {key} answered HTTP 409, retrying"))),
+            _ => Err(self.refused(&answer, &format!("PUT {key}"))),
+        }
+    }
+
+    /// The SHA-256 checksum the store kept for `key`, if it was written with one.
+    async fn stored_checksum(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let headers = [("x-amz-checksum-mode", "ENABLED".to_string())];
+        let answer = self
+            .send(http::Method::HEAD, Some(key), &headers, None)
+            .await?;
+        match answer.status {
+            200 => Ok(answer
+                .headers
+                .get(CHECKSUM_SHA256)
+                .and_then(|v| BASE64.decode(v.as_bytes()).ok())
+                .filter(|d| d.len() == 32)),
+            404 => Err(StoreError::NotFound {
+                key: key.to_string(),
+            }),
+            _ => Err(self.refused(&answer, &format!("HEAD {key}"))),
+        }
+    }
+
     async fn bucket_exists(&self) -> Result<bool, StoreError> {
-        let status = self.send(http::Method::HEAD).await?;
-        match status {
+        let answer = self.send(http::Method::HEAD, None, &[], None).await?;
+        match answer.status {
             200 => Ok(true),
             404 => Ok(false),
-            _ => Err(self.unexpected(status, "HEAD bucket")),
+            _ => Err(self.refused(&answer, "HEAD bucket")),
         }
     }
 
@@ -294,65 +419,136 @@ impl S3Admin {
         if self.bucket_exists().await? {
             return Ok(false);
         }
-        match self.send(http::Method::PUT).await? {
+        let answer = self.send(http::Method::PUT, None, &[], None).await?;
+        match answer.status {
             200 => Ok(true),
             409 => Ok(false), // created concurrently: BucketAlreadyOwnedByYou
-            status => Err(self.unexpected(status, "create bucket")),
+            _ => Err(self.refused(&answer, "create bucket")),
         }
     }
 
     async fn delete_bucket(&self) -> Result<(), StoreError> {
-        match self.send(http::Method::DELETE).await? {
+        let answer = self.send(http::Method::DELETE, None, &[], None).await?;
+        match answer.status {
             200 | 204 | 404 => Ok(()),
-            status => Err(self.unexpected(status, "delete bucket")),
+            _ => Err(self.refused(&answer, "delete bucket")),
         }
     }
 
-    async fn send(&self, method: http::Method) -> Result<u16, StoreError> {
+    /// Signs and sends one request to the bucket (`key` None) or an object in it. Transport
+    /// failures and 5xx answers are `Unavailable`; refused credentials are `Denied`; a missing
+    /// bucket is `NoBucket`; every other answer goes back to the caller.
+    async fn send(
+        &self,
+        method: http::Method,
+        key: Option<&str>,
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+    ) -> Result<S3Answer, StoreError> {
         let s = &self.settings;
-        let url = format!("{}/{}", s.endpoint, s.bucket);
+        let url = match key {
+            Some(key) => format!("{}/{}/{key}", s.endpoint, s.bucket),
+            None => format!("{}/{}", s.endpoint, s.bucket),
+        };
         let credential = AwsCredential {
             key_id: s.access_key.clone(),
             secret_key: s.secret_key.clone(),
             token: None,
         };
-        let mut request = http::Request::builder()
-            .method(method.clone())
-            .uri(&url)
-            .body(object_store::client::HttpRequestBody::empty())
-            .map_err(|e| StoreError::Unavailable {
-                endpoint: s.endpoint.clone(),
-                detail: e.to_string(),
-            })?;
-        AwsAuthorizer::new(&credential, "s3", &s.region)
-            .try_authorize(&mut request, None)
-            .map_err(|e| StoreError::Unavailable {
-                endpoint: s.endpoint.clone(),
-                detail: format!("signing request: {e}"),
-            })?;
-        let mut builder = self.http.request(method, &url);
-        for (name, value) in request.headers() {
-            builder = builder.header(name, value);
+        let mut signed = http::Request::builder().method(method.clone()).uri(&url);
+        for (name, value) in headers {
+            signed = signed.header(*name, value);
         }
-        let resp = builder.send().await.map_err(|e| StoreError::Unavailable {
-            endpoint: s.endpoint.clone(),
-            detail: one_line(&e),
-        })?;
-        match resp.status().as_u16() {
+        if let Some(body) = &body {
+            signed = signed.header(http::header::CONTENT_LENGTH, body.len());
+        }
+        let mut signed = signed
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        // The payload is not part of the signature: its checksum header is, and the store checks
+        // the bytes against it.
+        AwsAuthorizer::new(&credential, "s3", &s.region)
+            .with_sign_payload(false)
+            .try_authorize(&mut signed, None)
+            .map_err(|e| self.unavailable(format!("signing request: {e}")))?;
+        let mut request = self.http.request(method, &url);
+        for (name, value) in signed.headers() {
+            request = request.header(name, value);
+        }
+        request = match body {
+            Some(body) => request.body(body),
+            None => request.timeout(self.admin_timeout),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.unavailable(one_line(&e)))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let error = if status >= 300 {
+            response.text().await.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let answer = S3Answer {
+            status,
+            headers,
+            error,
+        };
+        match status {
             401 | 403 => Err(StoreError::Denied {
                 bucket: s.bucket.clone(),
-                detail: format!("HTTP {}", resp.status()),
+                detail: answer.describe(),
             }),
-            status => Ok(status),
+            404 if answer.error.contains("<Code>NoSuchBucket</Code>") => {
+                Err(StoreError::NoBucket {
+                    bucket: s.bucket.clone(),
+                    endpoint: s.endpoint.clone(),
+                })
+            }
+            500.. => Err(self.unavailable(answer.describe())),
+            _ => Ok(answer),
         }
     }
 
-    fn unexpected(&self, status: u16, what: &str) -> StoreError {
+    fn unavailable(&self, detail: String) -> StoreError {
         StoreError::Unavailable {
             endpoint: self.settings.endpoint.clone(),
-            detail: format!("{what} answered HTTP {status}"),
+            detail,
         }
     }
+
+    fn refused(&self, answer: &S3Answer, what: &str) -> StoreError {
+        StoreError::Refused {
+            endpoint: self.settings.endpoint.clone(),
+            what: what.to_string(),
+            detail: answer.describe(),
+        }
+    }
+}
+
+impl S3Answer {
+    /// "HTTP 400 InvalidArgument: message", from the status and S3's XML error body.
+    fn describe(&self) -> String {
+        let field = |name: &str| {
+            let open = format!("<{name}>");
+            let start = self.error.find(&open)? + open.len();
+            let len = self.error[start..].find(&format!("</{name}>"))?;
+            Some(self.error[start..start + len].to_string())
+        };
+        match (field("Code"), field("Message")) {
+            (Some(code), Some(message)) => format!("HTTP {} {code}: {message}", self.status),
+            (Some(code), None) => format!("HTTP {} {code}", self.status),
+            _ => format!("HTTP {}", self.status),
+        }
+    }
+}
+
+/// The 32 bytes of a hex SHA-256, or None when it is not 64 hex digits.
+fn parse_sha256(declared: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(declared, &mut digest).ok()?;
+    Some(digest)
 }
 
 #[cfg(test)]
@@ -393,5 +589,45 @@ mod tests {
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         assert!(!err.is_transient());
         assert_eq!(store.get("k").await.unwrap(), original);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_do_not_match_their_declared_sha256_are_not_stored() {
+        let store = ImageStore::in_memory("b");
+        let data = Bytes::from_static(b"image bytes");
+        let err = store
+            .put_image("k", data, "image/png", &sha256_hex(b"other bytes"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::ChecksumMismatch { .. }), "{err}");
+        assert!(!err.is_transient());
+        assert!(store.list("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_declared_sha256_that_is_not_hex_is_a_mismatch_not_an_outage() {
+        let store = ImageStore::in_memory("b");
+        let err = store
+            .put_image("k", Bytes::from_static(b"x"), "image/png", "not-a-hash")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::ChecksumMismatch { .. }), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn an_s3_error_body_is_described_by_its_code_and_message() {
+        let answer = S3Answer {
+            status: 400,
+            headers: http::HeaderMap::new(),
+            error: "<?xml version=\"1.0\"?><Error><Code>InvalidArgument</Code><Message>Bad thing.</Message></Error>".into(),
+        };
+        assert_eq!(answer.describe(), "HTTP 400 InvalidArgument: Bad thing.");
+        let bare = S3Answer {
+            status: 503,
+            headers: http::HeaderMap::new(),
+            error: String::new(),
+        };
+        assert_eq!(bare.describe(), "HTTP 503");
     }
 }

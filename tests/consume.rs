@@ -115,6 +115,15 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     )
     .await;
 
+    let mut not_hex = valid_record(5, ImageFormat::Png);
+    not_hex.sha256 = "z".repeat(64);
+    send(
+        "sha256-not-hex",
+        encode(&env, &not_hex).await,
+        "malformed-checksum",
+    )
+    .await;
+
     env.produce(10, &[]);
     let summary = consume_until_idle(&env);
     assert_eq!(summary["stored"], 10, "{summary}");

@@ -616,6 +616,14 @@ impl Pipeline {
                         ),
                     ));
                 }
+                Err(Stopped::Permanent(e @ StoreError::ChecksumMismatch { .. })) => {
+                    letters.push(letter(
+                        &polled,
+                        "checksum-mismatch",
+                        "invalid",
+                        format!("image {}: {e}", record.image_id),
+                    ));
+                }
                 Err(Stopped::Permanent(e)) => return Err(BatchError::Fatal(e.into())),
                 Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
             }
