@@ -347,6 +347,9 @@ struct S3Answer {
 
 const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
 
+/// How often a failed send is repeated at once before the store counts as unavailable.
+const QUICK_RESENDS: u32 = 3;
+
 impl S3Direct {
     /// A create-only write that the store verifies against `sha256`. False when the key exists.
     async fn put_object(
@@ -471,18 +474,30 @@ impl S3Direct {
             .with_sign_payload(false)
             .try_authorize(&mut signed, None)
             .map_err(|e| self.unavailable(format!("signing request: {e}")))?;
-        let mut request = self.http.request(method, &url);
-        for (name, value) in signed.headers() {
-            request = request.header(name, value);
-        }
-        request = match body {
-            Some(body) => request.body(body),
-            None => request.timeout(self.admin_timeout),
+        // A request sent on a pooled connection the store has just closed fails without saying
+        // anything about the store's health. MinIO closes a connection after answering a
+        // create-only write early (412, body unread), which replays after a rebalance do by the
+        // hundred. So a failed send is resent at once, on another connection, before the store
+        // is called unavailable; every request here is idempotent.
+        let mut resends = 0;
+        let response = loop {
+            let mut request = self.http.request(method.clone(), &url);
+            for (name, value) in signed.headers() {
+                request = request.header(name, value);
+            }
+            request = match &body {
+                Some(body) => request.body(body.clone()),
+                None => request.timeout(self.admin_timeout),
+            };
+            match request.send().await {
+                Ok(response) => break response,
+                Err(e) if resends < QUICK_RESENDS && !e.is_timeout() => {
+                    resends += 1;
+                    tracing::debug!(error = %one_line(&e), %url, "resending on a fresh connection");
+                }
+                Err(e) => return Err(self.unavailable(one_line(&e))),
+            }
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.unavailable(one_line(&e)))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let error = if status >= 300 {
