@@ -146,7 +146,9 @@ impl IndexEntry {
             image_id: record.image_id,
             object_key: object_key(&record.image_id),
             bucket: bucket.to_string(),
-            sha256: record.sha256.clone(),
+            // One spelling in the index, whatever case the producer used: `verify` compares it
+            // with the lowercase hex it computes.
+            sha256: record.sha256.to_ascii_lowercase(),
             size_bytes: record.data.len() as i64,
             width: record.width as i32,
             height: record.height as i32,
@@ -209,6 +211,31 @@ mod tests {
         assert_eq!(
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn the_index_keeps_a_declared_sha256_in_lowercase() {
+        let data = Bytes::from_static(b"bytes");
+        let record = ImageRecord {
+            image_id: Uuid::nil(),
+            customer_id: "c".into(),
+            source_id: "s".into(),
+            created_at: Utc::now(),
+            content_type: "image/png".into(),
+            width: 1,
+            height: 1,
+            sha256: sha256_hex(&data).to_uppercase(),
+            data: data.clone(),
+        };
+        let origin = Origin {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+        };
+        assert_eq!(
+            IndexEntry::new(&record, &origin, "b").sha256,
+            sha256_hex(&data)
         );
     }
 }
