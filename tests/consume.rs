@@ -213,7 +213,8 @@ async fn an_image_id_reused_for_different_bytes_never_replaces_the_stored_image(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn verify_finds_a_deleted_object_and_a_planted_orphan_and_repairs_only_the_orphan() {
+async fn verify_finds_a_deleted_object_altered_bytes_and_a_planted_orphan_and_repairs_only_the_orphan()
+ {
     let env = TestEnv::new("verify").await;
     env.produce(6, &[]);
     consume_until_idle(&env);
@@ -229,6 +230,21 @@ async fn verify_finds_a_deleted_object_and_a_planted_orphan_and_repairs_only_the
             bytes::Bytes::from_static(b"orphan"),
             "image/png",
             &sha256_hex(b"orphan"),
+        )
+        .await
+        .unwrap();
+
+    // Same size, other bytes: only reading the object back can tell.
+    let altered = rows[2].object_key.clone();
+    let mut other_bytes = store.get(&altered).await.unwrap().to_vec();
+    other_bytes.reverse();
+    store.delete(&altered).await.unwrap();
+    store
+        .put_image(
+            &altered,
+            bytes::Bytes::from(other_bytes.clone()),
+            &rows[2].content_type,
+            &sha256_hex(&other_bytes),
         )
         .await
         .unwrap();
@@ -252,6 +268,10 @@ async fn verify_finds_a_deleted_object_and_a_planted_orphan_and_repairs_only_the
         "{text}"
     );
     assert!(text.contains(&format!("orphan object: {orphan}")), "{text}");
+    assert!(
+        text.contains(&format!("checksum mismatch: {altered}: object sha256")),
+        "{text}"
+    );
 
     // The orphan is younger than the grace period: a consumer could be mid-batch, so it stays.
     let young = env.run(&["verify", "--repair"]);
