@@ -51,6 +51,10 @@ pub enum StoreError {
         declared: String,
         detail: String,
     },
+    #[error(
+        "object store at {endpoint} stored an image without verifying its x-amz-checksum-sha256 (no checksum in its answer); use an S3 store that supports additional checksums (AWS S3, MinIO)"
+    )]
+    ChecksumUnsupported { endpoint: String },
     #[error("object store at {endpoint} refused {what} ({detail})")]
     Refused {
         endpoint: String,
@@ -359,19 +363,29 @@ impl S3Direct {
         content_type: &str,
         sha256: &[u8; 32],
     ) -> Result<bool, StoreError> {
+        let checksum = BASE64.encode(sha256);
         let headers = [
             (
                 http::header::CONTENT_TYPE.as_str(),
                 content_type.to_string(),
             ),
             (http::header::IF_NONE_MATCH.as_str(), "*".to_string()),
-            (CHECKSUM_SHA256, BASE64.encode(sha256)),
+            (CHECKSUM_SHA256, checksum.clone()),
         ];
         let answer = self
             .send(http::Method::PUT, Some(key), &headers, Some(data))
             .await?;
         match answer.status {
-            200 => Ok(true),
+            // S3 and MinIO echo the checksum they verified. A store that answers without it
+            // ignored the header and checked nothing: stop rather than store unverified images.
+            200 if answer.headers.get(CHECKSUM_SHA256).map(|v| v.as_bytes())
+                == Some(checksum.as_bytes()) =>
+            {
+                Ok(true)
+            }
+            200 => Err(StoreError::ChecksumUnsupported {
+                endpoint: self.settings.endpoint.clone(),
+            }),
             412 => Ok(false),
             400 if answer
                 .error
@@ -644,5 +658,51 @@ mod tests {
             error: String::new(),
         };
         assert_eq!(bare.describe(), "HTTP 503");
+    }
+
+    /// A store that answers 200 to every request and echoes no checksum: what an S3-compatible
+    /// server without additional-checksum support does. MinIO cannot be made to behave so.
+    async fn store_ignoring_checksums() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    // One request per connection; its body is small enough for one read or two.
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        endpoint
+    }
+
+    #[tokio::test]
+    async fn a_store_that_does_not_verify_the_checksum_is_a_permanent_error_naming_the_header() {
+        let settings = StoreSettings {
+            endpoint: store_ignoring_checksums().await,
+            bucket: "b".into(),
+            access_key: "k".into(),
+            secret_key: "s".into(),
+            region: "us-east-1".into(),
+        };
+        let store = ImageStore::s3(&settings, Duration::from_secs(2)).unwrap();
+        let data = Bytes::from_static(b"image bytes");
+        let err = store
+            .put_image("k", data.clone(), "image/png", &sha256_hex(&data))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::ChecksumUnsupported { .. }),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("x-amz-checksum-sha256"), "{err}");
     }
 }
