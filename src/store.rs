@@ -172,11 +172,27 @@ impl ImageStore {
             detail: "not 64 hex digits".into(),
         })?;
         let written = match &self.s3 {
-            Some(s3) => s3.put_object(key, data, content_type, &digest).await?,
-            None => self.put_in_memory(key, data, content_type, sha256).await?,
+            Some(s3) => {
+                s3.put_object(key, data.clone(), content_type, &digest)
+                    .await?
+            }
+            None => {
+                self.put_in_memory(key, data.clone(), content_type, sha256)
+                    .await?
+            }
         };
         if written {
             return Ok(PutOutcome::Created);
+        }
+        // The store refused the write for the existing key before it hashed the body, so the
+        // bytes are checked here; only replays pay for it.
+        let actual = sha256_hex(&data);
+        if !actual.eq_ignore_ascii_case(sha256) {
+            return Err(StoreError::ChecksumMismatch {
+                key: key.to_string(),
+                declared: sha256.to_string(),
+                detail: format!("computed {actual}"),
+            });
         }
         let existing = self.stored_sha256(key).await?;
         if existing.eq_ignore_ascii_case(sha256) {

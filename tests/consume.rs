@@ -9,6 +9,7 @@ use common::{
 use imgstream::domain::{ImageFormat, object_key, sha256_hex};
 use imgstream::kafka::dlq::headers;
 use imgstream::schema::wire;
+use imgstream::store::{PutOutcome, StoreError};
 use std::collections::BTreeMap;
 
 fn consume_until_idle(env: &TestEnv) -> serde_json::Value {
@@ -163,6 +164,37 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
     assert_eq!(status["total_lag"], 0, "{status}");
     assert_eq!(status["dlq_depth"], expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minio_refuses_bytes_that_do_not_match_their_sha256_even_as_a_replay() {
+    let env = TestEnv::new("corrupt-copy").await;
+    let store = env.store();
+    let original = bytes::Bytes::from_static(b"original image bytes");
+    let corrupt = bytes::Bytes::from_static(b"0riginal image bytes");
+    let sha = sha256_hex(&original);
+
+    let first = store.put_image("images/cc/one", original.clone(), "image/png", &sha);
+    assert_eq!(first.await.unwrap(), PutOutcome::Created);
+    let replay = store.put_image("images/cc/one", original.clone(), "image/png", &sha);
+    assert_eq!(replay.await.unwrap(), PutOutcome::AlreadyStored);
+
+    // A corrupt copy claiming the stored image's checksum, on the stored key and on a new one.
+    for key in ["images/cc/one", "images/cc/two"] {
+        let err = store
+            .put_image(key, corrupt.clone(), "image/png", &sha)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::ChecksumMismatch { .. }),
+            "{key}: {err}"
+        );
+    }
+    assert_eq!(store.get("images/cc/one").await.unwrap(), original);
+    assert!(
+        store.get("images/cc/two").await.is_err(),
+        "refused bytes were stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
