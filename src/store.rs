@@ -137,6 +137,11 @@ impl ImageStore {
             endpoint: settings.endpoint.clone(),
             s3: Some(S3Direct {
                 settings: settings.clone(),
+                credential: Arc::new(AwsCredential {
+                    key_id: settings.access_key.clone(),
+                    secret_key: settings.secret_key.clone(),
+                    token: None,
+                }),
                 http,
                 admin_timeout: timeout * 3,
             }),
@@ -186,14 +191,7 @@ impl ImageStore {
         }
         // The store refused the write for the existing key before it hashed the body, so the
         // bytes are checked here; only replays pay for it.
-        let actual = sha256_hex(&data);
-        if !actual.eq_ignore_ascii_case(sha256) {
-            return Err(StoreError::ChecksumMismatch {
-                key: key.to_string(),
-                declared: sha256.to_string(),
-                detail: format!("computed {actual}"),
-            });
-        }
+        check_bytes(key, &data, sha256)?;
         let existing = self.stored_sha256(key).await?;
         if existing.eq_ignore_ascii_case(sha256) {
             Ok(PutOutcome::AlreadyStored)
@@ -214,14 +212,7 @@ impl ImageStore {
         content_type: &str,
         sha256: &str,
     ) -> Result<bool, StoreError> {
-        let actual = sha256_hex(&data);
-        if !actual.eq_ignore_ascii_case(sha256) {
-            return Err(StoreError::ChecksumMismatch {
-                key: key.to_string(),
-                declared: sha256.to_string(),
-                detail: format!("computed {actual}"),
-            });
-        }
+        check_bytes(key, &data, sha256)?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type.to_string().into());
         let opts = PutOptions {
@@ -354,14 +345,15 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Clone)]
 struct S3Direct {
     settings: StoreSettings,
+    credential: Arc<AwsCredential>,
     http: reqwest::Client,
     admin_timeout: Duration,
 }
 
-/// An S3 answer: status, the headers asked for, and the error body when there is one.
+/// An S3 answer: status, the checksum header when there is one, and the error body.
 struct S3Answer {
     status: u16,
-    headers: http::HeaderMap,
+    checksum: Option<http::HeaderValue>,
     error: String,
 }
 
@@ -394,19 +386,17 @@ impl S3Direct {
         match answer.status {
             // S3 and MinIO echo the checksum they verified. A store that answers without it
             // ignored the header and checked nothing: stop rather than store unverified images.
-            200 if answer.headers.get(CHECKSUM_SHA256).map(|v| v.as_bytes())
-                == Some(checksum.as_bytes()) =>
-            {
+            200 if answer.checksum.as_ref().map(|v| v.as_bytes()) == Some(checksum.as_bytes()) => {
                 Ok(true)
             }
             200 => Err(StoreError::ChecksumUnsupported {
                 endpoint: self.settings.endpoint.clone(),
             }),
             412 => Ok(false),
-            400 if answer
-                .error
-                .contains("<Code>XAmzContentChecksumMismatch</Code>")
-                || answer.error.contains("<Code>BadDigest</Code>") =>
+            400 if matches!(
+                answer.code(),
+                Some("XAmzContentChecksumMismatch" | "BadDigest")
+            ) =>
             {
                 Err(StoreError::ChecksumMismatch {
                     key: key.to_string(),
@@ -428,8 +418,7 @@ impl S3Direct {
             .await?;
         match answer.status {
             200 => Ok(answer
-                .headers
-                .get(CHECKSUM_SHA256)
+                .checksum
                 .and_then(|v| BASE64.decode(v.as_bytes()).ok())
                 .filter(|d| d.len() == 32)),
             404 => Err(StoreError::NotFound {
@@ -483,11 +472,6 @@ impl S3Direct {
             Some(key) => format!("{}/{}/{key}", s.endpoint, s.bucket),
             None => format!("{}/{}", s.endpoint, s.bucket),
         };
-        let credential = AwsCredential {
-            key_id: s.access_key.clone(),
-            secret_key: s.secret_key.clone(),
-            token: None,
-        };
         let mut signed = http::Request::builder().method(method.clone()).uri(&url);
         for (name, value) in headers {
             signed = signed.header(*name, value);
@@ -500,7 +484,7 @@ impl S3Direct {
             .map_err(|e| self.unavailable(e.to_string()))?;
         // The payload is not part of the signature: its checksum header is, and the store checks
         // the bytes against it.
-        AwsAuthorizer::new(&credential, "s3", &s.region)
+        AwsAuthorizer::new(&self.credential, "s3", &s.region)
             .with_sign_payload(false)
             .try_authorize(&mut signed, None)
             .map_err(|e| self.unavailable(format!("signing request: {e}")))?;
@@ -529,7 +513,7 @@ impl S3Direct {
             }
         };
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        let checksum = response.headers().get(CHECKSUM_SHA256).cloned();
         let error = if status >= 300 {
             response.text().await.unwrap_or_default()
         } else {
@@ -537,7 +521,7 @@ impl S3Direct {
         };
         let answer = S3Answer {
             status,
-            headers,
+            checksum,
             error,
         };
         match status {
@@ -545,12 +529,10 @@ impl S3Direct {
                 bucket: s.bucket.clone(),
                 detail: answer.describe(),
             }),
-            404 if answer.error.contains("<Code>NoSuchBucket</Code>") => {
-                Err(StoreError::NoBucket {
-                    bucket: s.bucket.clone(),
-                    endpoint: s.endpoint.clone(),
-                })
-            }
+            404 if answer.code() == Some("NoSuchBucket") => Err(StoreError::NoBucket {
+                bucket: s.bucket.clone(),
+                endpoint: s.endpoint.clone(),
+            }),
             500.. => Err(self.unavailable(answer.describe())),
             _ => Ok(answer),
         }
@@ -573,19 +555,39 @@ impl S3Direct {
 }
 
 impl S3Answer {
+    /// The error code in S3's XML error body, e.g. `NoSuchBucket`.
+    fn code(&self) -> Option<&str> {
+        self.error_field("Code")
+    }
+
+    fn error_field(&self, name: &str) -> Option<&str> {
+        let open = format!("<{name}>");
+        let start = self.error.find(&open)? + open.len();
+        let len = self.error[start..].find(&format!("</{name}>"))?;
+        Some(&self.error[start..start + len])
+    }
+
     /// "HTTP 400 InvalidArgument: message", from the status and S3's XML error body.
     fn describe(&self) -> String {
-        let field = |name: &str| {
-            let open = format!("<{name}>");
-            let start = self.error.find(&open)? + open.len();
-            let len = self.error[start..].find(&format!("</{name}>"))?;
-            Some(self.error[start..start + len].to_string())
-        };
-        match (field("Code"), field("Message")) {
+        match (self.code(), self.error_field("Message")) {
             (Some(code), Some(message)) => format!("HTTP {} {code}: {message}", self.status),
             (Some(code), None) => format!("HTTP {} {code}", self.status),
             _ => format!("HTTP {}", self.status),
         }
+    }
+}
+
+/// Hashes `data` and refuses it when it is not what `sha256` declares.
+fn check_bytes(key: &str, data: &[u8], sha256: &str) -> Result<(), StoreError> {
+    let actual = sha256_hex(data);
+    if actual.eq_ignore_ascii_case(sha256) {
+        Ok(())
+    } else {
+        Err(StoreError::ChecksumMismatch {
+            key: key.to_string(),
+            declared: sha256.to_string(),
+            detail: format!("computed {actual}"),
+        })
     }
 }
 
@@ -664,13 +666,13 @@ mod tests {
     fn an_s3_error_body_is_described_by_its_code_and_message() {
         let answer = S3Answer {
             status: 400,
-            headers: http::HeaderMap::new(),
+            checksum: None,
             error: "<?xml version=\"1.0\"?><Error><Code>InvalidArgument</Code><Message>Bad thing.</Message></Error>".into(),
         };
         assert_eq!(answer.describe(), "HTTP 400 InvalidArgument: Bad thing.");
         let bare = S3Answer {
             status: 503,
-            headers: http::HeaderMap::new(),
+            checksum: None,
             error: String::new(),
         };
         assert_eq!(bare.describe(), "HTTP 503");
