@@ -3,11 +3,11 @@
 use crate::config::Settings;
 use crate::domain::sha256_hex;
 use crate::index::{ImageIndex, IndexError};
-use crate::kafka::{BrokerError, base_config, off_thread, quiet};
+use crate::kafka::{BrokerError, off_thread};
 use crate::store::{ImageStore, StoreError};
 use chrono::{Duration as Age, Utc};
 use futures::{StreamExt, TryStreamExt};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -74,12 +74,7 @@ pub fn group_offsets(
     topic: &str,
 ) -> Result<Vec<PartitionOffsets>, BrokerError> {
     let bootstrap = &settings.kafka.bootstrap_servers;
-    let mut config = base_config(&settings.kafka, "imgstream-status");
-    let consumer: BaseConsumer = quiet(&mut config)
-        .set("group.id", &settings.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| BrokerError::from_kafka(&e, bootstrap))?;
+    let consumer = crate::wiring::offsets_reader(settings)?;
     let timeout = settings.connect_timeout;
     let metadata =
         consumer

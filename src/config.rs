@@ -146,13 +146,20 @@ pub struct Settings {
     pub connect_timeout: Duration,
 }
 
+/// The variables settings are read from: the process environment, with `.env` (or the file
+/// named by `IMGSTREAM_ENV_FILE`) filling in what is unset. Tools that derive settings of their
+/// own (the benchmark) start from this map, so they read configuration the way `imgstream` does.
+pub fn load_vars() -> Result<HashMap<String, String>, ConfigError> {
+    let env_file = std::env::var("IMGSTREAM_ENV_FILE").unwrap_or_else(|_| ".env".to_string());
+    let mut vars = read_env_file(Path::new(&env_file))?;
+    vars.extend(std::env::vars());
+    Ok(vars)
+}
+
 impl Settings {
     /// Reads the process environment, with `.env` (or `IMGSTREAM_ENV_FILE`) filling in what is unset.
     pub fn load() -> Result<Settings, ConfigError> {
-        let env_file = std::env::var("IMGSTREAM_ENV_FILE").unwrap_or_else(|_| ".env".to_string());
-        let mut vars = read_env_file(Path::new(&env_file))?;
-        vars.extend(std::env::vars());
-        Settings::from_vars(&vars)
+        Settings::from_vars(&load_vars()?)
     }
 
     /// Builds settings from a variable map; the single place where names meet defaults.

@@ -2,7 +2,9 @@
 
 use crate::config::DatabaseUrl;
 use crate::domain::IndexEntry;
+use crate::pipeline::{Failure, IndexSink, Indexed};
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Row, migrate::Migrator};
 use std::collections::HashMap;
@@ -37,16 +39,24 @@ impl IndexError {
     }
 }
 
-/// What inserting one entry found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InsertOutcome {
-    Inserted,
-    /// An identical row was already there: a replay.
-    AlreadyIndexed,
-    /// A row with this id describes a different image.
-    Conflict {
-        existing: Box<IndexEntry>,
-    },
+impl From<IndexError> for Failure {
+    fn from(e: IndexError) -> Self {
+        if e.is_transient() {
+            Failure::Transient(e.to_string())
+        } else {
+            Failure::Fatal(e.to_string())
+        }
+    }
+}
+
+/// The index sink port.
+impl IndexSink for ImageIndex {
+    fn insert<'a>(
+        &'a self,
+        entries: &'a [IndexEntry],
+    ) -> BoxFuture<'a, Result<Vec<Indexed>, Failure>> {
+        Box::pin(async move { self.insert_batch(entries).await.map_err(Failure::from) })
+    }
 }
 
 #[derive(Clone)]
@@ -112,10 +122,7 @@ impl ImageIndex {
 
     /// Inserts a batch in one statement. Existing rows are never changed: each entry comes back as
     /// inserted, already indexed (identical), or in conflict with what is there.
-    pub async fn insert_batch(
-        &self,
-        entries: &[IndexEntry],
-    ) -> Result<Vec<InsertOutcome>, IndexError> {
+    pub async fn insert_batch(&self, entries: &[IndexEntry]) -> Result<Vec<Indexed>, IndexError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -166,7 +173,7 @@ impl ImageIndex {
                 // The first entry with this id in the batch is the one that was inserted.
                 Some(n) if *n > 0 => {
                     *n -= 1;
-                    InsertOutcome::Inserted
+                    Indexed::Inserted
                 }
                 _ => {
                     let current = match existing.get(&entry.image_id) {
@@ -178,11 +185,9 @@ impl ImageIndex {
                             .expect("entry is in its own batch"),
                     };
                     if current.same_image_as(entry) {
-                        InsertOutcome::AlreadyIndexed
+                        Indexed::AlreadyIndexed
                     } else {
-                        InsertOutcome::Conflict {
-                            existing: Box::new(current),
-                        }
+                        Indexed::Conflict(Box::new(current))
                     }
                 }
             };

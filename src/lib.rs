@@ -2,32 +2,40 @@
 //!
 //! Streams images from Apache Kafka into S3-compatible object storage, with an index in PostgreSQL.
 //!
-//! The pieces, in the order data flows through them:
+//! ## The shape
 //!
-//! - [`generate`] draws realistic images; [`produce`] sends them as Avro records ([`schema`]) to
-//!   the data topic through [`kafka::producer`].
-//! - [`pipeline`] is the consumer: it polls batches ([`kafka::consumer`]), decodes them against
-//!   the registry ([`schema`]), checks them ([`validate`]), writes each image as one object
-//!   ([`store`] — *the* place where an image is written), indexes it in one batched idempotent
-//!   statement ([`index`]), sends refused records to the dead-letter topic ([`kafka::dlq`]), and
-//!   only then commits offsets.
+//! - [`domain`] holds the image record, its metadata and its object key, free of client libraries.
+//! - [`pipeline`] is the consumer and the commit protocol. It depends only on its [`pipeline::ports`]
+//!   (a record source, an image sink, an index sink, a dead-letter sink) and on [`schema`]'s codec.
+//!   Each stage has its own file: fetch, check, upload, index, commit, report; every reason a
+//!   record is refused is one [`pipeline::Refusal`].
+//! - The adapters implement the ports, one module per external system: [`kafka`] (the source on a
+//!   consumer group, the dead-letter writer, also the producer and topic admin), [`store`] (S3 —
+//!   *the* place where an image is written), [`index`] (PostgreSQL and its migrations), and
+//!   [`schema`] (Avro, the Confluent wire format, the registry client).
+//! - [`fakes`] are in-memory twins of the ports with injectable failures; `tests/protocol.rs` runs
+//!   the real pipeline on them in seconds, with no service running.
+//! - [`wiring`] is the one place where clients are built from [`config::Settings`]: the CLI,
+//!   [`setup`], [`audit`], the benchmark and the tests all go through it.
+//! - [`generate`] draws realistic images; [`produce`] sends them to the data topic.
 //! - [`setup`] creates everything the pipeline needs, in code: migrations, topics, bucket, schema.
-//! - [`audit`] compares the bucket against the index (`imgstream verify`) and reports lag
-//!   (`imgstream status`).
-//! - [`config`] reads settings once; [`domain`] holds the record types, free of client libraries.
+//! - [`audit`] compares the bucket with the index (`imgstream verify`) and reports lag
+//!   (`imgstream status`); [`monitor`] is the consumer's live status line.
+//! - [`config`] reads settings once; [`shutdown`] turns SIGINT/SIGTERM into one flag.
 
 pub mod audit;
 pub mod config;
 pub mod domain;
+pub mod fakes;
 pub mod generate;
 pub mod index;
 pub mod kafka;
-
-pub mod schema;
-pub mod setup;
-
+pub mod monitor;
 pub mod pipeline;
 pub mod produce;
+pub mod schema;
+pub mod setup;
 pub mod shutdown;
 pub mod store;
 pub mod validate;
+pub mod wiring;

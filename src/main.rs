@@ -6,20 +6,15 @@ use imgstream::audit::{self, Checksums};
 use imgstream::config::Settings;
 use imgstream::domain::ImageFormat;
 use imgstream::index::ImageIndex;
-use imgstream::kafka::consumer::{FetchSettings, group_consumer};
-use imgstream::kafka::dlq::DeadLetterWriter;
-use imgstream::pipeline::{self, Pipeline, PipelineOptions, Sinks};
+use imgstream::pipeline::PipelineOptions;
 use imgstream::produce::{self, ProduceOptions};
-use imgstream::schema::{IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient};
-use imgstream::setup;
+use imgstream::schema::IMAGE_RECORD_SCHEMA;
 use imgstream::shutdown::Shutdown;
 use imgstream::store::ImageStore;
-use imgstream::validate::Limits;
-use rdkafka::consumer::Consumer;
+use imgstream::{monitor, setup, wiring};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -330,64 +325,38 @@ async fn run_produce(settings: &Settings, args: ProduceArgs) -> Result<ExitCode,
 
 async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode, String> {
     setup::preflight(settings, IMAGE_RECORD_SCHEMA).await?;
-    let timeout = settings.connect_timeout;
-    let registry =
-        RegistryClient::new(&settings.registry_url, timeout).map_err(|e| e.to_string())?;
-    let sinks = Sinks {
-        codec: Arc::new(ImageCodec::new(IMAGE_RECORD_SCHEMA, registry).map_err(|e| e.to_string())?),
-        store: ImageStore::s3(&settings.store, timeout).map_err(|e| e.to_string())?,
-        index: ImageIndex::connect(&settings.database_url, timeout)
-            .await
-            .map_err(|e| e.to_string())?,
-        dlq: DeadLetterWriter::new(&settings.kafka, &settings.limits).map_err(|e| e.to_string())?,
-    };
-    let consumer = Arc::new(
-        group_consumer(&settings.kafka, &FetchSettings::default()).map_err(|e| e.to_string())?,
-    );
-    consumer
-        .subscribe(&[&settings.kafka.data_topic])
-        .map_err(|e| format!("cannot subscribe to {}: {e}", settings.kafka.data_topic))?;
-    let mut opts = PipelineOptions::new(Limits {
-        max_pixels: settings.limits.max_pixels,
-        max_image_bytes: settings.limits.max_image_bytes,
-    });
+    let mut opts = PipelineOptions::new(wiring::limits(settings));
     opts.batch_max_records = args.batch_size.max(1);
     opts.uploads_in_flight = args.uploads.max(1);
     opts.batch_max_bytes = args.batch_mib.max(1) << 20;
     opts.batches_in_flight = args.batches_in_flight.max(1);
     opts.until_idle = args.until_idle.map(Duration::from_secs_f64);
     opts.max_records = args.max;
-    let pipeline = Pipeline::new(consumer.clone(), sinks, opts, Shutdown::on_signals());
-    let live = pipeline::monitor::spawn(
-        consumer.clone(),
+    let consumer = wiring::consumer(settings, opts, Shutdown::on_signals()).await?;
+    let pipeline = consumer.pipeline;
+    let live = monitor::spawn(
+        consumer.source,
         pipeline.stats(),
         std::io::stderr().is_terminal(),
     );
     let started = Instant::now();
     let result = pipeline.run().await;
     live.abort();
-    let stats = pipeline.stats();
-    match result {
-        Ok(reason) => {
-            pipeline::log_summary(&stats, started.elapsed(), reason);
-            if args.json {
-                println!(
-                    "{}",
-                    pipeline::summary_json(&stats, started.elapsed(), reason)
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Err(e.to_string()),
+    let reason = result.map_err(|e| e.to_string())?;
+    let summary = pipeline.stats().summary(started.elapsed(), reason);
+    summary.log();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| e.to_string())?
+        );
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect_sinks(settings: &Settings) -> Result<(ImageStore, ImageIndex), String> {
-    let store =
-        ImageStore::s3(&settings.store, settings.connect_timeout).map_err(|e| e.to_string())?;
-    let index = ImageIndex::connect(&settings.database_url, settings.connect_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = wiring::store(settings).map_err(|e| e.to_string())?;
+    let index = wiring::index(settings).await.map_err(|e| e.to_string())?;
     Ok((store, index))
 }
 
@@ -492,10 +461,14 @@ async fn run_verify(settings: &Settings, args: VerifyArgs) -> Result<ExitCode, S
             );
         }
     }
-    if report.is_clean() {
-        println!("verify: clean");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err("verify found problems (listed above)".into())
+    match (report.is_clean(), args.json) {
+        (true, true) => Ok(ExitCode::SUCCESS),
+        (true, false) => {
+            println!("verify: clean");
+            Ok(ExitCode::SUCCESS)
+        }
+        // The JSON on stdout says what; the line on stderr says that it failed.
+        (false, true) => Err("verify found problems (see the JSON report)".into()),
+        (false, false) => Err("verify found problems (listed above)".into()),
     }
 }

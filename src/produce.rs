@@ -6,8 +6,7 @@ use crate::config::Settings;
 use crate::domain::{ImageFormat, ImageRecord, sha256_hex};
 use crate::generate::{ImageSpec, render};
 use crate::kafka::BrokerError;
-use crate::kafka::producer::ImageProducer;
-use crate::schema::{RegistryClient, RegistryError, codec, value_subject};
+use crate::schema::{RegistryError, codec, value_subject};
 use crate::shutdown::Shutdown;
 use apache_avro::Schema;
 use bytes::Bytes;
@@ -139,13 +138,13 @@ pub async fn produce(
 ) -> Result<ProduceSummary, ProduceError> {
     let schema =
         Schema::parse_str(&opts.schema).map_err(|e| ProduceError::Schema(e.to_string()))?;
-    let registry = RegistryClient::new(&settings.registry_url, settings.connect_timeout)?;
+    let registry = crate::wiring::registry(settings)?;
     // Registering is idempotent: the id of an identical schema comes back. An incompatible change
     // is refused here with the registry's reason, before anything is sent.
     let schema_id = registry
         .register(&value_subject(&settings.kafka.data_topic), &opts.schema)
         .await?;
-    let producer = Arc::new(ImageProducer::new(&settings.kafka, &settings.limits)?);
+    let producer = Arc::new(crate::wiring::producer(settings)?);
     let max_image_bytes = settings.limits.max_image_bytes;
     let max_payload = settings.limits.max_message_bytes();
 

@@ -3,10 +3,9 @@
 //! `--check` changes nothing and lists what is missing or different.
 
 use crate::config::Settings;
-use crate::index::ImageIndex;
-use crate::kafka::admin::{TopicAdmin, TopicState, data_topic_spec, dlq_topic_spec};
-use crate::schema::{RegistryClient, RegistryError, SUBJECT_COMPATIBILITY, value_subject};
-use crate::store::ImageStore;
+use crate::kafka::admin::{TopicState, data_topic_spec, dlq_topic_spec};
+use crate::schema::{RegistryError, SUBJECT_COMPATIBILITY, value_subject};
+use crate::wiring;
 use std::fmt;
 use std::time::Duration;
 
@@ -86,7 +85,7 @@ async fn index(settings: &Settings, check_only: bool) -> Vec<Item> {
         state,
     };
     let timeout = settings.connect_timeout;
-    let index = match bounded(timeout, "PostgreSQL", ImageIndex::connect(url, timeout)).await {
+    let index = match bounded(timeout, "PostgreSQL", wiring::index(settings)).await {
         Ok(Ok(index)) => index,
         Ok(Err(e)) => return vec![item(State::Unreachable(e.to_string()))],
         Err(e) => return vec![item(State::Unreachable(e))],
@@ -120,7 +119,7 @@ async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {
         name: format!("topic {name}"),
         state,
     };
-    let admin = match TopicAdmin::new(kafka, settings.connect_timeout) {
+    let admin = match wiring::topic_admin(settings) {
         Ok(a) => a,
         Err(e) => {
             return specs
@@ -171,7 +170,7 @@ async fn bucket(settings: &Settings, check_only: bool) -> Item {
         ),
         state,
     };
-    let store = match ImageStore::s3(&settings.store, settings.connect_timeout) {
+    let store = match wiring::store(settings) {
         Ok(s) => s,
         Err(e) => return item(State::Failed(e.to_string())),
     };
@@ -205,7 +204,7 @@ async fn registry(settings: &Settings, schema: &str, check_only: bool) -> Vec<It
         name: format!("compatibility {SUBJECT_COMPATIBILITY} on {subject}"),
         state,
     };
-    let client = match RegistryClient::new(&settings.registry_url, settings.connect_timeout) {
+    let client = match wiring::registry(settings) {
         Ok(c) => c,
         Err(e) => return vec![schema_item(State::Failed(e.to_string()))],
     };

@@ -10,12 +10,14 @@
 //! place an image's integrity is checked; the consumer does not hash images itself.
 
 use crate::config::StoreSettings;
-use crate::domain::sha256_hex;
+use crate::domain::{ImageRecord, object_key, sha256_hex};
+use crate::pipeline::{Failure, ImageSink, Put, Refusal};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -66,6 +68,56 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        if e.is_transient() {
+            Failure::Transient(e.to_string())
+        } else {
+            Failure::Fatal(e.to_string())
+        }
+    }
+}
+
+/// The image sink port: the one place an image is written.
+impl ImageSink for ImageStore {
+    fn put<'a>(&'a self, record: &'a ImageRecord) -> BoxFuture<'a, Result<Put, Failure>> {
+        Box::pin(async move {
+            let key = object_key(&record.image_id);
+            let written = self
+                .put_image(
+                    &key,
+                    record.data.clone(),
+                    &record.content_type,
+                    &record.sha256,
+                )
+                .await;
+            match written {
+                Ok(PutOutcome::Created) => Ok(Put::Created),
+                Ok(PutOutcome::AlreadyStored) => Ok(Put::AlreadyStored),
+                Err(StoreError::Conflict { key, existing }) => {
+                    Ok(Put::Refused(Refusal::ObjectConflict {
+                        image_id: record.image_id,
+                        key,
+                        existing_sha256: existing,
+                        sha256: record.sha256.clone(),
+                    }))
+                }
+                Err(e @ StoreError::ChecksumMismatch { .. }) => {
+                    Ok(Put::Refused(Refusal::ChecksumMismatch {
+                        image_id: record.image_id,
+                        detail: e.to_string(),
+                    }))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn bucket(&self) -> &str {
+        ImageStore::bucket(self)
     }
 }
 

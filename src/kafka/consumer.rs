@@ -2,63 +2,16 @@
 
 use super::{BrokerError, base_config, quiet};
 use crate::config::KafkaSettings;
+use crate::pipeline::Positions;
+use crate::pipeline::ledger::OffsetLedger;
 use bytes::Bytes;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tracing::{info, warn};
-
-/// Offsets that are done (every record below them stored or dead-lettered) but not yet
-/// committed: a commit refused during a rebalance is kept here, retried once the group has
-/// settled, and flushed for revoked partitions before they are handed over.
-#[derive(Default)]
-pub struct OffsetLedger {
-    done: Mutex<BTreeMap<(String, i32), i64>>,
-}
-
-impl OffsetLedger {
-    /// Records "everything below `next` is done" for each partition; never moves backwards.
-    pub fn record(&self, positions: &BTreeMap<(String, i32), i64>) {
-        let mut done = self.done.lock().expect("ledger lock");
-        for (tp, next) in positions {
-            let e = done.entry(tp.clone()).or_insert(*next);
-            *e = (*e).max(*next);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.done.lock().expect("ledger lock").is_empty()
-    }
-
-    /// The pending positions of the partitions `owned` says we hold; entries of partitions we no
-    /// longer hold are dropped (their new owner replays from the last commit, idempotently).
-    pub fn pending(&self, owned: impl Fn(&str, i32) -> bool) -> TopicPartitionList {
-        let mut done = self.done.lock().expect("ledger lock");
-        done.retain(|(t, p), _| owned(t, *p));
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), next) in done.iter() {
-            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*next));
-        }
-        tpl
-    }
-
-    /// Forgets positions once committed (unless they moved on meanwhile).
-    pub fn committed(&self, tpl: &TopicPartitionList) {
-        let mut done = self.done.lock().expect("ledger lock");
-        for e in tpl.elements() {
-            let key = (e.topic().to_string(), e.partition());
-            if let (Some(current), Offset::Offset(o)) = (done.get(&key), e.offset())
-                && *current <= o
-            {
-                done.remove(&key);
-            }
-        }
-    }
-}
 
 /// Logs rebalances and commits what is done for revoked partitions before
 /// they move to another member.
@@ -79,9 +32,8 @@ impl ConsumerContext for GroupContext {
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
-                let is_revoked =
-                    |t: &str, p: i32| revoked.iter().any(|(rt, rp)| rt == t && *rp == p);
-                let flush = self.ledger.pending(is_revoked);
+                let is_revoked = |tp: &(String, i32)| revoked.contains(tp);
+                let flush = offsets_list(&self.ledger.pending(is_revoked));
                 if flush.count() > 0 {
                     match consumer.commit(&flush, CommitMode::Sync) {
                         Ok(()) => {
@@ -93,12 +45,21 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 // Revoked partitions are no longer ours to commit, whatever happened above.
-                let _ = self.ledger.pending(|t, p| !is_revoked(t, p));
+                let _ = self.ledger.pending(|tp| !is_revoked(tp));
             }
             Rebalance::Assign(tpl) => info!(partitions = %describe(tpl), "partitions assigned"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
+}
+
+/// Positions as the list librdkafka commits.
+pub fn offsets_list(positions: &Positions) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in positions {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+    }
+    tpl
 }
 
 fn describe(tpl: &rdkafka::TopicPartitionList) -> String {
@@ -202,5 +163,16 @@ pub fn group_consumer(
         .set("fetch.wait.max.ms", "100");
     config
         .create_with_context(GroupContext::default())
+        .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
+/// A consumer that reads the group's committed offsets and the partitions' watermarks without
+/// joining the group (`status`, `verify`).
+pub fn offsets_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError> {
+    let mut config = base_config(kafka, "imgstream-status");
+    quiet(&mut config)
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
 }

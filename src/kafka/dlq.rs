@@ -1,11 +1,13 @@
-//! The dead-letter writer: a refused record goes to the DLQ topic with its original key and bytes
-//! and headers that say why, so that it can be inspected and replayed.
+//! The dead-letter writer: a refused record goes to the DLQ topic with its original key, value and
+//! headers, plus headers that say why, so that it can be inspected and replayed. A tombstone stays
+//! a tombstone (null value).
 
 use super::BrokerError;
 use super::producer::producer_config;
 use crate::config::{KafkaSettings, LimitSettings};
-use crate::domain::Origin;
+use crate::pipeline::{DeadLetter, DeadLetterSink, Failure};
 use chrono::Utc;
+use futures::future::BoxFuture;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -25,20 +27,6 @@ pub mod headers {
     pub const ORIGINAL_TIMESTAMP: &str = "imgstream.dlq.original.timestamp";
     pub const DEAD_LETTERED_AT: &str = "imgstream.dlq.time";
     pub const GROUP: &str = "imgstream.dlq.group";
-}
-
-/// A record refused for good, with why.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub origin: Origin,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub original_timestamp_ms: Option<i64>,
-    /// Stable short code, e.g. `signature-mismatch`.
-    pub code: &'static str,
-    /// `invalid` (the bytes are wrong) or `conflict` (the identity is taken by a different image).
-    pub class: &'static str,
-    pub reason: String,
 }
 
 /// Delivery reports go back to the `send` call that is waiting for them.
@@ -94,10 +82,11 @@ impl DeadLetterWriter {
             .map(|t| t.to_string())
             .unwrap_or_default();
         let now = Utc::now().to_rfc3339();
-        let pairs: [(&str, &str); 9] = [
-            (headers::REASON, &letter.reason),
-            (headers::CODE, letter.code),
-            (headers::CLASS, letter.class),
+        let reason = letter.refusal.message();
+        let ours: [(&str, &str); 9] = [
+            (headers::REASON, &reason),
+            (headers::CODE, letter.refusal.code()),
+            (headers::CLASS, letter.refusal.class().as_str()),
             (headers::ORIGINAL_TOPIC, &letter.origin.topic),
             (headers::ORIGINAL_PARTITION, &partition),
             (headers::ORIGINAL_OFFSET, &offset),
@@ -105,8 +94,16 @@ impl DeadLetterWriter {
             (headers::DEAD_LETTERED_AT, &now),
             (headers::GROUP, &self.group),
         ];
-        let mut hs = OwnedHeaders::new_with_capacity(pairs.len());
-        for (key, value) in pairs {
+        // The original headers first, unchanged, so that a replay can send the record back as it
+        // came; ours after them.
+        let mut hs = OwnedHeaders::new_with_capacity(letter.headers.len() + ours.len());
+        for (key, value) in &letter.headers {
+            hs = hs.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        for (key, value) in ours {
             hs = hs.insert(Header {
                 key,
                 value: Some(value),
@@ -114,9 +111,10 @@ impl DeadLetterWriter {
         }
         let (delivered, mut report) = oneshot::channel();
         let mut record: BaseRecord<'_, [u8], [u8], _> =
-            BaseRecord::with_opaque_to(&self.topic, Box::new(delivered))
-                .payload(&letter.payload[..])
-                .headers(hs);
+            BaseRecord::with_opaque_to(&self.topic, Box::new(delivered)).headers(hs);
+        if let Some(value) = &letter.value {
+            record = record.payload(&value[..]);
+        }
         if let Some(key) = &letter.key {
             record = record.key(&key[..]);
         }
@@ -149,5 +147,15 @@ impl DeadLetterWriter {
     async fn poll_until_delivered(&self, limit: Duration) {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(limit)).await;
+    }
+}
+
+impl DeadLetterSink for DeadLetterWriter {
+    fn send<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            DeadLetterWriter::send(self, letter)
+                .await
+                .map_err(Failure::from)
+        })
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod consumer;
 pub mod dlq;
 pub mod producer;
+pub mod source;
 
 use crate::config::KafkaSettings;
 use rdkafka::ClientConfig;
@@ -21,6 +22,16 @@ pub enum BrokerError {
     Refused(String),
     #[error("Kafka error: {0}")]
     Other(String),
+}
+
+impl From<BrokerError> for crate::pipeline::Failure {
+    fn from(e: BrokerError) -> Self {
+        if e.is_transient() {
+            crate::pipeline::Failure::Transient(e.to_string())
+        } else {
+            crate::pipeline::Failure::Fatal(e.to_string())
+        }
+    }
 }
 
 impl BrokerError {

@@ -4,7 +4,7 @@
 //! cached), resolved against our reader schema: a producer that added an optional field does not
 //! break a running consumer.
 
-use super::registry::{RegistryClient, RegistryError};
+use super::registry::{RegistryError, SchemaLookup};
 use super::wire::{self, WireError};
 use crate::domain::ImageRecord;
 use apache_avro::Schema;
@@ -71,12 +71,13 @@ pub struct Writer {
 pub struct ImageCodec {
     reader: Schema,
     reader_form: String,
-    registry: RegistryClient,
+    registry: Arc<dyn SchemaLookup>,
     writers: RwLock<HashMap<u32, Arc<Writer>>>,
 }
 
 impl ImageCodec {
-    pub fn new(reader_schema: &str, registry: RegistryClient) -> Result<Self, EncodeError> {
+    /// A codec that reads with `reader_schema` and looks writer schemas up in `registry`.
+    pub fn new(reader_schema: &str, registry: Arc<dyn SchemaLookup>) -> Result<Self, EncodeError> {
         let reader =
             Schema::parse_str(reader_schema).map_err(|e| EncodeError::Schema(e.to_string()))?;
         Ok(ImageCodec {
@@ -100,7 +101,7 @@ impl ImageCodec {
         if let Some(s) = self.writers.read().expect("schema cache poisoned").get(&id) {
             return Ok(s.clone());
         }
-        let text = self.registry.schema_by_id(id).await.map_err(|e| match e {
+        let text = self.registry.schema_text(id).await.map_err(|e| match e {
             RegistryError::NotFound { .. } => DecodeError::UnknownSchema(id),
             other => DecodeError::Registry { id, source: other },
         })?;
@@ -376,6 +377,7 @@ mod tests {
     use super::*;
     use crate::domain::sha256_hex;
     use crate::schema::IMAGE_RECORD_SCHEMA;
+    use crate::schema::RegistryClient;
     use std::time::Duration;
 
     fn sample() -> ImageRecord {
@@ -396,7 +398,7 @@ mod tests {
     fn codec() -> ImageCodec {
         // The registry is never contacted by decode_with.
         let registry = RegistryClient::new("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
-        ImageCodec::new(IMAGE_RECORD_SCHEMA, registry).unwrap()
+        ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(registry)).unwrap()
     }
 
     #[test]

@@ -5,7 +5,7 @@ pub mod registry;
 pub mod wire;
 
 pub use codec::{DecodeError, EncodeError, ImageCodec};
-pub use registry::{RegistryClient, RegistryError};
+pub use registry::{RegistryClient, RegistryError, SchemaLookup};
 
 /// The value schema, kept in the repository and compiled into the binary.
 pub const IMAGE_RECORD_SCHEMA: &str = include_str!("../../schema/image-record.avsc");

@@ -1,5 +1,6 @@
 //! A client for the Confluent-compatible schema registry API (served here by Apicurio's ccompat).
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -31,6 +32,18 @@ impl RegistryError {
             RegistryError::Http { status, .. } => *status >= 500 || *status == 429,
             RegistryError::NotFound { .. } | RegistryError::Incompatible { .. } => false,
         }
+    }
+}
+
+/// Where a decoder finds writer schemas by id: the registry, or a fixed set in tests.
+pub trait SchemaLookup: Send + Sync {
+    /// The schema text registered under a global id.
+    fn schema_text(&self, id: u32) -> BoxFuture<'_, Result<String, RegistryError>>;
+}
+
+impl SchemaLookup for RegistryClient {
+    fn schema_text(&self, id: u32) -> BoxFuture<'_, Result<String, RegistryError>> {
+        Box::pin(self.schema_by_id(id))
     }
 }
 

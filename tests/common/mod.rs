@@ -7,10 +7,9 @@
 
 use imgstream::config::Settings;
 use imgstream::index::ImageIndex;
-use imgstream::kafka::admin::TopicAdmin;
 use imgstream::schema::{IMAGE_RECORD_SCHEMA, RegistryClient};
-use imgstream::setup;
 use imgstream::store::ImageStore;
+use imgstream::{setup, wiring};
 use sqlx::Connection;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -106,17 +105,15 @@ impl TestEnv {
     }
 
     pub fn store(&self) -> ImageStore {
-        ImageStore::s3(&self.settings.store, TIMEOUT).unwrap()
+        wiring::store(&self.settings).unwrap()
     }
 
     pub async fn index(&self) -> ImageIndex {
-        ImageIndex::connect(&self.settings.database_url, TIMEOUT)
-            .await
-            .unwrap()
+        wiring::index(&self.settings).await.unwrap()
     }
 
     pub fn registry(&self) -> RegistryClient {
-        RegistryClient::new(&self.settings.registry_url, TIMEOUT).unwrap()
+        wiring::registry(&self.settings).unwrap()
     }
 
     /// The `imgstream` binary with this test's settings.
@@ -182,7 +179,7 @@ impl TestEnv {
     }
 
     async fn cleanup(&self) {
-        if let Ok(admin) = TopicAdmin::new(&self.settings.kafka, TIMEOUT) {
+        if let Ok(admin) = wiring::topic_admin(&self.settings) {
             let _ = admin
                 .delete(&[
                     &self.settings.kafka.data_topic,

@@ -12,10 +12,9 @@ mod services;
 use imgstream::config::Settings;
 use imgstream::domain::{ImageFormat, ImageRecord, object_key, sha256_hex};
 use imgstream::generate::{ImageSpec, render};
-use imgstream::index::ImageIndex;
-use imgstream::kafka::producer::ImageProducer;
+use imgstream::pipeline::{PipelineOptions, RunSummary};
 use imgstream::schema::{IMAGE_RECORD_SCHEMA, codec, value_subject};
-use imgstream::store::ImageStore;
+use imgstream::wiring;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use serde_json::{Value, json};
@@ -74,9 +73,8 @@ fn case_settings(
     partitions: usize,
 ) -> (Settings, HashMap<String, String>) {
     let mut vars = base.clone();
-    let db = imgstream::config::parse_database_url(&vars["DATABASE_CONNECTION_STRING"])
-        .unwrap()
-        .with_database(database);
+    // The base connection string with its default applied, as `imgstream` reads it.
+    let db = settings_or_exit(&vars).database_url.with_database(database);
     for (k, v) in [
         ("KAFKA_DATA_TOPIC", name.to_string()),
         ("KAFKA_GROUP_ID", name.to_string()),
@@ -87,7 +85,15 @@ fn case_settings(
     ] {
         vars.insert(k.into(), v);
     }
-    (Settings::from_vars(&vars).expect("bench settings"), vars)
+    (settings_or_exit(&vars), vars)
+}
+
+/// Settings from a variable map, or one line naming the variable at fault and an exit.
+fn settings_or_exit(vars: &HashMap<String, String>) -> Settings {
+    Settings::from_vars(vars).unwrap_or_else(|e| {
+        eprintln!("imgstream-bench: configuration: {e}");
+        std::process::exit(2)
+    })
 }
 
 /// Images close to the target size: dimensions scaled from one trial render.
@@ -137,7 +143,7 @@ async fn preload(
     count: usize,
     rate: Option<f64>,
 ) -> f64 {
-    let registry = imgstream::schema::RegistryClient::new(&settings.registry_url, TIMEOUT).unwrap();
+    let registry = wiring::registry(settings).unwrap();
     let schema_id = registry
         .register(
             &value_subject(&settings.kafka.data_topic),
@@ -146,7 +152,7 @@ async fn preload(
         .await
         .unwrap();
     let schema = apache_avro::Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
-    let producer = ImageProducer::new(&settings.kafka, &settings.limits).unwrap();
+    let producer = wiring::producer(settings).unwrap();
     let shas: Vec<String> = pool.iter().map(|(_, d)| sha256_hex(d)).collect();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
@@ -242,7 +248,7 @@ async fn store_ceiling(
     concurrency: usize,
 ) -> (f64, f64) {
     use futures::StreamExt;
-    let store = ImageStore::s3(&settings.store, TIMEOUT).unwrap();
+    let store = wiring::store(settings).unwrap();
     let payloads: Vec<(bytes::Bytes, String)> = pool
         .iter()
         .map(|(_, d)| (bytes::Bytes::from(d.clone()), sha256_hex(d)))
@@ -268,13 +274,13 @@ async fn store_ceiling(
     (puts as f64 / secs, bytes as f64 / secs / 1e6)
 }
 
-/// Runs the real consumer binary until the topic is drained; its JSON summary, plus the CPU
-/// that Kafka, MinIO and PostgreSQL spent meanwhile.
+/// Runs the real consumer binary until the topic is drained; its summary, plus the CPU that
+/// Kafka, MinIO and PostgreSQL spent meanwhile.
 fn run_consumers(
     vars: &HashMap<String, String>,
     processes: usize,
     extra: &[&str],
-) -> (Vec<Value>, services::CpuDelta) {
+) -> (Vec<RunSummary>, services::CpuDelta) {
     let before = services::cpu();
     let children: Vec<_> = (0..processes)
         .map(|_| {
@@ -294,7 +300,7 @@ fn run_consumers(
         .map(|c| {
             let out = c.wait_with_output().unwrap();
             assert!(out.status.success(), "consumer failed");
-            serde_json::from_slice(&out.stdout).expect("consumer json")
+            serde_json::from_slice(&out.stdout).expect("consume --json prints a run summary")
         })
         .collect();
     (summaries, services::cpu().since(&before))
@@ -322,15 +328,12 @@ async fn fresh_database(settings: &Settings) {
 }
 
 async fn cleanup(settings: &Settings) {
-    if let Ok(admin) = imgstream::kafka::admin::TopicAdmin::new(&settings.kafka, TIMEOUT) {
+    if let Ok(admin) = wiring::topic_admin(settings) {
         let _ = admin
             .delete(&[&settings.kafka.data_topic, &settings.kafka.dlq_topic])
             .await;
     }
-    let _ = ImageStore::s3(&settings.store, TIMEOUT)
-        .unwrap()
-        .destroy_bucket()
-        .await;
+    let _ = wiring::store(settings).unwrap().destroy_bucket().await;
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -354,11 +357,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
     eprintln!("[{}] ceilings", case.label);
     let (kafka_rps, kafka_mbps) =
         tokio::task::block_in_place(|| kafka_ceiling(&settings, case.records));
-    let uploads = imgstream::pipeline::PipelineOptions::new(imgstream::validate::Limits {
-        max_pixels: 1,
-        max_image_bytes: 1,
-    })
-    .uploads_in_flight;
+    let uploads = PipelineOptions::new(wiring::limits(&settings)).uploads_in_flight;
     // On a single-threaded runtime of its own, like the consumer's (src/main.rs).
     let put_ceiling = || {
         tokio::task::block_in_place(|| {
@@ -378,15 +377,15 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (summaries, cpu) = run_consumers(&vars, 1, &extra);
     let s = &summaries[0];
-    let stored = s["stored"].as_u64().unwrap();
+    let stored = s.stored;
     assert_eq!(
         stored as usize, case.records,
         "pipeline stored {stored} of {}",
         case.records
     );
-    let pipe_ips = s["busy_images_per_sec"].as_f64().unwrap();
-    let pipe_mbps = s["busy_mb_per_sec"].as_f64().unwrap();
-    let consumer_cpu = s["cpu_secs"].as_f64().unwrap();
+    let pipe_ips = s.busy_images_per_sec;
+    let pipe_mbps = s.busy_mb_per_sec;
+    let consumer_cpu = s.cpu_secs;
     // The PUT ceiling is measured on both sides of the drain and averaged: a few seconds of PUTs
     // on a shared machine swing by 10-20% from one measurement to the next.
     let put_after = put_ceiling();
@@ -422,9 +421,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
     let since_records = chrono::Utc::now();
     preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
     consumer.wait_with_output().unwrap();
-    let index = ImageIndex::connect(&lat_settings.database_url, TIMEOUT)
-        .await
-        .unwrap();
+    let index = wiring::index(&lat_settings).await.unwrap();
     let latencies = index
         .latencies_since(since_records.max(since))
         .await
@@ -448,7 +445,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         },
         "pipeline": {
             "images_per_sec": pipe_ips, "mb_per_sec": pipe_mbps,
-            "peak_rss_mib": s["peak_rss_kib"].as_f64().unwrap() / 1024.0,
+            "peak_rss_mib": s.peak_rss_kib as f64 / 1024.0,
             "cpu_secs_per_1000_images": consumer_cpu / stored as f64 * 1000.0,
             "consumer_cpu_secs": consumer_cpu,
             "services_cpu_secs": cpu.to_json(),
@@ -470,11 +467,9 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
 
 /// The naive reference writes to its own bucket and database but reads the case's topic.
 async fn setup_bucket_and_index(settings: &Settings) {
-    let store = ImageStore::s3(&settings.store, TIMEOUT).unwrap();
+    let store = wiring::store(settings).unwrap();
     store.create_bucket().await.unwrap();
-    let index = ImageIndex::connect(&settings.database_url, TIMEOUT)
-        .await
-        .unwrap();
+    let index = wiring::index(settings).await.unwrap();
     index.migrate().await.unwrap();
     index.close().await;
 }
@@ -494,9 +489,7 @@ async fn scaling(base: &HashMap<String, String>, run: &str, records: usize) -> V
         fresh_database(&settings).await;
         setup(&settings).await;
         preload(&settings, &pool, records, None).await;
-        let index = ImageIndex::connect(&settings.database_url, TIMEOUT)
-            .await
-            .unwrap();
+        let index = wiring::index(&settings).await.unwrap();
         let watcher = tokio::spawn(async move {
             // Wall time from the first row to the last: the group's combined throughput.
             let mut first = None;
@@ -513,13 +506,11 @@ async fn scaling(base: &HashMap<String, String>, run: &str, records: usize) -> V
         });
         let (summaries, _) = tokio::task::block_in_place(|| run_consumers(&vars, partitions, &[]));
         let secs = watcher.await.unwrap();
-        let stored: u64 = summaries
-            .iter()
-            .map(|s| s["stored"].as_u64().unwrap())
-            .sum();
+        let stored: u64 = summaries.iter().map(|s| s.stored).sum();
+        let replayed: u64 = summaries.iter().map(|s| s.replayed).sum();
         rows.push(
             json!({ "partitions": partitions, "processes": partitions, "stored": stored,
-                          "images_per_sec": records as f64 / secs }),
+                    "replayed": replayed, "images_per_sec": records as f64 / secs }),
         );
         cleanup(&settings).await;
     }
@@ -539,8 +530,8 @@ async fn backlog_rss(base: &HashMap<String, String>, run: &str, records: usize) 
     let (summaries, _) = tokio::task::block_in_place(|| run_consumers(&vars, 1, &[]));
     cleanup(&settings).await;
     let s = &summaries[0];
-    json!({ "records": records, "stored": s["stored"], "peak_rss_mib": s["peak_rss_kib"].as_f64().unwrap() / 1024.0,
-            "images_per_sec": s["busy_images_per_sec"] })
+    json!({ "records": records, "stored": s.stored, "peak_rss_mib": s.peak_rss_kib as f64 / 1024.0,
+            "images_per_sec": s.busy_images_per_sec })
 }
 
 #[tokio::main]
@@ -552,7 +543,11 @@ async fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(String::as_str);
-    let base: HashMap<String, String> = std::env::vars().collect();
+    // Read the way `imgstream` reads them: the environment, then `.env`.
+    let base = imgstream::config::load_vars().unwrap_or_else(|e| {
+        eprintln!("imgstream-bench: configuration: {e}");
+        std::process::exit(2)
+    });
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let started = Instant::now();
 
@@ -655,5 +650,18 @@ fn print_table(r: &Value) {
             r["backlog"]["stored"],
             r["backlog"]["peak_rss_mib"].as_f64().unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_settings_apply_the_defaults_when_the_database_is_not_configured() {
+        let (settings, vars) = case_settings(&HashMap::new(), "bench-x", "imgstream_bench", 6);
+        assert_eq!(settings.database_url.database_name(), "imgstream_bench");
+        assert_eq!(settings.kafka.data_topic, "bench-x");
+        assert!(vars["DATABASE_CONNECTION_STRING"].ends_with("/imgstream_bench"));
     }
 }

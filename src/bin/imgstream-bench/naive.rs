@@ -3,27 +3,18 @@
 
 use imgstream::config::Settings;
 use imgstream::domain::{IndexEntry, Origin, object_key};
-use imgstream::index::ImageIndex;
-use imgstream::schema::{IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient};
-use imgstream::store::ImageStore;
-use imgstream::validate::{Limits, validate};
+use imgstream::validate::validate;
+use imgstream::wiring;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Stores `records` records of the settings' topic one by one; returns images per second.
 pub async fn run(settings: &Settings, records: usize) -> f64 {
-    let timeout = Duration::from_secs(10);
-    let registry = RegistryClient::new(&settings.registry_url, timeout).unwrap();
-    let codec = ImageCodec::new(IMAGE_RECORD_SCHEMA, registry).unwrap();
-    let store = ImageStore::s3(&settings.store, timeout).unwrap();
-    let index = ImageIndex::connect(&settings.database_url, timeout)
-        .await
-        .unwrap();
-    let limits = Limits {
-        max_pixels: settings.limits.max_pixels,
-        max_image_bytes: settings.limits.max_image_bytes,
-    };
+    let codec = wiring::codec(settings).unwrap();
+    let store = wiring::store(settings).unwrap();
+    let index = wiring::index(settings).await.unwrap();
+    let limits = wiring::limits(settings);
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
         .set("group.id", format!("{}-naive", settings.kafka.group_id))

@@ -1,9 +1,7 @@
 //! The consumer's live view: a status line on a terminal, a log line every ten seconds otherwise.
 
-use super::Stats;
-use crate::kafka::consumer::GroupConsumer;
-use rdkafka::Offset;
-use rdkafka::consumer::Consumer;
+use crate::kafka::source::KafkaSource;
+use crate::pipeline::Stats;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,25 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-/// Lag of the partitions this member owns: end offset minus position. Blocking (a broker round
-/// trip per partition), so it runs on the blocking pool.
-fn owned_lag(consumer: &GroupConsumer) -> Option<i64> {
-    let position = consumer.position().ok()?;
-    let mut lag = 0;
-    for e in position.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-            .ok()?;
-        let at = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        lag += (high - at).max(0);
-    }
-    Some(lag)
-}
-
-pub fn spawn(consumer: Arc<GroupConsumer>, stats: Arc<Stats>, terminal: bool) -> JoinHandle<()> {
+pub fn spawn(source: Arc<KafkaSource>, stats: Arc<Stats>, terminal: bool) -> JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
         let period = if terminal {
@@ -40,8 +20,8 @@ pub fn spawn(consumer: Arc<GroupConsumer>, stats: Arc<Stats>, terminal: bool) ->
         let mut last = (Instant::now(), 0u64, 0u64);
         loop {
             tokio::time::sleep(period).await;
-            let c = consumer.clone();
-            let lag = tokio::task::spawn_blocking(move || owned_lag(&c))
+            let s = source.clone();
+            let lag = tokio::task::spawn_blocking(move || s.owned_lag())
                 .await
                 .ok()
                 .flatten();

@@ -1,0 +1,188 @@
+//! A partitioned log and one consumer group member reading it.
+
+use super::Faults;
+use crate::domain::Origin;
+use crate::pipeline::ledger::OffsetLedger;
+use crate::pipeline::{
+    BatchLimits, Committed, Failure, Partition, Polled, Positions, RecordSource,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+type CommitHook = Box<dyn Fn(&Positions) + Send + Sync>;
+
+/// A topic's partitions in memory, read by one member that owns all of them until told otherwise.
+pub struct MemorySource {
+    topic: String,
+    state: Mutex<State>,
+    ledger: OffsetLedger,
+    /// Scripted failures of `commit`.
+    pub commit_faults: Faults,
+    on_commit: Mutex<Option<CommitHook>>,
+}
+
+#[derive(Default)]
+struct State {
+    log: BTreeMap<i32, Vec<Polled>>,
+    /// Next offset to hand out, per partition.
+    position: BTreeMap<i32, i64>,
+    committed: Positions,
+    owned: HashSet<Partition>,
+    /// Every commit that went through, in order.
+    commits: Vec<Positions>,
+}
+
+impl MemorySource {
+    pub fn new(topic: &str, partitions: i32) -> Self {
+        let mut state = State::default();
+        for p in 0..partitions {
+            state.log.insert(p, Vec::new());
+            state.owned.insert((topic.to_string(), p));
+        }
+        MemorySource {
+            topic: topic.to_string(),
+            state: Mutex::new(state),
+            ledger: OffsetLedger::default(),
+            commit_faults: Faults::default(),
+            on_commit: Mutex::new(None),
+        }
+    }
+
+    /// Appends a record to a partition; returns where it landed.
+    pub fn append(
+        &self,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<Bytes>,
+        headers: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Origin {
+        let mut state = self.state.lock().expect("source lock");
+        let log = state.log.get_mut(&partition).expect("no such partition");
+        let origin = Origin {
+            topic: self.topic.clone(),
+            partition,
+            offset: log.len() as i64,
+        };
+        log.push(Polled {
+            origin: origin.clone(),
+            key: key.map(<[u8]>::to_vec),
+            value,
+            headers,
+            timestamp_ms: Some(1_700_000_000_000 + origin.offset),
+        });
+        origin
+    }
+
+    /// Committed offsets per partition (absent: never committed).
+    pub fn committed(&self) -> Positions {
+        self.state.lock().expect("source lock").committed.clone()
+    }
+
+    /// Every commit that went through, in order.
+    pub fn commits(&self) -> Vec<Positions> {
+        self.state.lock().expect("source lock").commits.clone()
+    }
+
+    /// The group takes `partition` away from this member.
+    pub fn revoke(&self, partition: i32) {
+        let mut state = self.state.lock().expect("source lock");
+        state.owned.remove(&(self.topic.clone(), partition));
+    }
+
+    /// What a new member sees after a crash: every partition, from its committed offset.
+    pub fn restart(&self) {
+        let mut state = self.state.lock().expect("source lock");
+        let committed = state.committed.clone();
+        let partitions: Vec<i32> = state.log.keys().copied().collect();
+        for p in partitions {
+            let at = committed
+                .get(&(self.topic.clone(), p))
+                .copied()
+                .unwrap_or(0);
+            state.position.insert(p, at);
+            state.owned.insert((self.topic.clone(), p));
+        }
+        let _ = self.ledger.pending(|_| false);
+    }
+
+    /// Runs `hook` with each commit's positions just before it is applied.
+    pub fn on_commit(&self, hook: impl Fn(&Positions) + Send + Sync + 'static) {
+        *self.on_commit.lock().expect("hook lock") = Some(Box::new(hook));
+    }
+
+    fn take(&self, limits: &BatchLimits) -> Vec<Polled> {
+        let mut state = self.state.lock().expect("source lock");
+        let State {
+            log,
+            position,
+            owned,
+            ..
+        } = &mut *state;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        // Round-robin over owned partitions, as a broker fetch interleaves them.
+        loop {
+            let mut progressed = false;
+            for (p, records) in log.iter() {
+                if batch.len() >= limits.max_records || bytes >= limits.max_bytes {
+                    return batch;
+                }
+                if !owned.contains(&(self.topic.clone(), *p)) {
+                    continue;
+                }
+                let at = position.entry(*p).or_insert(0);
+                if let Some(record) = records.get(*at as usize) {
+                    bytes += record.payload().len();
+                    batch.push(record.clone());
+                    *at += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return batch;
+            }
+        }
+    }
+}
+
+impl RecordSource for MemorySource {
+    fn poll(&self, limits: BatchLimits) -> BoxFuture<'_, Result<Vec<Polled>, Failure>> {
+        Box::pin(async move {
+            let batch = self.take(&limits);
+            if batch.is_empty() {
+                tokio::time::sleep(limits.wait).await;
+            }
+            Ok(batch)
+        })
+    }
+
+    fn assignment(&self) -> HashSet<Partition> {
+        self.state.lock().expect("source lock").owned.clone()
+    }
+
+    fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>> {
+        Box::pin(async move {
+            self.commit_faults.enter().await?;
+            self.ledger.record(done);
+            let owned = self.assignment();
+            let pending = self.ledger.pending(|tp| owned.contains(tp));
+            if pending.is_empty() {
+                return Ok(Committed::Done);
+            }
+            if let Some(hook) = &*self.on_commit.lock().expect("hook lock") {
+                hook(&pending);
+            }
+            let mut state = self.state.lock().expect("source lock");
+            for (tp, next) in &pending {
+                let at = state.committed.entry(tp.clone()).or_insert(*next);
+                *at = (*at).max(*next);
+            }
+            state.commits.push(pending.clone());
+            drop(state);
+            self.ledger.committed(&pending);
+            Ok(Committed::Done)
+        })
+    }
+}

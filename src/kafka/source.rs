@@ -1,0 +1,195 @@
+//! The record source port on a Kafka consumer group member.
+
+use super::BrokerError;
+use super::consumer::{GroupConsumer, offsets_list, payload_bytes};
+use crate::domain::Origin;
+use crate::pipeline::{
+    BatchLimits, Committed, Failure, Partition, Polled, Positions, RecordSource,
+};
+use futures::future::BoxFuture;
+use rdkafka::Offset;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tracing::warn;
+
+pub struct KafkaSource {
+    consumer: Arc<GroupConsumer>,
+    bootstrap: String,
+    /// Whether a connection problem was already reported, so an outage logs once, not per poll.
+    reconnecting: AtomicBool,
+}
+
+impl KafkaSource {
+    /// A source on a consumer that is already subscribed.
+    pub fn new(consumer: Arc<GroupConsumer>, bootstrap: &str) -> Self {
+        KafkaSource {
+            consumer,
+            bootstrap: bootstrap.to_string(),
+            reconnecting: AtomicBool::new(false),
+        }
+    }
+
+    /// Lag of the partitions this member owns: end offset minus position. Blocking (a broker
+    /// round trip per partition): call it on the blocking pool.
+    pub fn owned_lag(&self) -> Option<i64> {
+        let position = self.consumer.position().ok()?;
+        let mut lag = 0;
+        for e in position.elements() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                .ok()?;
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += (high - at).max(0);
+        }
+        Some(lag)
+    }
+
+    fn polled(&self, m: rdkafka::message::BorrowedMessage<'_>) -> Polled {
+        let origin = Origin {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let key = m.key().map(<[u8]>::to_vec);
+        let timestamp_ms = m.timestamp().to_millis();
+        let headers = m.headers().map_or_else(Vec::new, |hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        });
+        let value = m
+            .payload()
+            .is_some()
+            .then(|| payload_bytes(&self.consumer, m));
+        Polled {
+            origin,
+            key,
+            value,
+            headers,
+            timestamp_ms,
+        }
+    }
+
+    /// A consumer error: a missing topic stops the consumer; anything else librdkafka recovers
+    /// from by itself, so it is said once per outage.
+    fn on_error(&self, e: KafkaError) -> Result<(), Failure> {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                Err(Failure::Fatal(format!(
+                    "subscribed topic is missing ({e}); run `imgstream setup`"
+                )))
+            }
+            _ => {
+                let err = BrokerError::from_kafka(&e, &self.bootstrap);
+                if !err.is_transient() {
+                    warn!(error = %e, "kafka consumer error");
+                } else if !self.reconnecting.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, "kafka consumer error; librdkafka is reconnecting");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn poll_batch(&self, limits: BatchLimits) -> Result<Vec<Polled>, Failure> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut deadline = tokio::time::Instant::now() + limits.wait;
+        while batch.len() < limits.max_records && bytes < limits.max_bytes {
+            let received = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match received {
+                Ok(m) => {
+                    if batch.is_empty() {
+                        deadline = tokio::time::Instant::now() + limits.linger;
+                    }
+                    self.reconnecting.store(false, Ordering::Relaxed);
+                    bytes += m.payload_len();
+                    batch.push(self.polled(m));
+                }
+                Err(e) => self.on_error(e)?,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit_done(&self, done: &Positions) -> Result<Committed, Failure> {
+        let ledger = &self.consumer.context().ledger;
+        ledger.record(done);
+        let owned = self.assignment();
+        let pending = ledger.pending(|tp| owned.contains(tp));
+        if pending.is_empty() {
+            return Ok(Committed::Done);
+        }
+        let (consumer, tpl) = (self.consumer.clone(), offsets_list(&pending));
+        // On the blocking pool: a synchronous commit must not freeze the other stages.
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled));
+        match result {
+            Ok(()) => {
+                ledger.committed(&pending);
+                Ok(Committed::Done)
+            }
+            Err(e) if moved_on(&e) => Ok(Committed::Deferred),
+            // Whatever else failed (the coordinator moving, a timeout) passes with time.
+            Err(e) => Err(Failure::Transient(
+                BrokerError::from_kafka(&e, &self.bootstrap).to_string(),
+            )),
+        }
+    }
+}
+
+/// Commit errors that say this member's view of the group is outdated (a rebalance, a lost
+/// membership): retrying the same commit cannot succeed, the ledger keeps it for later.
+fn moved_on(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::IllegalGeneration
+                | C::UnknownMemberId
+                | C::RebalanceInProgress
+                | C::FencedInstanceId
+                | C::StaleMemberEpoch
+                | C::UnknownPartition
+                | C::UnknownTopicOrPartition
+                | C::AssignmentLost
+                | C::NoOffset
+                | C::State
+        )
+    )
+}
+
+impl RecordSource for KafkaSource {
+    fn poll(&self, limits: BatchLimits) -> BoxFuture<'_, Result<Vec<Polled>, Failure>> {
+        Box::pin(self.poll_batch(limits))
+    }
+
+    fn assignment(&self) -> HashSet<Partition> {
+        self.consumer.assignment().map_or_else(
+            |_| HashSet::new(),
+            |tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            },
+        )
+    }
+
+    fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>> {
+        Box::pin(self.commit_done(done))
+    }
+}

@@ -1,0 +1,143 @@
+//! Stage 2, check: decode each record against its writer's schema and validate it, on the
+//! blocking pool, while the next batch is being fetched.
+
+use super::refusal::{DeadLetter, Refusal};
+use super::retry::{Stopped, retry};
+use super::{BatchError, CheckedBatch, Pipeline, Polled, PolledBatch};
+use crate::domain::ImageRecord;
+use crate::schema::codec::Writer;
+use crate::schema::{DecodeError, ImageCodec, wire};
+use crate::validate::{Limits, validate};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+/// The writer schema of each id in a batch, or why records with that id are refused.
+type SchemaLookup = BTreeMap<u32, Result<Arc<Writer>, Refusal>>;
+
+impl Pipeline {
+    pub(super) async fn check_stage(
+        &self,
+        mut rx: mpsc::Receiver<PolledBatch>,
+        tx: mpsc::Sender<CheckedBatch>,
+    ) -> Result<(), BatchError> {
+        while let Some(batch) = rx.recv().await {
+            let checking = Instant::now();
+            let mut valid = Vec::new();
+            let mut letters = Vec::new();
+            for (polled, checked) in self.decode_and_validate(batch.records).await? {
+                match checked {
+                    Ok(record) => valid.push((polled, record)),
+                    Err(refusal) => letters.push(DeadLetter::new(&polled, refusal)),
+                }
+            }
+            debug!(checked_in = ?checking.elapsed(), "batch checked");
+            let checked = CheckedBatch {
+                positions: batch.positions,
+                valid,
+                letters,
+            };
+            if tx.send(checked).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn decode_and_validate(
+        &self,
+        batch: Vec<Polled>,
+    ) -> Result<Vec<(Polled, Result<ImageRecord, Refusal>)>, BatchError> {
+        let schemas = Arc::new(self.writer_schemas(&batch).await?);
+        // Decoding and validation are CPU work: split over the blocking pool, one chunk per core.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunk = batch.len().div_ceil(cores).max(1);
+        let mut tasks = Vec::new();
+        let mut batch = batch;
+        while !batch.is_empty() {
+            let rest = batch.split_off(chunk.min(batch.len()));
+            let part = std::mem::replace(&mut batch, rest);
+            let codec = self.ports.codec.clone();
+            let schemas = schemas.clone();
+            let limits = self.opts.limits;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                part.into_iter()
+                    .map(|p| {
+                        let checked = check_one(&codec, &schemas, &limits, &p);
+                        (p, checked)
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut out = Vec::new();
+        for task in tasks {
+            out.extend(
+                task.await
+                    .map_err(|e| BatchError::fatal(format!("record check stopped: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Writer schemas are fetched (once per id, then cached by the codec) before the CPU work
+    /// starts, so the only waiting on the registry happens here, with retries. A registry that
+    /// refuses us (credentials, a wrong address) stops the consumer: it is not the records' fault,
+    /// and dead-lettering them would lose them for a configuration mistake.
+    async fn writer_schemas(&self, batch: &[Polled]) -> Result<SchemaLookup, BatchError> {
+        let ids: std::collections::BTreeSet<u32> = batch
+            .iter()
+            .filter_map(|p| wire::split(p.payload()).ok().map(|(id, _)| id))
+            .collect();
+        let codec = &self.ports.codec;
+        let mut schemas = SchemaLookup::new();
+        for id in ids {
+            let fetched = retry(
+                &self.outages.registry,
+                self.opts.backoff,
+                &self.shutdown,
+                DecodeError::is_transient,
+                || codec.writer_schema(id),
+            )
+            .await;
+            let entry = match fetched {
+                Ok(schema) => Ok(schema),
+                Err(Stopped::Permanent(e @ DecodeError::Registry { .. })) => {
+                    return Err(BatchError::fatal(format!(
+                        "{e}; check SCHEMA_REGISTRY_URL and the registry's credentials"
+                    )));
+                }
+                Err(Stopped::Permanent(e)) => Err(Refusal::from_decode(&e)),
+                Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
+            };
+            schemas.insert(id, entry);
+        }
+        Ok(schemas)
+    }
+}
+
+fn check_one(
+    codec: &ImageCodec,
+    schemas: &SchemaLookup,
+    limits: &Limits,
+    polled: &Polled,
+) -> Result<ImageRecord, Refusal> {
+    let payload = polled.value.clone().unwrap_or_default();
+    let (id, _) = wire::split(&payload).map_err(|e| Refusal::from_decode(&e.into()))?;
+    let schema = match schemas.get(&id) {
+        Some(Ok(s)) => s,
+        Some(Err(refusal)) => return Err(refusal.clone()),
+        None => return Err(Refusal::from_decode(&DecodeError::UnknownSchema(id))),
+    };
+    let record = codec
+        .decode_with(schema, id, &payload)
+        .map_err(|e| Refusal::from_decode(&e))?;
+    match validate(&record, limits) {
+        Ok(_) => Ok(record),
+        Err(invalid) => Err(Refusal::Invalid {
+            image_id: record.image_id,
+            invalid,
+        }),
+    }
+}

@@ -1,0 +1,121 @@
+//! Stage 1, fetch: poll batches from the source until idle, the record limit, or shutdown.
+
+use super::{
+    BatchError, BatchLimits, Failure, Pipeline, Polled, PolledBatch, Positions, StopReason,
+};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+impl Pipeline {
+    pub(super) async fn fetch_stage(
+        &self,
+        tx: mpsc::Sender<PolledBatch>,
+    ) -> Result<StopReason, BatchError> {
+        let source = &self.ports.source;
+        let mut last_record = Instant::now();
+        let mut fetched = 0u64;
+        loop {
+            if self.shutdown.is_triggered() {
+                return Ok(StopReason::Shutdown);
+            }
+            if self.opts.max_records.is_some_and(|max| fetched >= max) {
+                return Ok(StopReason::MaxRecords);
+            }
+            let remaining = self
+                .opts
+                .max_records
+                .map_or(usize::MAX, |m| (m - fetched) as usize);
+            let limits = BatchLimits {
+                max_records: self.opts.batch_max_records.min(remaining).max(1),
+                max_bytes: self.opts.batch_max_bytes,
+                wait: self.opts.poll_wait,
+                linger: self.opts.batch_linger,
+            };
+            let polling = Instant::now();
+            // A batch cut short by shutdown is dropped: nothing of it is committed, so a restart
+            // reads it again.
+            let polled = tokio::select! {
+                polled = source.poll(limits) => polled,
+                _ = self.shutdown.triggered() => return Ok(StopReason::Shutdown),
+            };
+            let batch = match polled {
+                Ok(batch) => self.without_revoked(batch),
+                // The source reconnects by itself; an outage is not idleness.
+                Err(Failure::Transient(e)) => {
+                    debug!(error = %e, "poll failed; the source is reconnecting");
+                    last_record = Instant::now();
+                    continue;
+                }
+                Err(Failure::Fatal(e)) => return Err(BatchError::fatal(e)),
+            };
+            if batch.is_empty() {
+                // A commit deferred by a rebalance goes through once the group has settled.
+                self.commit_positions(&Positions::new()).await?;
+                // Idle means "owning partitions and nothing new", not "still waiting to join": after
+                // a crash the group holds the dead member's partitions until its session expires.
+                if source.assignment().is_empty() {
+                    last_record = Instant::now();
+                } else if let Some(idle) = self.opts.until_idle
+                    && last_record.elapsed() >= idle
+                {
+                    return Ok(StopReason::Idle);
+                }
+                continue;
+            }
+            last_record = Instant::now();
+            self.stats.first_record.get_or_init(Instant::now);
+            self.stats
+                .polled
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            fetched += batch.len() as u64;
+            debug!(
+                records = batch.len(),
+                polled_in = ?polling.elapsed(),
+                uploads_running = self.stats.uploads_running.load(Ordering::Relaxed),
+                "batch polled"
+            );
+            let positions = next_offsets(&batch);
+            if tx
+                .send(PolledBatch {
+                    positions,
+                    records: batch,
+                })
+                .await
+                .is_err()
+            {
+                // A later stage stopped; its result says why.
+                return Ok(StopReason::Shutdown);
+            }
+        }
+    }
+
+    /// A revocation while the batch filled moves those partitions to another member: leave their
+    /// records to it rather than process (and commit) what we no longer own.
+    fn without_revoked(&self, mut batch: Vec<Polled>) -> Vec<Polled> {
+        if batch.is_empty() {
+            return batch;
+        }
+        let owned = self.ports.source.assignment();
+        let before = batch.len();
+        batch.retain(|p| owned.contains(&p.partition()));
+        if batch.len() < before {
+            debug!(
+                dropped = before - batch.len(),
+                "records of revoked partitions left to their new owner"
+            );
+        }
+        batch
+    }
+}
+
+/// Per partition, one past the highest offset in the batch.
+fn next_offsets(batch: &[Polled]) -> Positions {
+    let mut next = Positions::new();
+    for p in batch {
+        let e = next.entry(p.partition()).or_insert(p.origin.offset + 1);
+        *e = (*e).max(p.origin.offset + 1);
+    }
+    next
+}

@@ -1,0 +1,146 @@
+//! The ports: the four small interfaces the pipeline depends on, and the values that cross them.
+//!
+//! Adapters for the real services implement them (`kafka::source`, `kafka::dlq`, `store`,
+//! `index`); in-memory twins with the same semantics and injectable failures live in
+//! [`crate::fakes`]. Nothing here names a client library.
+//!
+//! Every call either succeeds, says something about one record (a refusal, in the `Ok` value), or
+//! fails as a [`Failure`]: transient (retried with backoff) or fatal (the consumer stops with the
+//! failure's one line).
+
+use super::refusal::{DeadLetter, Refusal};
+use crate::domain::{ImageRecord, IndexEntry, Origin};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// A topic and partition.
+pub type Partition = (String, i32);
+
+/// Per partition, the next offset to read: everything below it is done.
+pub type Positions = BTreeMap<Partition, i64>;
+
+/// One record as polled, owned so the batch can outlive the poll.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    pub origin: Origin,
+    pub key: Option<Vec<u8>>,
+    /// `None` for a tombstone (a null value).
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Polled {
+    /// The value's bytes; a tombstone reads as empty.
+    pub fn payload(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or_default()
+    }
+
+    pub fn partition(&self) -> Partition {
+        (self.origin.topic.clone(), self.origin.partition)
+    }
+}
+
+/// How a service call failed, as far as the pipeline is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Passes with time (a service down, a timeout): retried with backoff.
+    Transient(String),
+    /// No retry can fix it (credentials, a missing bucket or table): the consumer stops.
+    Fatal(String),
+}
+
+impl Failure {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Failure::Transient(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transient(m) | Failure::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// How much one poll may collect.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    /// How long to wait for the first record.
+    pub wait: Duration,
+    /// How long to wait for more once the first arrived.
+    pub linger: Duration,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Everything done for partitions this member owns is committed.
+    Done,
+    /// The group is rebalancing; the positions are kept and committed once it settles.
+    Deferred,
+}
+
+/// Where records come from: a consumer group member.
+pub trait RecordSource: Send + Sync {
+    /// A batch of records, possibly empty after `limits.wait`.
+    fn poll(&self, limits: BatchLimits) -> BoxFuture<'_, Result<Vec<Polled>, Failure>>;
+
+    /// The partitions this member owns right now.
+    fn assignment(&self) -> HashSet<Partition>;
+
+    /// Notes `done` (every record below each position is stored or dead-lettered) and commits
+    /// what is done for partitions this member still owns; with empty `done`, commits what an
+    /// earlier call had to defer.
+    fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>>;
+}
+
+/// What a create-only write of an image found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    /// The key already held exactly these bytes: a replay.
+    AlreadyStored,
+    /// The image cannot be stored: its bytes do not match its checksum, or its id is taken.
+    Refused(Refusal),
+}
+
+/// Where image bytes go.
+pub trait ImageSink: Send + Sync {
+    /// Writes the image under its key unless the key exists; never replaces stored bytes. The
+    /// sink verifies the bytes against the record's declared sha256.
+    fn put<'a>(&'a self, record: &'a ImageRecord) -> BoxFuture<'a, Result<Put, Failure>>;
+
+    /// The bucket the index rows name.
+    fn bucket(&self) -> &str;
+}
+
+/// What inserting one index entry found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Indexed {
+    Inserted,
+    /// An identical row was already there: a replay.
+    AlreadyIndexed,
+    /// A row with this id describes a different image.
+    Conflict(Box<IndexEntry>),
+}
+
+/// Where index rows go.
+pub trait IndexSink: Send + Sync {
+    /// Inserts a batch idempotently; one outcome per entry, in order. Existing rows never change.
+    fn insert<'a>(
+        &'a self,
+        entries: &'a [IndexEntry],
+    ) -> BoxFuture<'a, Result<Vec<Indexed>, Failure>>;
+}
+
+/// Where refused records go.
+pub trait DeadLetterSink: Send + Sync {
+    /// Writes one dead letter and resolves once it is durable.
+    fn send<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), Failure>>;
+}

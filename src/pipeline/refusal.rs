@@ -1,0 +1,137 @@
+//! Every reason a record is refused, as one type, and the dead letter that carries it.
+//!
+//! A refusal is about one record and no retry changes it: the bytes are wrong (`invalid`) or the
+//! image's identity is taken by a different image (`conflict`). Its code is the stable short name
+//! written to the `imgstream.dlq.code` header; the codes are part of the wire contract.
+
+use super::ports::Polled;
+use crate::domain::{IndexEntry, Origin};
+use crate::schema::DecodeError;
+use crate::validate::Invalid;
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// Why a record cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The value is not a record of the contract (wire format, schema, Avro, a field).
+    Undecodable { code: &'static str, message: String },
+    /// The record decodes but is not an image it may store.
+    Invalid { image_id: Uuid, invalid: Invalid },
+    /// The store computed another sha256 than the record declares.
+    ChecksumMismatch { image_id: Uuid, detail: String },
+    /// The image's key already holds different bytes.
+    ObjectConflict {
+        image_id: Uuid,
+        key: String,
+        existing_sha256: String,
+        sha256: String,
+    },
+    /// The image's id is already indexed with different metadata.
+    IndexConflict {
+        image_id: Uuid,
+        existing: Box<IndexEntry>,
+    },
+}
+
+/// The two kinds of refusal, as written to the `imgstream.dlq.class` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The bytes are wrong.
+    Invalid,
+    /// The identity is taken by a different image.
+    Conflict,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Invalid => "invalid",
+            Class::Conflict => "conflict",
+        }
+    }
+}
+
+impl Refusal {
+    pub fn from_decode(e: &DecodeError) -> Refusal {
+        Refusal::Undecodable {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Undecodable { code, .. } => code,
+            Refusal::Invalid { invalid, .. } => invalid.code(),
+            Refusal::ChecksumMismatch { .. } => "checksum-mismatch",
+            Refusal::ObjectConflict { .. } => "object-conflict",
+            Refusal::IndexConflict { .. } => "index-conflict",
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            Refusal::ObjectConflict { .. } | Refusal::IndexConflict { .. } => Class::Conflict,
+            _ => Class::Invalid,
+        }
+    }
+
+    /// One line for a person: what is wrong with which image.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Undecodable { message, .. } => message.clone(),
+            Refusal::Invalid { image_id, invalid } => format!("image {image_id}: {invalid}"),
+            Refusal::ChecksumMismatch { image_id, detail } => format!("image {image_id}: {detail}"),
+            Refusal::ObjectConflict {
+                image_id,
+                key,
+                existing_sha256,
+                sha256,
+            } => format!(
+                "image {image_id} claims key {key}, which already holds different bytes (sha256 {existing_sha256}, this record {sha256})"
+            ),
+            Refusal::IndexConflict { image_id, existing } => format!(
+                "image {image_id} is already indexed with different metadata (customer {}, sha256 {}, from {}/{}@{})",
+                existing.customer_id,
+                existing.sha256,
+                existing.kafka_topic,
+                existing.kafka_partition,
+                existing.kafka_offset
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+/// A refused record on its way to the dead-letter topic: the original key, value and headers,
+/// untouched, and why it was refused.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub origin: Origin,
+    pub key: Option<Vec<u8>>,
+    /// `None` when the original was a tombstone: it stays null.
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub original_timestamp_ms: Option<i64>,
+    pub refusal: Refusal,
+}
+
+impl DeadLetter {
+    /// The one way to build a dead letter: from the record as polled and why it was refused.
+    pub fn new(polled: &Polled, refusal: Refusal) -> DeadLetter {
+        DeadLetter {
+            origin: polled.origin.clone(),
+            key: polled.key.clone(),
+            value: polled.value.clone(),
+            headers: polled.headers.clone(),
+            original_timestamp_ms: polled.timestamp_ms,
+            refusal,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! What a run did: live counters while it runs, and the typed summary it ends with.
+//!
+//! `stored` counts records whose index row this run inserted, so across the members of a group it
+//! sums to the number of records, whoever redid what. Work found already complete (a replay after
+//! a crash or a rebalance) counts as `replayed`, never as stored.
+
+use super::usage;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tracing::info;
+
+/// Counters, shared with the live status line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub stored: AtomicU64,
+    pub replayed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Image bytes of the records counted as stored.
+    pub bytes: AtomicU64,
+    pub batches: AtomicU64,
+    /// Commits deferred because the group was rebalancing.
+    pub commits_deferred: AtomicU64,
+    /// Object uploads running right now (for the debug timings).
+    pub uploads_running: AtomicU64,
+    /// Records polled so far (the backpressure tests read it).
+    pub polled: AtomicU64,
+    dead_lettered_by_code: Mutex<BTreeMap<String, u64>>,
+    /// When the first record arrived and the last batch was committed: the busy span, without
+    /// start-up and idle waiting, for throughput figures.
+    pub first_record: OnceLock<Instant>,
+    last_commit: Mutex<Option<Instant>>,
+}
+
+impl Stats {
+    pub fn processed(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+            + self.replayed.load(Ordering::Relaxed)
+            + self.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_dead_letter(&self, code: &str) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        *self
+            .dead_lettered_by_code
+            .lock()
+            .expect("stats lock")
+            .entry(code.to_string())
+            .or_default() += 1;
+    }
+
+    pub(super) fn batch_committed(&self) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        *self.last_commit.lock().expect("stats lock") = Some(Instant::now());
+    }
+
+    /// Seconds from the first record received to the last batch committed.
+    pub fn busy_secs(&self) -> f64 {
+        match (
+            self.first_record.get(),
+            *self.last_commit.lock().expect("stats lock"),
+        ) {
+            (Some(first), Some(last)) => last.saturating_duration_since(*first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// The end-of-run summary.
+    pub fn summary(&self, elapsed: Duration, stopped: StopReason) -> RunSummary {
+        let stored = self.stored.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let busy = self.busy_secs();
+        let per_busy_sec = |n: f64| if busy > 0.0 { n / busy } else { 0.0 };
+        let usage = usage::own();
+        RunSummary {
+            stopped,
+            stored,
+            replayed: self.replayed.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dead_lettered_by_code: self
+                .dead_lettered_by_code
+                .lock()
+                .expect("stats lock")
+                .clone(),
+            bytes,
+            batches: self.batches.load(Ordering::Relaxed),
+            commits_deferred: self.commits_deferred.load(Ordering::Relaxed),
+            elapsed_secs: secs,
+            images_per_sec: stored as f64 / secs,
+            mb_per_sec: bytes as f64 / secs / 1e6,
+            busy_secs: busy,
+            busy_images_per_sec: per_busy_sec(stored as f64),
+            busy_mb_per_sec: per_busy_sec(bytes as f64 / 1e6),
+            peak_rss_kib: usage.peak_rss_kib,
+            cpu_secs: usage.cpu_secs,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Idle,
+    MaxRecords,
+    Shutdown,
+}
+
+/// The end-of-run figures; `consume --json` prints it and the benchmark reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub stopped: StopReason,
+    /// Records whose object and row this run completed.
+    pub stored: u64,
+    /// Records found already stored and indexed (redone work after a crash or rebalance).
+    pub replayed: u64,
+    pub dead_lettered: u64,
+    pub dead_lettered_by_code: BTreeMap<String, u64>,
+    pub bytes: u64,
+    pub batches: u64,
+    pub commits_deferred: u64,
+    pub elapsed_secs: f64,
+    pub images_per_sec: f64,
+    pub mb_per_sec: f64,
+    /// From the first record received to the last batch committed.
+    pub busy_secs: f64,
+    pub busy_images_per_sec: f64,
+    pub busy_mb_per_sec: f64,
+    pub peak_rss_kib: u64,
+    pub cpu_secs: f64,
+}
+
+impl RunSummary {
+    /// One log line for the end of a run.
+    pub fn log(&self) {
+        info!(
+            reason = ?self.stopped,
+            stored = self.stored,
+            replayed = self.replayed,
+            dead_lettered = self.dead_lettered,
+            bytes = self.bytes,
+            images_per_sec = self.images_per_sec,
+            mb_per_sec = self.mb_per_sec,
+            "consumer stopped"
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The wiring point: every client imgstream talks to is built here, from [`Settings`], and
+//! nowhere else. The CLI, `setup`, `status`/`verify`, the benchmark and the tests all call these
+//! functions, so a setting (an address, a timeout, later TLS and credentials) is applied in one
+//! place for every command.
+
+use crate::config::Settings;
+use crate::index::{ImageIndex, IndexError};
+use crate::kafka::BrokerError;
+use crate::kafka::admin::TopicAdmin;
+use crate::kafka::consumer::{FetchSettings, group_consumer, offsets_reader as offsets_reader_for};
+use crate::kafka::dlq::DeadLetterWriter;
+use crate::kafka::producer::ImageProducer;
+use crate::kafka::source::KafkaSource;
+use crate::pipeline::{Pipeline, PipelineOptions, Ports};
+use crate::schema::{EncodeError, IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient, RegistryError};
+use crate::shutdown::Shutdown;
+use crate::store::{ImageStore, StoreError};
+use crate::validate::Limits;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Arc;
+
+pub fn registry(settings: &Settings) -> Result<RegistryClient, RegistryError> {
+    RegistryClient::new(&settings.registry_url, settings.connect_timeout)
+}
+
+/// The decoder for the data topic: our schema as reader, writer schemas from the registry.
+pub fn codec(settings: &Settings) -> Result<ImageCodec, String> {
+    let registry = registry(settings).map_err(|e| e.to_string())?;
+    ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(registry)).map_err(|e: EncodeError| e.to_string())
+}
+
+pub fn store(settings: &Settings) -> Result<ImageStore, StoreError> {
+    ImageStore::s3(&settings.store, settings.connect_timeout)
+}
+
+pub async fn index(settings: &Settings) -> Result<ImageIndex, IndexError> {
+    ImageIndex::connect(&settings.database_url, settings.connect_timeout).await
+}
+
+pub fn topic_admin(settings: &Settings) -> Result<TopicAdmin, BrokerError> {
+    TopicAdmin::new(&settings.kafka, settings.connect_timeout)
+}
+
+pub fn producer(settings: &Settings) -> Result<ImageProducer, BrokerError> {
+    ImageProducer::new(&settings.kafka, &settings.limits)
+}
+
+pub fn dead_letters(settings: &Settings) -> Result<DeadLetterWriter, BrokerError> {
+    DeadLetterWriter::new(&settings.kafka, &settings.limits)
+}
+
+/// A member of the consumer group, subscribed to the data topic.
+pub fn source(settings: &Settings) -> Result<KafkaSource, BrokerError> {
+    let kafka = &settings.kafka;
+    let consumer = group_consumer(kafka, &FetchSettings::default())?;
+    consumer.subscribe(&[&kafka.data_topic]).map_err(|e| {
+        BrokerError::Other(format!("cannot subscribe to {}: {e}", kafka.data_topic))
+    })?;
+    Ok(KafkaSource::new(
+        Arc::new(consumer),
+        &kafka.bootstrap_servers,
+    ))
+}
+
+/// Reads the group's committed offsets without joining it.
+pub fn offsets_reader(settings: &Settings) -> Result<BaseConsumer, BrokerError> {
+    offsets_reader_for(&settings.kafka)
+}
+
+/// The record limits the settings ask for.
+pub fn limits(settings: &Settings) -> Limits {
+    Limits {
+        max_pixels: settings.limits.max_pixels,
+        max_image_bytes: settings.limits.max_image_bytes,
+    }
+}
+
+/// A consumer: the pipeline on the real services, and its source (for the live lag figure).
+pub struct ConsumerPipeline {
+    pub pipeline: Pipeline,
+    pub source: Arc<KafkaSource>,
+}
+
+/// Builds every client the consumer needs and joins them into a pipeline.
+pub async fn consumer(
+    settings: &Settings,
+    opts: PipelineOptions,
+    shutdown: Shutdown,
+) -> Result<ConsumerPipeline, String> {
+    let source = Arc::new(source(settings).map_err(|e| e.to_string())?);
+    let ports = Ports {
+        source: source.clone(),
+        codec: Arc::new(codec(settings)?),
+        images: Arc::new(store(settings).map_err(|e| e.to_string())?),
+        index: Arc::new(index(settings).await.map_err(|e| e.to_string())?),
+        dead_letters: Arc::new(dead_letters(settings).map_err(|e| e.to_string())?),
+    };
+    Ok(ConsumerPipeline {
+        pipeline: Pipeline::new(ports, opts, shutdown),
+        source,
+    })
+}
