@@ -106,6 +106,11 @@ impl MemorySchemas {
     pub fn answer_with(&self, status: u16) {
         *self.answer_status.lock().expect("schemas lock") = Some(status);
     }
+
+    /// Back to serving the schemas it holds.
+    pub fn answer_normally(&self) {
+        *self.answer_status.lock().expect("schemas lock") = None;
+    }
 }
 
 impl SchemaLookup for MemorySchemas {

@@ -1,0 +1,558 @@
+//! The commit protocol, proven on the in-memory twins of the ports: the same pipeline code the
+//! consumer runs, with no service started. Each test is one behaviour; crashes are made by
+//! dropping the running pipeline at a chosen point, as a killed process would stop there.
+
+use bytes::Bytes;
+use imgstream::domain::{ImageFormat, ImageRecord, object_key, sha256_hex};
+use imgstream::fakes::{Flaky, MemoryDeadLetters, MemoryIndex, MemorySchemas, MemorySource};
+use imgstream::generate::{ImageSpec, render};
+use imgstream::pipeline::retry::Backoff;
+use imgstream::pipeline::{
+    Failure, Pipeline, PipelineError, PipelineOptions, Ports, Positions, RunSummary, StopReason,
+};
+use imgstream::schema::{IMAGE_RECORD_SCHEMA, ImageCodec, codec};
+use imgstream::shutdown::{Shutdown, ShutdownTrigger};
+use imgstream::store::ImageStore;
+use imgstream::validate::Limits;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const TOPIC: &str = "images";
+const SCHEMA_ID: u32 = 1;
+
+/// The four ports in memory, each with scripted failures, and the registry.
+struct Services {
+    source: Arc<MemorySource>,
+    images: Arc<Flaky<ImageStore>>,
+    index: Arc<Flaky<MemoryIndex>>,
+    letters: Arc<Flaky<MemoryDeadLetters>>,
+    schemas: Arc<MemorySchemas>,
+}
+
+impl Services {
+    fn new(partitions: i32) -> Self {
+        Services {
+            source: Arc::new(MemorySource::new(TOPIC, partitions)),
+            images: Arc::new(Flaky::new(ImageStore::in_memory("bucket"))),
+            index: Arc::new(Flaky::new(MemoryIndex::default())),
+            letters: Arc::new(Flaky::new(MemoryDeadLetters::default())),
+            schemas: Arc::new(MemorySchemas::with(&[(SCHEMA_ID, IMAGE_RECORD_SCHEMA)])),
+        }
+    }
+
+    fn pipeline(&self, opts: PipelineOptions) -> (Pipeline, ShutdownTrigger) {
+        let (trigger, shutdown) = Shutdown::new();
+        let ports = Ports {
+            source: self.source.clone(),
+            codec: Arc::new(ImageCodec::new(IMAGE_RECORD_SCHEMA, self.schemas.clone()).unwrap()),
+            images: self.images.clone(),
+            index: self.index.clone(),
+            dead_letters: self.letters.clone(),
+        };
+        (Pipeline::new(ports, opts, shutdown), trigger)
+    }
+
+    /// Runs a pipeline until it is idle; its result and summary.
+    async fn run(&self, opts: PipelineOptions) -> (Result<StopReason, PipelineError>, RunSummary) {
+        let (pipeline, _trigger) = self.pipeline(opts);
+        let started = Instant::now();
+        let result = pipeline.run().await;
+        let reason = *result.as_ref().unwrap_or(&StopReason::Shutdown);
+        (result, pipeline.stats().summary(started.elapsed(), reason))
+    }
+
+    /// Runs a pipeline until `crash_point` resolves, then drops it mid-flight, as a kill would.
+    async fn run_until_crash(&self, opts: PipelineOptions, crash_point: impl Future<Output = ()>) {
+        let (pipeline, _trigger) = self.pipeline(opts);
+        tokio::select! {
+            result = pipeline.run() => panic!("the pipeline ended before the crash point: {result:?}"),
+            _ = crash_point => {}
+        }
+    }
+
+    fn publish(&self, partition: i32, record: &ImageRecord) {
+        self.source.append(
+            partition,
+            Some(record.source_id.as_bytes()),
+            Some(encode(record)),
+            vec![(
+                "trace-id".into(),
+                Some(record.image_id.to_string().into_bytes()),
+            )],
+        );
+    }
+
+    /// Publishes `n` fresh images, spread round-robin over `partitions`.
+    fn publish_images(&self, n: u64, partitions: i32) -> Vec<ImageRecord> {
+        (0..n)
+            .map(|i| {
+                let record = image(i);
+                self.publish((i % partitions as u64) as i32, &record);
+                record
+            })
+            .collect()
+    }
+
+    async fn objects(&self) -> usize {
+        self.images.inner.list("images/").await.unwrap().len()
+    }
+
+    fn rows(&self) -> usize {
+        self.index.inner.len()
+    }
+
+    /// Every record is one object holding its bytes and one row, nothing is dead-lettered, and
+    /// the committed offsets reach the end of every partition.
+    async fn assert_exactly_once(&self, records: &[ImageRecord], ends: &[(i32, i64)]) {
+        assert_eq!(self.objects().await, records.len(), "objects");
+        assert_eq!(self.rows(), records.len(), "rows");
+        for r in records {
+            let stored = self.images.inner.get(&object_key(&r.image_id)).await;
+            assert_eq!(stored.unwrap(), r.data, "bytes of {}", r.image_id);
+        }
+        assert!(self.letters.inner.letters().is_empty(), "no dead letters");
+        assert_eq!(self.source.committed(), positions(ends));
+    }
+}
+
+/// Fast settings: small batches, short waits, millisecond backoff.
+fn options() -> PipelineOptions {
+    let mut opts = PipelineOptions::new(Limits {
+        max_pixels: 50_000_000,
+        max_image_bytes: 10 << 20,
+    });
+    opts.batch_max_records = 10;
+    opts.poll_wait = Duration::from_millis(5);
+    opts.batch_linger = Duration::from_millis(1);
+    opts.until_idle = Some(Duration::from_millis(100));
+    opts.backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+    };
+    opts
+}
+
+fn image(seed: u64) -> ImageRecord {
+    let spec = ImageSpec {
+        width: 8,
+        height: 6,
+        format: ImageFormat::Png,
+    };
+    let data = Bytes::from(render(&spec, seed).unwrap());
+    ImageRecord {
+        image_id: Uuid::new_v4(),
+        customer_id: "customer-1".into(),
+        source_id: format!("cam-{}", seed % 4),
+        created_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap(),
+        content_type: spec.format.content_type().into(),
+        width: spec.width,
+        height: spec.height,
+        sha256: sha256_hex(&data),
+        data,
+    }
+}
+
+fn encode(record: &ImageRecord) -> Bytes {
+    let schema = apache_avro::Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
+    Bytes::from(codec::encode(&schema, SCHEMA_ID, record).unwrap())
+}
+
+fn positions(ends: &[(i32, i64)]) -> Positions {
+    ends.iter()
+        .map(|(p, o)| ((TOPIC.to_string(), *p), *o))
+        .collect()
+}
+
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_record_becomes_one_object_and_one_row_and_the_offsets_reach_the_end() {
+    let s = Services::new(3);
+    let records = s.publish_images(30, 3);
+    let (result, summary) = s.run(options()).await;
+    assert_eq!(result.unwrap(), StopReason::Idle);
+    s.assert_exactly_once(&records, &[(0, 10), (1, 10), (2, 10)])
+        .await;
+    assert_eq!((summary.stored, summary.replayed), (30, 0));
+}
+
+/// A slow first batch must not let a later, faster one commit past records not yet durable.
+#[tokio::test]
+async fn offsets_are_committed_in_fetch_order_even_when_a_later_batch_finishes_first() {
+    struct SlowFirst {
+        inner: ImageStore,
+        slow: Vec<Uuid>,
+    }
+    impl imgstream::pipeline::ImageSink for SlowFirst {
+        fn put<'a>(
+            &'a self,
+            record: &'a ImageRecord,
+        ) -> futures::future::BoxFuture<'a, Result<imgstream::pipeline::Put, Failure>> {
+            Box::pin(async move {
+                if self.slow.contains(&record.image_id) {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                self.inner.put(record).await
+            })
+        }
+        fn bucket(&self) -> &str {
+            self.inner.bucket()
+        }
+    }
+
+    let s = Services::new(1);
+    let records = s.publish_images(30, 1);
+    let slow_sink = Arc::new(SlowFirst {
+        inner: ImageStore::in_memory("bucket"),
+        slow: records[..10].iter().map(|r| r.image_id).collect(),
+    });
+    // At every commit, each record below the committed offset must have its row already.
+    let index = s.index.clone();
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let seen = violations.clone();
+    let ids: Vec<Uuid> = records.iter().map(|r| r.image_id).collect();
+    s.source.on_commit(move |pending| {
+        let rows: Vec<Uuid> = index.inner.rows().iter().map(|r| r.image_id).collect();
+        for ((_, _), next) in pending {
+            for id in &ids[..*next as usize] {
+                if !rows.contains(id) {
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("offset {next} committed before {id}"));
+                }
+            }
+        }
+    });
+    let (trigger_keep, shutdown) = Shutdown::new();
+    let ports = Ports {
+        source: s.source.clone(),
+        codec: Arc::new(ImageCodec::new(IMAGE_RECORD_SCHEMA, s.schemas.clone()).unwrap()),
+        images: slow_sink.clone(),
+        index: s.index.clone(),
+        dead_letters: s.letters.clone(),
+    };
+    let pipeline = Pipeline::new(ports, options(), shutdown);
+    assert_eq!(pipeline.run().await.unwrap(), StopReason::Idle);
+    drop(trigger_keep);
+
+    assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
+    let commits: Vec<i64> = s
+        .source
+        .commits()
+        .iter()
+        .map(|c| c[&(TOPIC.into(), 0)])
+        .collect();
+    assert!(commits.windows(2).all(|w| w[0] < w[1]), "{commits:?}");
+    assert_eq!(commits.last(), Some(&30));
+    assert_eq!(s.rows(), 30);
+}
+
+#[tokio::test]
+async fn a_crash_between_put_and_insert_is_repaired_by_the_restart() {
+    let s = Services::new(2);
+    let records = s.publish_images(20, 2);
+    s.index.faults.hold();
+    s.run_until_crash(
+        options(),
+        eventually("every object is written", async || s.objects().await == 20),
+    )
+    .await;
+    assert_eq!((s.objects().await, s.rows()), (20, 0));
+    assert!(s.source.committed().is_empty(), "nothing is committed");
+
+    s.index.faults.release();
+    s.source.restart();
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    s.assert_exactly_once(&records, &[(0, 10), (1, 10)]).await;
+    // The rows are new: this run stored the records; their objects were found in place.
+    assert_eq!((summary.stored, summary.replayed), (20, 0));
+}
+
+#[tokio::test]
+async fn a_crash_between_insert_and_commit_is_replayed_without_doubling() {
+    let s = Services::new(2);
+    let records = s.publish_images(20, 2);
+    s.source.commit_faults.hold();
+    // The commit stage takes one batch at a time: the first batch's rows are written and its
+    // commit is under way when the process dies.
+    s.run_until_crash(
+        options(),
+        eventually("the first batch waits for its commit", async || {
+            s.rows() == 10 && s.source.commit_faults.calls() > 0
+        }),
+    )
+    .await;
+    assert!(s.source.committed().is_empty(), "nothing is committed");
+
+    s.source.commit_faults.release();
+    s.source.restart();
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    s.assert_exactly_once(&records, &[(0, 10), (1, 10)]).await;
+    // The first batch is found complete; the rest is new.
+    assert_eq!((summary.stored, summary.replayed), (10, 10));
+}
+
+#[tokio::test]
+async fn an_image_id_reused_for_other_bytes_is_dead_lettered_and_the_first_image_kept() {
+    let s = Services::new(1);
+    let first = image(1);
+    let mut impostor = image(2);
+    impostor.image_id = first.image_id;
+    let mut renamed = first.clone();
+    renamed.customer_id = "someone-else".into();
+    s.publish(0, &first);
+    s.publish(0, &impostor);
+    s.publish(0, &renamed);
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+
+    assert_eq!(
+        s.letters.inner.codes(),
+        ["object-conflict", "index-conflict"]
+    );
+    let kept = s
+        .images
+        .inner
+        .get(&object_key(&first.image_id))
+        .await
+        .unwrap();
+    assert_eq!(kept, first.data);
+    let rows = s.index.inner.rows();
+    assert_eq!((rows.len(), rows[0].kafka_offset), (1, 0));
+    assert_eq!(s.source.committed(), positions(&[(0, 3)]));
+}
+
+#[tokio::test]
+async fn an_exact_replay_is_stored_once_and_reported_as_replayed_not_stored() {
+    let s = Services::new(1);
+    let record = image(7);
+    s.publish(0, &record);
+    s.publish(0, &record);
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    assert_eq!((s.objects().await, s.rows()), (1, 1));
+    assert!(s.letters.inner.letters().is_empty());
+    assert_eq!((summary.stored, summary.replayed), (1, 1));
+}
+
+#[tokio::test]
+async fn a_transient_store_failure_is_retried_with_backoff_until_it_heals() {
+    let s = Services::new(1);
+    let records = s.publish_images(1, 1);
+    s.images
+        .faults
+        .fail_next(3, Failure::Transient("connection reset".into()));
+    let started = Instant::now();
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+    s.assert_exactly_once(&records, &[(0, 1)]).await;
+    assert_eq!(s.images.faults.calls(), 1 + 3);
+    // Three waits, each at least half its backoff step (10, 20, 20 ms): never a busy loop.
+    assert!(started.elapsed() >= Duration::from_millis(25));
+}
+
+#[tokio::test]
+async fn a_record_the_store_refuses_is_dead_lettered_and_the_offset_moves_past_it() {
+    let s = Services::new(1);
+    let good = image(1);
+    let mut tampered = image(2);
+    tampered.sha256 = sha256_hex(b"other bytes");
+    s.publish(0, &good);
+    s.publish(0, &tampered);
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    assert_eq!(s.letters.inner.codes(), ["checksum-mismatch"]);
+    assert_eq!(s.letters.inner.letters()[0].origin.offset, 1);
+    assert_eq!((s.objects().await, s.rows()), (1, 1));
+    assert_eq!(s.source.committed(), positions(&[(0, 2)]));
+    assert_eq!(summary.dead_lettered_by_code["checksum-mismatch"], 1);
+}
+
+#[tokio::test]
+async fn a_fatal_store_failure_stops_the_consumer_with_its_message_and_commits_nothing() {
+    let s = Services::new(1);
+    s.publish_images(5, 1);
+    s.images.faults.fail_next(
+        1,
+        Failure::Fatal("object store refused the credentials; check MINIO_ACCESS_KEY".into()),
+    );
+    let (result, _) = s.run(options()).await;
+    let error = result.unwrap_err().to_string();
+    assert!(error.contains("MINIO_ACCESS_KEY"), "{error}");
+    assert!(s.source.committed().is_empty());
+    assert!(s.letters.inner.letters().is_empty());
+}
+
+#[tokio::test]
+async fn a_partition_revoked_mid_batch_is_finished_but_not_committed_by_the_old_owner() {
+    let s = Services::new(2);
+    s.publish_images(20, 2);
+    s.images.faults.hold();
+    let (pipeline, _trigger) = s.pipeline(options());
+    let revoke_mid_batch = async {
+        eventually("uploads are under way", async || {
+            s.images.faults.calls() > 0
+        })
+        .await;
+        s.source.revoke(1);
+        s.images.faults.release();
+    };
+    let (result, ()) = tokio::join!(pipeline.run(), revoke_mid_batch);
+    assert_eq!(result.unwrap(), StopReason::Idle);
+
+    let committed = s.source.committed();
+    assert_eq!(committed.get(&(TOPIC.into(), 0)), Some(&10));
+    assert_eq!(committed.get(&(TOPIC.into(), 1)), None, "{committed:?}");
+    // What was in flight for partition 1 was written, idempotently, for its new owner to find.
+    assert_eq!(s.objects().await, s.rows());
+}
+
+#[tokio::test]
+async fn fetching_stops_while_uploads_are_stuck_and_resumes_when_they_move() {
+    let s = Services::new(1);
+    let records = s.publish_images(400, 1);
+    s.images.faults.hold();
+    let opts = options();
+    let bound = opts.records_in_flight_bound();
+    let (pipeline, _trigger) = s.pipeline(opts);
+    let stats = pipeline.stats();
+    let stuck_then_released = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let polled = stats.polled.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let later = stats.polled.load(std::sync::atomic::Ordering::Relaxed);
+        s.images.faults.release();
+        (polled, later)
+    };
+    let (result, (polled, later)) = tokio::join!(pipeline.run(), stuck_then_released);
+    result.unwrap();
+    assert!(
+        polled > 0 && polled as usize <= bound,
+        "{polled} polled, bound {bound}"
+    );
+    assert_eq!(
+        polled, later,
+        "polling went on while nothing could be stored"
+    );
+    s.assert_exactly_once(&records, &[(0, 400)]).await;
+}
+
+#[tokio::test]
+async fn shutdown_mid_batch_finishes_what_is_in_flight_commits_it_and_stops() {
+    let s = Services::new(1);
+    let records = s.publish_images(200, 1);
+    s.images.faults.hold();
+    let (pipeline, trigger) = s.pipeline(options());
+    let stop_mid_batch = async {
+        eventually("uploads are under way", async || {
+            s.images.faults.calls() > 0
+        })
+        .await;
+        trigger.trigger();
+        s.images.faults.release();
+    };
+    let (result, ()) = tokio::join!(pipeline.run(), stop_mid_batch);
+    assert_eq!(result.unwrap(), StopReason::Shutdown);
+
+    let next = s.source.committed()[&(TOPIC.into(), 0)];
+    assert!(next > 0 && next < 200, "committed {next} of 200");
+    let rows = s.index.inner.rows();
+    assert_eq!(
+        rows.len() as i64,
+        next,
+        "every committed record has its row"
+    );
+    assert_eq!(s.objects().await, rows.len());
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.image_id).collect();
+    assert_eq!(
+        ids,
+        records[..next as usize]
+            .iter()
+            .map(|r| r.image_id)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_registry_refusing_the_consumer_stops_it_without_dead_lettering_or_committing() {
+    let s = Services::new(1);
+    s.publish_images(3, 1);
+    s.schemas.answer_with(401);
+    let (result, _) = s.run(options()).await;
+    let error = result.unwrap_err().to_string();
+    assert!(
+        error.contains("401") && error.contains("SCHEMA_REGISTRY_URL"),
+        "{error}"
+    );
+    assert!(
+        s.letters.inner.letters().is_empty(),
+        "nothing is dead-lettered"
+    );
+    assert!(s.source.committed().is_empty(), "no offset moves");
+}
+
+#[tokio::test]
+async fn a_registry_outage_is_waited_out_and_nothing_is_dead_lettered() {
+    let s = Services::new(1);
+    let records = s.publish_images(3, 1);
+    s.schemas.answer_with(503);
+    let heal = async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        s.schemas.answer_normally();
+    };
+    let ((result, _), ()) = tokio::join!(s.run(options()), heal);
+    result.unwrap();
+    s.assert_exactly_once(&records, &[(0, 3)]).await;
+}
+
+#[tokio::test]
+async fn a_record_with_an_unknown_schema_id_is_dead_lettered() {
+    let s = Services::new(1);
+    let mut value = encode(&image(1)).to_vec();
+    value[1..5].copy_from_slice(&99u32.to_be_bytes());
+    s.source.append(0, None, Some(Bytes::from(value)), vec![]);
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+    assert_eq!(s.letters.inner.codes(), ["unknown-schema-id"]);
+    assert_eq!(s.source.committed(), positions(&[(0, 1)]));
+}
+
+#[tokio::test]
+async fn a_tombstone_is_dead_lettered_with_a_null_value_and_its_original_headers() {
+    let s = Services::new(1);
+    let headers = vec![
+        ("trace-id".to_string(), Some(b"abc".to_vec())),
+        ("empty".to_string(), None),
+    ];
+    s.source.append(0, Some(b"cam-1"), None, headers.clone());
+    s.source.append(
+        0,
+        Some(b"cam-2"),
+        Some(Bytes::from_static(b"not avro")),
+        headers.clone(),
+    );
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+
+    let letters = s.letters.inner.letters();
+    assert_eq!(
+        s.letters.inner.codes(),
+        ["not-wire-format", "bad-magic-byte"]
+    );
+    assert_eq!(letters[0].value, None, "a tombstone stays null");
+    assert_eq!(letters[1].value.as_deref(), Some(&b"not avro"[..]));
+    for letter in &letters {
+        assert_eq!(letter.headers, headers);
+    }
+    assert_eq!(letters[0].key.as_deref(), Some(&b"cam-1"[..]));
+}
