@@ -38,8 +38,9 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 
+# Unit and protocol tests: no service needed, seconds once built.
 unit: deps
-	cargo test --locked --lib --bins
+	cargo test --locked --lib --bins --test protocol
 
 bench: stack-up release
 	scripts/bench.sh

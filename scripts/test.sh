@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: unit tests, then integration tests against the running local stack, then the fault
-# tests (which stop and start services, so they run alone, one at a time).
+# `make test`: unit and protocol tests (no services), then integration tests against the running
+# local stack, then the fault tests (which stop and start services, so they run alone, one at a
+# time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-deps.sh
@@ -10,8 +11,8 @@ scripts/build-deps.sh
 export DATABASE_CONNECTION_STRING="${IMGSTREAM_TEST_DATABASE_URL:-postgres://imgstream:imgstream@127.0.0.1:5432/imgstream_test}"
 export RUST_BACKTRACE=0
 
-echo "== unit tests"
-cargo test --locked --lib --bins
+echo "== unit and protocol tests (no services)"
+cargo test --locked --lib --bins --test protocol
 echo "== integration tests"
 cargo test --locked --test setup --test produce --test consume -- --test-threads=2
 echo "== fault tests"

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    TestEnv, encode, header, raw_producer, read_topic, send_raw, stderr, stdout, valid_record,
+    LABEL_HEADER, TestEnv, encode, header, raw_producer, read_topic, send_raw, stderr, stdout,
+    valid_record,
 };
 use imgstream::domain::{ImageFormat, object_key, sha256_hex};
 use imgstream::kafka::dlq::headers;
@@ -38,6 +39,12 @@ async fn every_record_becomes_one_object_and_one_row_with_matching_sha256() {
     }
     let verify = env.run(&["verify", "--full"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
+    // With --json, stdout is one JSON document and nothing else.
+    let verify = env.run(&["verify", "--full", "--json"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&verify))
+        .unwrap_or_else(|e| panic!("verify --json is not JSON ({e}):\n{}", stdout(&verify)));
+    assert_eq!(report["checksums_checked"], 40);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,6 +61,10 @@ async fn a_redelivered_record_is_stored_once() {
     assert!(out.status.success(), "{}", stderr(&out));
     let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(summary["replayed"], 12, "{summary}");
+    assert_eq!(
+        summary["stored"], 0,
+        "a replay is not counted as stored: {summary}"
+    );
     assert_eq!(summary["dead_lettered"], 0);
     assert_eq!(env.counts().await, (12, 12));
 }
@@ -65,15 +76,22 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     let topic = env.name.clone();
 
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
-    let mut send = async |label: &str, payload: Vec<u8>, code: &'static str| {
-        send_raw(&producer, &topic, label, &payload).await;
+    let mut send = async |label: &str, payload: Option<Vec<u8>>, code: &'static str| {
+        send_raw(&producer, &topic, label, payload.as_deref()).await;
         expected.insert(label.to_string(), code);
     };
-    send("garbage", b"\x00\x01".to_vec(), "not-wire-format").await;
-    send("json", br#"{"image": "nope"}"#.to_vec(), "bad-magic-byte").await;
+    send("garbage", Some(b"\x00\x01".to_vec()), "not-wire-format").await;
+    // A tombstone (null value) is not a record either; its dead letter stays null.
+    send("tombstone", None, "not-wire-format").await;
+    send(
+        "json",
+        Some(br#"{"image": "nope"}"#.to_vec()),
+        "bad-magic-byte",
+    )
+    .await;
     send(
         "unknown-schema",
-        wire::frame(987_654, b"\x02xx"),
+        Some(wire::frame(987_654, b"\x02xx")),
         "unknown-schema-id",
     )
     .await;
@@ -83,7 +101,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     text.sha256 = sha256_hex(&text.data);
     send(
         "not-an-image",
-        encode(&env, &text).await,
+        Some(encode(&env, &text).await),
         "signature-mismatch",
     )
     .await;
@@ -92,7 +110,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     lying.content_type = "image/png".into();
     send(
         "lying-content-type",
-        encode(&env, &lying).await,
+        Some(encode(&env, &lying).await),
         "signature-mismatch",
     )
     .await;
@@ -102,7 +120,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     bomb.height = 100_000;
     send(
         "huge-dimensions",
-        encode(&env, &bomb).await,
+        Some(encode(&env, &bomb).await),
         "too-many-pixels",
     )
     .await;
@@ -111,7 +129,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     wrong_sum.sha256 = sha256_hex(b"other");
     send(
         "wrong-sha256",
-        encode(&env, &wrong_sum).await,
+        Some(encode(&env, &wrong_sum).await),
         "checksum-mismatch",
     )
     .await;
@@ -120,7 +138,7 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
     not_hex.sha256 = "z".repeat(64);
     send(
         "sha256-not-hex",
-        encode(&env, &not_hex).await,
+        Some(encode(&env, &not_hex).await),
         "malformed-checksum",
     )
     .await;
@@ -157,6 +175,9 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
                 .is_ok()
         );
         assert!(header(m, headers::DEAD_LETTERED_AT).is_some());
+        // The original headers travel with the letter, unchanged.
+        assert_eq!(header(m, LABEL_HEADER).as_deref(), Some(key.as_str()));
+        assert_eq!(m.payload().is_none(), key == "tombstone", "record {key}");
     }
 
     // Nothing stuck: the group has committed to the end of every partition.
@@ -209,7 +230,13 @@ async fn an_image_id_reused_for_different_bytes_never_replaces_the_stored_image(
         let mut impostor = valid_record(200 + n, ImageFormat::Png);
         impostor.image_id = original.image_id;
         for record in [&original, &impostor, &original] {
-            send_raw(&producer, &env.name, "cam-1", &encode(&env, record).await).await;
+            send_raw(
+                &producer,
+                &env.name,
+                "cam-1",
+                Some(&encode(&env, record).await),
+            )
+            .await;
         }
         originals.push(original);
     }
@@ -287,6 +314,11 @@ async fn verify_finds_a_deleted_object_altered_bytes_and_a_planted_orphan_and_re
     elsewhere.object_key = object_key(&elsewhere.image_id);
     elsewhere.bucket = "another-bucket".into();
     index.insert_batch(&[elsewhere.clone()]).await.unwrap();
+
+    let json = env.run(&["verify", "--full", "--json"]);
+    assert!(!json.status.success(), "verify --json passed with damage");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("JSON report");
+    assert_eq!(report["missing_objects"], serde_json::json!([deleted]));
 
     let out = env.run(&["verify", "--full"]);
     assert!(!out.status.success(), "verify passed with damage");

@@ -288,15 +288,26 @@ pub fn raw_producer(env: &TestEnv) -> rdkafka::producer::FutureProducer {
         .expect("raw producer")
 }
 
+/// The header every raw record carries: its key again, to check that dead letters keep headers.
+pub const LABEL_HEADER: &str = "test-label";
+
+/// Sends a record as is, with a `test-label` header; a `None` payload is a tombstone.
 pub async fn send_raw(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     key: &str,
-    payload: &[u8],
+    payload: Option<&[u8]>,
 ) {
-    let record = rdkafka::producer::FutureRecord::to(topic)
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: LABEL_HEADER,
+        value: Some(key),
+    });
+    let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
         .key(key)
-        .payload(payload);
+        .headers(headers);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
     producer
         .send(record, Duration::from_secs(10))
         .await
