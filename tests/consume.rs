@@ -242,8 +242,10 @@ async fn an_image_id_reused_for_different_bytes_never_replaces_the_stored_image(
     }
 
     let summary = consume_until_idle(&env);
-    // The repeated original is a harmless duplicate (stored), the impostor a conflict.
-    assert_eq!(summary["stored"], 20, "{summary}");
+    // The repeated original is a harmless duplicate (replayed, not stored again), the impostor a
+    // conflict.
+    assert_eq!(summary["stored"], 10, "{summary}");
+    assert_eq!(summary["replayed"], 10, "{summary}");
     assert_eq!(summary["dead_lettered"], 10, "{summary}");
     assert_eq!(env.counts().await, (10, 10));
     for original in &originals {
