@@ -343,7 +343,7 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     let result = pipeline.run().await;
     live.abort();
     let reason = result.map_err(|e| e.to_string())?;
-    let summary = pipeline.stats().summary(started.elapsed(), reason);
+    let summary = pipeline.summary(started.elapsed(), reason);
     summary.log();
     if args.json {
         println!(

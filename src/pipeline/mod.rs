@@ -196,6 +196,23 @@ impl Pipeline {
         self.stats.clone()
     }
 
+    /// Calls to any service that were seen waiting past `backoff.slow_after`.
+    pub fn slow_waits(&self) -> u64 {
+        let o = &self.outages;
+        [&o.store, &o.index, &o.registry, &o.kafka]
+            .iter()
+            .map(|outage| outage.slow_waits())
+            .sum()
+    }
+
+    /// The end-of-run summary.
+    pub fn summary(&self, elapsed: Duration, stopped: StopReason) -> RunSummary {
+        RunSummary {
+            slow_waits: self.slow_waits(),
+            ..self.stats.summary(elapsed, stopped)
+        }
+    }
+
     /// Consumes until idle, the record limit, or shutdown. Returns why it stopped.
     pub async fn run(&self) -> Result<StopReason, PipelineError> {
         // Four stages joined in one task, linked by small bounded channels: while one batch is

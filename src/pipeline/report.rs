@@ -68,7 +68,7 @@ impl Stats {
         }
     }
 
-    /// The end-of-run summary.
+    /// The end-of-run summary of these counters (the pipeline adds what it tracks itself).
     pub fn summary(&self, elapsed: Duration, stopped: StopReason) -> RunSummary {
         let stored = self.stored.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
@@ -89,6 +89,7 @@ impl Stats {
             bytes,
             batches: self.batches.load(Ordering::Relaxed),
             commits_deferred: self.commits_deferred.load(Ordering::Relaxed),
+            slow_waits: 0,
             elapsed_secs: secs,
             images_per_sec: stored as f64 / secs,
             mb_per_sec: bytes as f64 / secs / 1e6,
@@ -123,6 +124,8 @@ pub struct RunSummary {
     pub bytes: u64,
     pub batches: u64,
     pub commits_deferred: u64,
+    /// Calls to a service seen still waiting for an answer after the slow threshold.
+    pub slow_waits: u64,
     pub elapsed_secs: f64,
     pub images_per_sec: f64,
     pub mb_per_sec: f64,

@@ -51,6 +51,8 @@ impl Pipeline {
                     Ok(permit) => permit.send(done.pop_front().expect("non-empty")),
                     Err(_) => return Ok(()),
                 },
+                // The commit stage stopped (a fatal error): its result says why.
+                _ = tx.closed() => return Ok(()),
             }
         }
     }
