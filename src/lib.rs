@@ -21,10 +21,12 @@
 //! - [`setup`] creates everything the pipeline needs, in code: migrations, topics, bucket, schema.
 //! - [`audit`] compares the bucket with the index (`imgstream verify`) and reports lag
 //!   (`imgstream status`); [`monitor`] is the consumer's live status line.
+//! - [`dlq`] lists dead letters and replays the ones whose cause is fixed (`imgstream dlq`).
 //! - [`config`] reads settings once; [`shutdown`] turns SIGINT/SIGTERM into one flag.
 
 pub mod audit;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod fakes;
 pub mod generate;
