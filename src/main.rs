@@ -181,6 +181,9 @@ struct ConsumeArgs {
     /// Batches uploading at once; with --batch-mib this bounds the image bytes held in memory
     #[arg(long, default_value_t = 3)]
     batches_in_flight: usize,
+    /// Serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Print the summary as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -390,7 +393,19 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     opts.batches_in_flight = args.batches_in_flight.max(1);
     opts.until_idle = args.until_idle.map(Duration::from_secs_f64);
     opts.max_records = args.max;
-    let consumer = wiring::consumer(settings, opts, Shutdown::on_signals()).await?;
+    let consumer = wiring::consumer(
+        settings,
+        opts,
+        Shutdown::on_signals(),
+        args.metrics_addr.is_some(),
+    )
+    .await?;
+    if let (Some(metrics), Some(addr)) = (consumer.metrics, args.metrics_addr) {
+        metrics
+            .serve(addr)
+            .await
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}; choose another --metrics-addr"))?;
+    }
     let pipeline = consumer.pipeline;
     let live = monitor::spawn(
         consumer.source,

@@ -279,3 +279,41 @@ async fn a_frozen_minio_is_reported_while_it_is_frozen() {
     wait_ok(consumer, &env, "consumer");
     assert_exactly_once(&env, 400).await;
 }
+
+/// `/readyz` says "not ready" while MinIO is away and "ready" once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_a_minio_outage() {
+    let env = TestEnv::new("readyz").await;
+    env.produce(400, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = CONSUME_SLOWLY.to_vec();
+    args.extend(["--metrics-addr", &addr]);
+    let consumer = env.spawn(&args, "consumer");
+    wait_for_rows(&env, 40).await;
+    let readyz = || {
+        let url = format!("http://{addr}/readyz");
+        async move {
+            reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(readyz().await, 200);
+    {
+        let _restart = Restart("minio");
+        stack("minio", "stop");
+        let unready =
+            common::eventually(Duration::from_secs(30), || async { readyz().await == 503 }).await;
+        assert!(unready, "/readyz stayed ready while MinIO was stopped");
+    }
+    let ready = common::eventually(Duration::from_secs(60), || async { readyz().await == 200 }).await;
+    assert!(ready, "/readyz did not recover:\n{}", env.read_log("consumer"));
+    wait_ok(consumer, &env, "consumer");
+    assert_exactly_once(&env, 400).await;
+}

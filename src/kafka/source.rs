@@ -56,6 +56,16 @@ impl KafkaSource {
         Some(lag)
     }
 
+    /// Lag per owned partition, as librdkafka's statistics last reported it.
+    pub fn lag(&self) -> std::collections::BTreeMap<Partition, i64> {
+        let owned = self.assignment();
+        let lag = self.consumer.context().lag.lock().expect("lag lock");
+        lag.iter()
+            .filter(|(tp, _)| owned.contains(*tp))
+            .map(|(tp, l)| (tp.clone(), *l))
+            .collect()
+    }
+
     fn polled(&self, m: rdkafka::message::BorrowedMessage<'_>) -> Polled {
         let origin = Origin {
             topic: m.topic().to_string(),

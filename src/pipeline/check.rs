@@ -102,7 +102,7 @@ impl Pipeline {
         let mut schemas = SchemaLookup::new();
         for id in ids {
             let fetched = retry(
-                &self.outages.registry,
+                &self.stats.outages.registry,
                 self.opts.backoff,
                 &self.shutdown,
                 DecodeError::is_transient,

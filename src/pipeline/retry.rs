@@ -42,6 +42,7 @@ impl Backoff {
 
 /// Tracks whether a service is in an outage, so start and end are each logged once, and counts
 /// the calls that were slow to answer.
+#[derive(Debug)]
 pub struct Outage {
     service: &'static str,
     since: Mutex<Option<Instant>>,
@@ -88,6 +89,10 @@ impl Outage {
                 "outage ended"
             );
         }
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.service
     }
 
     pub fn is_ongoing(&self) -> bool {

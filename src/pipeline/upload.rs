@@ -96,7 +96,7 @@ impl Pipeline {
                     .expect("upload semaphore is never closed");
                 self.stats.uploads_running.fetch_add(1, Ordering::Relaxed);
                 let result = retry(
-                    &self.outages.store,
+                    &self.stats.outages.store,
                     self.opts.backoff,
                     &self.shutdown,
                     Failure::is_transient,
