@@ -20,16 +20,20 @@
 //! - [`generate`] draws realistic images; [`produce`] sends them to the data topic.
 //! - [`setup`] creates everything the pipeline needs, in code: migrations, topics, bucket, schema.
 //! - [`audit`] compares the bucket with the index (`imgstream verify`) and reports lag
-//!   (`imgstream status`); [`monitor`] is the consumer's live status line.
+//!   (`imgstream status`); [`monitor`] is the consumer's live status line, [`metrics`] its
+//!   Prometheus metrics and health endpoints.
+//! - [`dlq`] lists dead letters and replays the ones whose cause is fixed (`imgstream dlq`).
 //! - [`config`] reads settings once; [`shutdown`] turns SIGINT/SIGTERM into one flag.
 
 pub mod audit;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod fakes;
 pub mod generate;
 pub mod index;
 pub mod kafka;
+pub mod metrics;
 pub mod monitor;
 pub mod pipeline;
 pub mod produce;

@@ -11,7 +11,7 @@ use imgstream::produce::{self, ProduceOptions};
 use imgstream::schema::IMAGE_RECORD_SCHEMA;
 use imgstream::shutdown::Shutdown;
 use imgstream::store::ImageStore;
-use imgstream::{monitor, setup, wiring};
+use imgstream::{dlq, monitor, setup, wiring};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +49,63 @@ enum Command {
     },
     /// Audit the bucket against the index
     Verify(VerifyArgs),
+    /// Inspect dead letters and send fixed ones back to the data topic
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Counts per code and the letters
+    Ls {
+        #[command(flatten)]
+        select: DlqSelect,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the selected letters back to the data topic: original key, value and headers, plus a
+    /// replay count
+    Replay {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Letters already replayed this many times stay where they are
+        #[arg(long, default_value_t = 3)]
+        max_replays: u32,
+        /// Say what would be sent, send nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct DlqSelect {
+    /// Only letters with this code (e.g. too-many-pixels)
+    #[arg(long)]
+    code: Option<String>,
+    /// Only letters dead-lettered since then: a time ago (30m, 2h) or an RFC 3339 timestamp
+    #[arg(long, value_parser = parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DlqSelect {
+    fn selection(self) -> dlq::Selection {
+        dlq::Selection {
+            code: self.code,
+            since: self.since,
+        }
+    }
+}
+
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let ago = parse_duration(s)
+        .map_err(|_| format!("{s:?} is neither a time ago (30m, 2h) nor an RFC 3339 timestamp"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - ago)
 }
 
 #[derive(Args)]
@@ -124,6 +181,9 @@ struct ConsumeArgs {
     /// Batches uploading at once; with --batch-mib this bounds the image bytes held in memory
     #[arg(long, default_value_t = 3)]
     batches_in_flight: usize,
+    /// Serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Print the summary as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -250,6 +310,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Consume(args) => run_consume(&settings, args).await,
         Command::Status { json } => run_status(&settings, json).await,
         Command::Verify(args) => run_verify(&settings, args).await,
+        Command::Dlq(command) => run_dlq(&settings, command).await,
     }
 }
 
@@ -332,7 +393,19 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     opts.batches_in_flight = args.batches_in_flight.max(1);
     opts.until_idle = args.until_idle.map(Duration::from_secs_f64);
     opts.max_records = args.max;
-    let consumer = wiring::consumer(settings, opts, Shutdown::on_signals()).await?;
+    let consumer = wiring::consumer(
+        settings,
+        opts,
+        Shutdown::on_signals(),
+        args.metrics_addr.is_some(),
+    )
+    .await?;
+    if let (Some(metrics), Some(addr)) = (consumer.metrics, args.metrics_addr) {
+        metrics
+            .serve(addr)
+            .await
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}; choose another --metrics-addr"))?;
+    }
     let pipeline = consumer.pipeline;
     let live = monitor::spawn(
         consumer.source,
@@ -343,7 +416,7 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     let result = pipeline.run().await;
     live.abort();
     let reason = result.map_err(|e| e.to_string())?;
-    let summary = pipeline.stats().summary(started.elapsed(), reason);
+    let summary = pipeline.summary(started.elapsed(), reason);
     summary.log();
     if args.json {
         println!(
@@ -470,5 +543,70 @@ async fn run_verify(settings: &Settings, args: VerifyArgs) -> Result<ExitCode, S
         // The JSON on stdout says what; the line on stderr says that it failed.
         (false, true) => Err("verify found problems (see the JSON report)".into()),
         (false, false) => Err("verify found problems (listed above)".into()),
+    }
+}
+
+async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<ExitCode, String> {
+    match command {
+        DlqCommand::Ls { select, json } => {
+            let listing = dlq::list(settings, &select.selection())
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&listing).map_err(|e| e.to_string())?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{} dead letter(s) in {}",
+                listing.letters.len(),
+                listing.topic
+            );
+            for (code, n) in &listing.counts {
+                println!("{n:>8}  {code}");
+            }
+            for l in &listing.letters {
+                let at = l.dead_lettered_at.map_or("-".into(), |t| t.to_rfc3339());
+                println!(
+                    "{}@{}  {at}  {}  from {}  replays {}: {}",
+                    listing.topic, l.dlq_offset, l.code, l.original, l.replays, l.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay {
+            select,
+            max_replays,
+            dry_run,
+            json,
+        } => {
+            let report = dlq::replay(settings, &select.selection(), max_replays, dry_run)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                let verb = if dry_run { "would replay" } else { "replayed" };
+                println!(
+                    "{verb} {} of {} selected letter(s) to {}; {} held back after {max_replays} replays",
+                    report.replayed.len(),
+                    report.selected,
+                    report.to_topic,
+                    report.held_back.len()
+                );
+                for l in &report.held_back {
+                    println!(
+                        "held back: {} from {} ({} replays)",
+                        l.code, l.original, l.replays
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -11,7 +11,8 @@ use crate::kafka::consumer::{FetchSettings, group_consumer, offsets_reader as of
 use crate::kafka::dlq::DeadLetterWriter;
 use crate::kafka::producer::ImageProducer;
 use crate::kafka::source::KafkaSource;
-use crate::pipeline::{Pipeline, PipelineOptions, Ports};
+use crate::metrics::Metrics;
+use crate::pipeline::{ImageSink, IndexSink, Pipeline, PipelineOptions, Ports};
 use crate::schema::{EncodeError, IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient, RegistryError};
 use crate::shutdown::Shutdown;
 use crate::store::{ImageStore, StoreError};
@@ -75,28 +76,45 @@ pub fn limits(settings: &Settings) -> Limits {
     }
 }
 
-/// A consumer: the pipeline on the real services, and its source (for the live lag figure).
+/// A consumer: the pipeline on the real services, its source (for the live lag figure), and its
+/// metrics when asked for.
 pub struct ConsumerPipeline {
     pub pipeline: Pipeline,
     pub source: Arc<KafkaSource>,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
-/// Builds every client the consumer needs and joins them into a pipeline.
+/// Builds every client the consumer needs and joins them into a pipeline; with `metrics`, the
+/// sinks are timed and the pipeline's counters are exported.
 pub async fn consumer(
     settings: &Settings,
     opts: PipelineOptions,
     shutdown: Shutdown,
+    metrics: bool,
 ) -> Result<ConsumerPipeline, String> {
     let source = Arc::new(source(settings).map_err(|e| e.to_string())?);
+    let images = store(settings).map_err(|e| e.to_string())?;
+    let index = index(settings).await.map_err(|e| e.to_string())?;
+    let mut metrics = metrics.then(Metrics::new);
+    let (images, index): (Arc<dyn ImageSink>, Arc<dyn IndexSink>) = match &metrics {
+        Some(m) => (Arc::new(m.timed_images(images)), Arc::new(m.timed_index(index))),
+        None => (Arc::new(images), Arc::new(index)),
+    };
     let ports = Ports {
         source: source.clone(),
         codec: Arc::new(codec(settings)?),
-        images: Arc::new(store(settings).map_err(|e| e.to_string())?),
-        index: Arc::new(index(settings).await.map_err(|e| e.to_string())?),
+        images,
+        index,
         dead_letters: Arc::new(dead_letters(settings).map_err(|e| e.to_string())?),
     };
+    let pipeline = Pipeline::new(ports, opts, shutdown);
+    if let Some(m) = &mut metrics {
+        let lag_of = source.clone();
+        m.watch(pipeline.stats(), move || lag_of.lag());
+    }
     Ok(ConsumerPipeline {
-        pipeline: Pipeline::new(ports, opts, shutdown),
+        pipeline,
         source,
+        metrics: metrics.map(Arc::new),
     })
 }

@@ -355,3 +355,81 @@ async fn verify_finds_a_deleted_object_altered_bytes_and_a_planted_orphan_and_re
     assert!(stdout(&repaired).contains(&format!("missing object: {deleted}")));
     assert_eq!(env.counts().await, (5, 7));
 }
+
+/// A free local port for a server the test starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one sample in Prometheus text, e.g. `imgstream_records_stored_total`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumers_metrics_match_what_the_services_hold() {
+    let env = TestEnv::new("metrics").await;
+    env.produce(30, &[]);
+    let producer = raw_producer(&env);
+    send_raw(&producer, &env.name, "garbage", Some(b"\x00")).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let consumer = env.spawn(
+        &["consume", "--until-idle", "6", "--metrics-addr", &addr],
+        "consumer",
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    // Scrape until every record is accounted for (the consumer idles 6 s before it exits).
+    let text = std::sync::Mutex::new(String::new());
+    let done = common::eventually(std::time::Duration::from_secs(60), || async {
+        if let Some((200, body)) = get("/metrics").await {
+            *text.lock().unwrap() = body;
+        }
+        let text = text.lock().unwrap();
+        sample(&text, "imgstream_records_stored_total") == Some(30.0)
+            && sample(&text, "imgstream_records_dead_lettered_total") == Some(1.0)
+    })
+    .await;
+    let text = text.into_inner().unwrap();
+    assert!(done, "metrics never reached the counts:\n{text}\n{}", env.read_log("consumer"));
+    assert_eq!(get("/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(get("/readyz").await.map(|r| r.0), Some(200));
+
+    // The counters agree with what the services hold.
+    let (objects, rows) = env.counts().await;
+    assert_eq!((objects, rows), (30, 30));
+    let bytes: i64 = env
+        .index()
+        .await
+        .all_entries()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.size_bytes)
+        .sum();
+    assert_eq!(sample(&text, "imgstream_stored_bytes_total"), Some(bytes as f64));
+    assert_eq!(sample(&text, "imgstream_records_consumed_total"), Some(31.0));
+    assert!(text.contains(r#"imgstream_records_dead_lettered_total{code="not-wire-format"} 1"#), "{text}");
+    assert!(
+        sample(&text, "imgstream_object_store_request_duration_seconds_count") >= Some(30.0),
+        "{text}"
+    );
+    assert!(sample(&text, "imgstream_last_stored_timestamp_seconds") > Some(1.7e9), "{text}");
+    assert!(text.contains(r#"imgstream_outage_in_progress{service="object store"} 0"#), "{text}");
+    let status = consumer.wait();
+    assert!(status.success(), "{}", env.read_log("consumer"));
+}

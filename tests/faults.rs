@@ -214,3 +214,106 @@ async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_zero() {
     wait_ok(rest, &env, "rest");
     assert_exactly_once(&env, 400).await;
 }
+
+/// A broker restart costs the consumer its group membership; a run that stops when idle must
+/// still end with nothing left behind (it once stopped "idle" with a lag of 852).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_restart_mid_run_ends_idle_only_when_nothing_is_left() {
+    let env = TestEnv::new("brokerbounce").await;
+    env.produce(1500, &[]);
+    let consumer = env.spawn(
+        &[
+            "consume",
+            "--batch-size",
+            "10",
+            "--uploads",
+            "2",
+            "--until-idle",
+            "8",
+        ],
+        "consumer",
+    );
+    wait_for_rows(&env, 40).await;
+    assert!(rows(&env).await < 1500, "the run ended before the restart");
+    {
+        let _restart = Restart("kafka");
+        stack("kafka", "stop");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+    wait_ok(consumer, &env, "consumer");
+    // Lag 0 is part of the exact-once check.
+    assert_exactly_once(&env, 1500).await;
+}
+
+/// MinIO frozen (SIGSTOP) answers nothing and refuses nothing: the consumer must say it is
+/// waiting, while it waits, and still end exact once MinIO thaws.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_minio_is_reported_while_it_is_frozen() {
+    let env = TestEnv::new("frozen").await;
+    env.produce(400, &[]);
+    let consumer = env.spawn(&CONSUME_SLOWLY, "consumer");
+    wait_for_rows(&env, 40).await;
+    assert!(rows(&env).await < 400, "the run ended before the freeze");
+    let pidfile = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack/minio/minio.pid");
+    let pid = std::fs::read_to_string(&pidfile).expect("minio pid file");
+    let pid = pid.lines().next().unwrap_or_default().trim().to_string();
+    /// Thaws MinIO even when the test fails halfway.
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let log_while_frozen = {
+        let _thaw = Thaw(pid.clone());
+        let frozen = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(frozen.success(), "kill -STOP {pid}");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        env.read_log("consumer")
+    };
+    assert!(
+        log_while_frozen.contains("still waiting for an answer")
+            && log_while_frozen.contains("object store"),
+        "nothing said while MinIO was frozen:\n{log_while_frozen}"
+    );
+    wait_ok(consumer, &env, "consumer");
+    assert_exactly_once(&env, 400).await;
+}
+
+/// `/readyz` says "not ready" while MinIO is away and "ready" once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_a_minio_outage() {
+    let env = TestEnv::new("readyz").await;
+    env.produce(400, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = CONSUME_SLOWLY.to_vec();
+    args.extend(["--metrics-addr", &addr]);
+    let consumer = env.spawn(&args, "consumer");
+    wait_for_rows(&env, 40).await;
+    let readyz = || {
+        let url = format!("http://{addr}/readyz");
+        async move {
+            reqwest::get(url)
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(readyz().await, 200);
+    {
+        let _restart = Restart("minio");
+        stack("minio", "stop");
+        let unready =
+            common::eventually(Duration::from_secs(30), || async { readyz().await == 503 }).await;
+        assert!(unready, "/readyz stayed ready while MinIO was stopped");
+    }
+    let ready = common::eventually(Duration::from_secs(60), || async { readyz().await == 200 }).await;
+    assert!(ready, "/readyz did not recover:\n{}", env.read_log("consumer"));
+    wait_ok(consumer, &env, "consumer");
+    assert_exactly_once(&env, 400).await;
+}

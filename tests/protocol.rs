@@ -60,7 +60,7 @@ impl Services {
         let started = Instant::now();
         let result = pipeline.run().await;
         let reason = *result.as_ref().unwrap_or(&StopReason::Shutdown);
-        (result, pipeline.stats().summary(started.elapsed(), reason))
+        (result, pipeline.summary(started.elapsed(), reason))
     }
 
     /// Runs a pipeline until `crash_point` resolves, then drops it mid-flight, as a kill would.
@@ -130,6 +130,7 @@ fn options() -> PipelineOptions {
     opts.backoff = Backoff {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(20),
+        slow_after: Duration::from_secs(2),
     };
     opts
 }
@@ -555,4 +556,63 @@ async fn a_tombstone_is_dead_lettered_with_a_null_value_and_its_original_headers
         assert_eq!(letter.headers, headers);
     }
     assert_eq!(letters[0].key.as_deref(), Some(&b"cam-1"[..]));
+}
+
+/// After a broker restart a member can sit without records while it rejoins its group: quiet,
+/// but not done.
+#[tokio::test]
+async fn quiet_is_not_idle_while_committed_offsets_are_behind_the_end() {
+    let s = Services::new(2);
+    let records = s.publish_images(10, 2);
+    s.source.stall(true);
+    let rejoin = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.source.stall(false);
+    };
+    let ((result, _), ()) = tokio::join!(s.run(options()), rejoin);
+    assert_eq!(result.unwrap(), StopReason::Idle);
+    s.assert_exactly_once(&records, &[(0, 5), (1, 5)]).await;
+}
+
+#[tokio::test]
+async fn a_service_that_stops_answering_is_reported_while_it_hangs() {
+    let s = Services::new(1);
+    let records = s.publish_images(3, 1);
+    s.images.faults.hold();
+    let mut opts = options();
+    opts.backoff.slow_after = Duration::from_millis(30);
+    let (pipeline, _trigger) = s.pipeline(opts);
+    let thaw = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let seen_while_frozen = pipeline.slow_waits();
+        s.images.faults.release();
+        seen_while_frozen
+    };
+    let (result, seen_while_frozen) = tokio::join!(pipeline.run(), thaw);
+    result.unwrap();
+    assert!(
+        seen_while_frozen >= 3,
+        "{seen_while_frozen} slow waits reported"
+    );
+    s.assert_exactly_once(&records, &[(0, 3)]).await;
+}
+
+/// A consumer without `--until-idle` on a quiet topic must still stop on a fatal error, not wait
+/// for a next record to notice it.
+#[tokio::test]
+async fn a_fatal_failure_stops_a_long_running_consumer_even_when_nothing_more_arrives() {
+    let s = Services::new(1);
+    s.publish_images(3, 1);
+    s.index.faults.fail_next(
+        1,
+        Failure::Fatal("the images table is missing; run `imgstream setup`".into()),
+    );
+    let mut opts = options();
+    opts.until_idle = None;
+    let (pipeline, _trigger) = s.pipeline(opts);
+    let result = tokio::time::timeout(Duration::from_secs(3), pipeline.run())
+        .await
+        .expect("the pipeline stopped on its own");
+    assert!(result.unwrap_err().to_string().contains("imgstream setup"));
+    assert!(s.source.committed().is_empty());
 }

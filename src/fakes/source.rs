@@ -32,6 +32,8 @@ struct State {
     owned: HashSet<Partition>,
     /// Every commit that went through, in order.
     commits: Vec<Positions>,
+    /// While set, polls return nothing: a member rejoining its group after a broker restart.
+    stalled: bool,
 }
 
 impl MemorySource {
@@ -107,6 +109,11 @@ impl MemorySource {
         let _ = self.ledger.pending(|_| false);
     }
 
+    /// While `stalled`, polls return nothing even though records wait.
+    pub fn stall(&self, stalled: bool) {
+        self.state.lock().expect("source lock").stalled = stalled;
+    }
+
     /// Runs `hook` with each commit's positions just before it is applied.
     pub fn on_commit(&self, hook: impl Fn(&Positions) + Send + Sync + 'static) {
         *self.on_commit.lock().expect("hook lock") = Some(Box::new(hook));
@@ -114,6 +121,9 @@ impl MemorySource {
 
     fn take(&self, limits: &BatchLimits) -> Vec<Polled> {
         let mut state = self.state.lock().expect("source lock");
+        if state.stalled {
+            return Vec::new();
+        }
         let State {
             log,
             position,
@@ -160,6 +170,16 @@ impl RecordSource for MemorySource {
 
     fn assignment(&self) -> HashSet<Partition> {
         self.state.lock().expect("source lock").owned.clone()
+    }
+
+    fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>> {
+        let state = self.state.lock().expect("source lock");
+        let caught_up = !state.owned.is_empty()
+            && state.owned.iter().all(|tp| {
+                let end = state.log.get(&tp.1).map_or(0, |l| l.len() as i64);
+                state.committed.get(tp).copied().unwrap_or(0) >= end
+            });
+        Box::pin(async move { Ok(caught_up) })
     }
 
     fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>> {

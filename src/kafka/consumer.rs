@@ -10,17 +10,34 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::sync::Arc;
+use rdkafka::statistics::Statistics;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// Logs rebalances and commits what is done for revoked partitions before
-/// they move to another member.
+/// they move to another member; keeps the lag librdkafka's statistics report.
 #[derive(Default)]
 pub struct GroupContext {
     pub ledger: Arc<OffsetLedger>,
+    /// Per owned partition, the lag librdkafka last reported (end offset minus committed).
+    pub lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut lag = BTreeMap::new();
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal one; a negative lag means "not known".
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    lag.insert((name.clone(), *id), p.consumer_lag);
+                }
+            }
+        }
+        *self.lag.lock().expect("lag lock") = lag;
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -160,7 +177,9 @@ pub fn group_consumer(
             "max.partition.fetch.bytes",
             fetch.max_partition_fetch_bytes.to_string(),
         )
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Per-partition lag for the metrics, every 5 s.
+        .set("statistics.interval.ms", "5000");
     config
         .create_with_context(GroupContext::default())
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))

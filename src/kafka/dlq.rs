@@ -8,10 +8,12 @@ use crate::config::{KafkaSettings, LimitSettings};
 use crate::pipeline::{DeadLetter, DeadLetterSink, Failure};
 use chrono::Utc;
 use futures::future::BoxFuture;
-use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -27,6 +29,108 @@ pub mod headers {
     pub const ORIGINAL_TIMESTAMP: &str = "imgstream.dlq.original.timestamp";
     pub const DEAD_LETTERED_AT: &str = "imgstream.dlq.time";
     pub const GROUP: &str = "imgstream.dlq.group";
+    /// Every header of ours starts so; the others are the original record's.
+    pub const PREFIX: &str = "imgstream.dlq.";
+    /// How many times `imgstream dlq replay` sent this record back; travels with the record.
+    pub const REPLAY_COUNT: &str = "imgstream.replay.count";
+}
+
+/// A dead letter as read back from the topic.
+#[derive(Debug, Clone)]
+pub struct StoredLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl StoredLetter {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every letter of the dead-letter topic, up to its end when the read starts. Blocking: call it
+/// on the blocking pool.
+pub fn read_letters(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<StoredLetter>, BrokerError> {
+    let failed = |e: KafkaError| BrokerError::Other(format!("reading {topic}: {e}"));
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(failed)?;
+    let Some(t) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return Err(BrokerError::MissingTopic {
+            topic: topic.to_string(),
+        });
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(failed)?;
+        if high > low {
+            ends.insert(p.id(), high);
+            assignment
+                .add_partition_offset(topic, p.id(), Offset::Offset(low))
+                .map_err(failed)?;
+        }
+    }
+    let mut letters = Vec::new();
+    if ends.is_empty() {
+        return Ok(letters);
+    }
+    consumer.assign(&assignment).map_err(failed)?;
+    let deadline = std::time::Instant::now() + timeout * 6;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(BrokerError::Other(format!(
+                "reading {topic}: the end was not reached within {}s",
+                (timeout * 6).as_secs()
+            )));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = message.map_err(failed)?;
+        let partition = m.partition();
+        if ends.get(&partition).is_some_and(|end| m.offset() < *end) {
+            letters.push(StoredLetter {
+                partition,
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m.headers().map_or_else(Vec::new, |hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                }),
+            });
+        }
+        if ends
+            .get(&partition)
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
+            ends.remove(&partition);
+        }
+    }
+    letters.sort_by_key(|l| (l.partition, l.offset));
+    Ok(letters)
 }
 
 /// Delivery reports go back to the `send` call that is waiting for them.

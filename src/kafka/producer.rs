@@ -2,6 +2,7 @@
 
 use super::{BrokerError, base_config, quiet};
 use crate::config::{KafkaSettings, LimitSettings};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use std::time::Duration;
@@ -80,6 +81,34 @@ impl ImageProducer {
                 Err((e, _)) => return Err(BrokerError::from_kafka(&e, &self.bootstrap)),
             }
         }
+    }
+
+    /// Sends one record exactly as given (a replayed dead letter) and waits for the broker.
+    pub async fn send_as_is(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), BrokerError> {
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            hs = hs.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(hs);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| BrokerError::from_kafka(&e, &self.bootstrap))
     }
 
     /// Waits for everything in flight, up to `timeout`.

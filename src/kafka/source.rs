@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tracing::warn;
 
+/// How long an offset query may take before the answer counts as "not known".
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct KafkaSource {
     consumer: Arc<GroupConsumer>,
     bootstrap: String,
@@ -51,6 +54,16 @@ impl KafkaSource {
             lag += (high - at).max(0);
         }
         Some(lag)
+    }
+
+    /// Lag per owned partition, as librdkafka's statistics last reported it.
+    pub fn lag(&self) -> std::collections::BTreeMap<Partition, i64> {
+        let owned = self.assignment();
+        let lag = self.consumer.context().lag.lock().expect("lag lock");
+        lag.iter()
+            .filter(|(tp, _)| owned.contains(*tp))
+            .map(|(tp, l)| (tp.clone(), *l))
+            .collect()
     }
 
     fn polled(&self, m: rdkafka::message::BorrowedMessage<'_>) -> Polled {
@@ -124,6 +137,38 @@ impl KafkaSource {
         Ok(batch)
     }
 
+    /// Committed offsets of the owned partitions against their end offsets. Blocking broker
+    /// calls, so on the blocking pool.
+    async fn owned_caught_up(&self) -> Result<bool, Failure> {
+        let consumer = self.consumer.clone();
+        let bootstrap = self.bootstrap.clone();
+        let failed = move |e: KafkaError| Failure::from(BrokerError::from_kafka(&e, &bootstrap));
+        tokio::task::spawn_blocking(move || {
+            let owned = consumer.assignment().map_err(&failed)?;
+            if owned.count() == 0 {
+                return Ok(false);
+            }
+            let committed = consumer
+                .committed_offsets(owned, QUERY_TIMEOUT)
+                .map_err(&failed)?;
+            for e in committed.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), QUERY_TIMEOUT)
+                    .map_err(&failed)?;
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                if at < high {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Failure::Transient(format!("offset query stopped: {e}"))))
+    }
+
     async fn commit_done(&self, done: &Positions) -> Result<Committed, Failure> {
         let ledger = &self.consumer.context().ledger;
         ledger.record(done);
@@ -191,5 +236,9 @@ impl RecordSource for KafkaSource {
 
     fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>> {
         Box::pin(self.commit_done(done))
+    }
+
+    fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>> {
+        Box::pin(self.owned_caught_up())
     }
 }

@@ -23,7 +23,16 @@ impl Pipeline {
         mut rx: mpsc::Receiver<PolledBatch>,
         tx: mpsc::Sender<CheckedBatch>,
     ) -> Result<(), BatchError> {
-        while let Some(batch) = rx.recv().await {
+        loop {
+            // Stop as soon as the next stage has stopped, even with nothing arriving: otherwise
+            // a fatal error downstream would wait for the next record to be noticed.
+            let batch = tokio::select! {
+                batch = rx.recv() => batch,
+                _ = tx.closed() => return Ok(()),
+            };
+            let Some(batch) = batch else {
+                return Ok(());
+            };
             let checking = Instant::now();
             let mut valid = Vec::new();
             let mut letters = Vec::new();
@@ -43,7 +52,6 @@ impl Pipeline {
                 return Ok(());
             }
         }
-        Ok(())
     }
 
     async fn decode_and_validate(
@@ -94,7 +102,7 @@ impl Pipeline {
         let mut schemas = SchemaLookup::new();
         for id in ids {
             let fetched = retry(
-                &self.outages.registry,
+                &self.stats.outages.registry,
                 self.opts.backoff,
                 &self.shutdown,
                 DecodeError::is_transient,

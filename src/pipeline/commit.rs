@@ -36,7 +36,7 @@ impl Pipeline {
         let results: Vec<_> = futures::stream::iter(letters)
             .map(|letter| async move {
                 let sent = retry(
-                    &self.outages.kafka,
+                    &self.stats.outages.kafka,
                     self.opts.backoff,
                     &self.shutdown,
                     Failure::is_transient,
@@ -69,7 +69,7 @@ impl Pipeline {
     pub(super) async fn commit_positions(&self, done: &Positions) -> Result<(), BatchError> {
         let source = &self.ports.source;
         match retry(
-            &self.outages.kafka,
+            &self.stats.outages.kafka,
             self.opts.backoff,
             &self.shutdown,
             Failure::is_transient,

@@ -17,7 +17,9 @@ impl Pipeline {
         let mut last_record = Instant::now();
         let mut fetched = 0u64;
         loop {
-            if self.shutdown.is_triggered() {
+            // A later stage that stopped (a fatal error) has dropped its receiver: its result
+            // says why.
+            if self.shutdown.is_triggered() || tx.is_closed() {
                 return Ok(StopReason::Shutdown);
             }
             if self.opts.max_records.is_some_and(|max| fetched >= max) {
@@ -39,6 +41,7 @@ impl Pipeline {
             let polled = tokio::select! {
                 polled = source.poll(limits) => polled,
                 _ = self.shutdown.triggered() => return Ok(StopReason::Shutdown),
+                _ = tx.closed() => return Ok(StopReason::Shutdown),
             };
             let batch = match polled {
                 Ok(batch) => self.without_revoked(batch),
@@ -59,6 +62,7 @@ impl Pipeline {
                     last_record = Instant::now();
                 } else if let Some(idle) = self.opts.until_idle
                     && last_record.elapsed() >= idle
+                    && self.caught_up().await
                 {
                     return Ok(StopReason::Idle);
                 }
@@ -87,6 +91,23 @@ impl Pipeline {
             {
                 // A later stage stopped; its result says why.
                 return Ok(StopReason::Shutdown);
+            }
+        }
+    }
+
+    /// Quiet is not enough to call a run idle: after a broker restart a member can sit without
+    /// records while it rejoins, with work still waiting. Idle also needs the committed offsets
+    /// at the end of every partition this member owns.
+    async fn caught_up(&self) -> bool {
+        match self.ports.source.caught_up().await {
+            Ok(true) => true,
+            Ok(false) => {
+                debug!("quiet, but committed offsets are behind the end: not idle");
+                false
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot tell whether the group is caught up: not idle");
+                false
             }
         }
     }

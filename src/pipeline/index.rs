@@ -19,7 +19,7 @@ impl Pipeline {
         let (polled, entries): (Vec<Polled>, Vec<IndexEntry>) = stored.into_iter().unzip();
         let index = &self.ports.index;
         let outcomes = match retry(
-            &self.outages.index,
+            &self.stats.outages.index,
             self.opts.backoff,
             &self.shutdown,
             Failure::is_transient,
@@ -40,12 +40,7 @@ impl Pipeline {
         };
         for ((polled, entry), outcome) in polled.iter().zip(&entries).zip(outcomes) {
             match outcome {
-                Indexed::Inserted => {
-                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .bytes
-                        .fetch_add(entry.size_bytes as u64, Ordering::Relaxed);
-                }
+                Indexed::Inserted => self.stats.count_stored(entry.size_bytes as u64),
                 Indexed::AlreadyIndexed => {
                     self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -62,7 +62,7 @@ use crate::domain::{ImageRecord, IndexEntry};
 use crate::schema::ImageCodec;
 use crate::shutdown::Shutdown;
 use crate::validate::Limits;
-use retry::{Backoff, Outage};
+use retry::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -129,21 +129,11 @@ pub struct Ports {
 #[error("{0}")]
 pub struct PipelineError(pub String);
 
-/// One outage tracker per service, so each outage is logged once when it starts and once when it
-/// ends.
-struct Outages {
-    store: Outage,
-    index: Outage,
-    registry: Outage,
-    kafka: Outage,
-}
-
 pub struct Pipeline {
     ports: Ports,
     opts: PipelineOptions,
     stats: Arc<Stats>,
     shutdown: Shutdown,
-    outages: Outages,
 }
 
 /// The stages' messages: a batch as it moves along, with the positions it will commit.
@@ -183,17 +173,21 @@ impl Pipeline {
             opts,
             stats: Arc::new(Stats::default()),
             shutdown,
-            outages: Outages {
-                store: Outage::new("object store"),
-                index: Outage::new("postgresql"),
-                registry: Outage::new("schema registry"),
-                kafka: Outage::new("kafka"),
-            },
         }
     }
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Calls to any service that were seen waiting past `backoff.slow_after`.
+    pub fn slow_waits(&self) -> u64 {
+        self.stats.outages.all().iter().map(|o| o.slow_waits()).sum()
+    }
+
+    /// The end-of-run summary.
+    pub fn summary(&self, elapsed: Duration, stopped: StopReason) -> RunSummary {
+        self.stats.summary(elapsed, stopped)
     }
 
     /// Consumes until idle, the record limit, or shutdown. Returns why it stopped.

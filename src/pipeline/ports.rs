@@ -98,6 +98,10 @@ pub trait RecordSource: Send + Sync {
     /// what is done for partitions this member still owns; with empty `done`, commits what an
     /// earlier call had to defer.
     fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>>;
+
+    /// Whether this member owns partitions and the group's committed offsets have reached their
+    /// end: nothing is left to do that this member could see.
+    fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>>;
 }
 
 /// What a create-only write of an image found.

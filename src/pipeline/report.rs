@@ -4,6 +4,7 @@
 //! sums to the number of records, whoever redid what. Work found already complete (a replay after
 //! a crash or a rebalance) counts as `replayed`, never as stored.
 
+use super::retry::Outage;
 use super::usage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,9 +14,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::info;
 
-/// Counters, shared with the live status line.
+/// One outage tracker per service, so each outage is logged once when it starts and once when it
+/// ends; readiness and metrics read them too.
+#[derive(Debug)]
+pub struct Outages {
+    pub store: Outage,
+    pub index: Outage,
+    pub registry: Outage,
+    pub kafka: Outage,
+}
+
+impl Default for Outages {
+    fn default() -> Self {
+        Outages {
+            store: Outage::new("object store"),
+            index: Outage::new("postgresql"),
+            registry: Outage::new("schema registry"),
+            kafka: Outage::new("kafka"),
+        }
+    }
+}
+
+impl Outages {
+    pub fn all(&self) -> [&Outage; 4] {
+        [&self.store, &self.index, &self.registry, &self.kafka]
+    }
+
+    /// Whether any service is in an outage right now.
+    pub fn any_ongoing(&self) -> bool {
+        self.all().iter().any(|o| o.is_ongoing())
+    }
+}
+
+/// Counters, shared with the live status line and the metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub outages: Outages,
+    /// Seconds since the Unix epoch when a record was last stored.
+    pub last_stored_unix_secs: AtomicU64,
     pub stored: AtomicU64,
     pub replayed: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -57,6 +93,19 @@ impl Stats {
         *self.last_commit.lock().expect("stats lock") = Some(Instant::now());
     }
 
+    pub(super) fn count_stored(&self, bytes: u64) {
+        self.stored.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_stored_unix_secs.store(now, Ordering::Relaxed);
+    }
+
+    pub fn dead_lettered_by_code(&self) -> BTreeMap<String, u64> {
+        self.dead_lettered_by_code.lock().expect("stats lock").clone()
+    }
+
     /// Seconds from the first record received to the last batch committed.
     pub fn busy_secs(&self) -> f64 {
         match (
@@ -89,6 +138,7 @@ impl Stats {
             bytes,
             batches: self.batches.load(Ordering::Relaxed),
             commits_deferred: self.commits_deferred.load(Ordering::Relaxed),
+            slow_waits: self.outages.all().iter().map(|o| o.slow_waits()).sum(),
             elapsed_secs: secs,
             images_per_sec: stored as f64 / secs,
             mb_per_sec: bytes as f64 / secs / 1e6,
@@ -123,6 +173,8 @@ pub struct RunSummary {
     pub bytes: u64,
     pub batches: u64,
     pub commits_deferred: u64,
+    /// Calls to a service seen still waiting for an answer after the slow threshold.
+    pub slow_waits: u64,
     pub elapsed_secs: f64,
     pub images_per_sec: f64,
     pub mb_per_sec: f64,

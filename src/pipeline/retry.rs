@@ -1,10 +1,12 @@
 //! Retrying transient failures: capped exponential backoff with jitter, and one log line when an
-//! outage starts and one when it ends (not one per attempt).
+//! outage starts and one when it ends (not one per attempt). A call that has waited long for an
+//! answer is logged while it waits, so a frozen service is visible before any timeout fires.
 
 use crate::shutdown::Shutdown;
 use rand::Rng;
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -13,6 +15,8 @@ use tracing::{debug, info, warn};
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
+    /// A call still unanswered after this long is logged as slow, and again each time as long.
+    pub slow_after: Duration,
 }
 
 impl Default for Backoff {
@@ -20,6 +24,7 @@ impl Default for Backoff {
         Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(5),
+            slow_after: Duration::from_secs(5),
         }
     }
 }
@@ -35,10 +40,13 @@ impl Backoff {
     }
 }
 
-/// Tracks whether a service is in an outage, so start and end are each logged once.
+/// Tracks whether a service is in an outage, so start and end are each logged once, and counts
+/// the calls that were slow to answer.
+#[derive(Debug)]
 pub struct Outage {
     service: &'static str,
     since: Mutex<Option<Instant>>,
+    slow_waits: AtomicU64,
 }
 
 impl Outage {
@@ -46,7 +54,22 @@ impl Outage {
         Outage {
             service,
             since: Mutex::new(None),
+            slow_waits: AtomicU64::new(0),
         }
+    }
+
+    /// How many times a call to this service was seen waiting past the slow threshold.
+    pub fn slow_waits(&self) -> u64 {
+        self.slow_waits.load(Ordering::Relaxed)
+    }
+
+    fn still_waiting(&self, waited: Duration) {
+        self.slow_waits.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            service = self.service,
+            waited_secs = waited.as_secs_f64(),
+            "still waiting for an answer"
+        );
     }
 
     fn failed(&self, error: &str) {
@@ -66,6 +89,10 @@ impl Outage {
                 "outage ended"
             );
         }
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.service
     }
 
     pub fn is_ongoing(&self) -> bool {
@@ -97,7 +124,7 @@ where
 {
     let mut attempt = 0;
     loop {
-        match op().await {
+        match answer_watched(outage, backoff.slow_after, op()).await {
             Ok(v) => {
                 outage.succeeded();
                 return Ok(v);
@@ -125,16 +152,36 @@ where
     }
 }
 
+/// Awaits `call`, saying so each time it has waited another `slow_after` without an answer.
+async fn answer_watched<T>(
+    outage: &Outage,
+    slow_after: Duration,
+    call: impl Future<Output = T>,
+) -> T {
+    let mut call = std::pin::pin!(call);
+    let mut waited = Duration::ZERO;
+    loop {
+        tokio::select! {
+            answer = &mut call => return answer,
+            _ = tokio::time::sleep(slow_after) => {
+                waited += slow_after;
+                outage.still_waiting(waited);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     #[test]
     fn delays_grow_and_stay_under_the_cap() {
         let b = Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(2),
+            ..Backoff::default()
         };
         assert!(b.delay(0) <= Duration::from_millis(100));
         assert!(b.delay(0) >= Duration::from_millis(50));
@@ -152,6 +199,7 @@ mod tests {
         let fast = Backoff {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(2),
+            ..Backoff::default()
         };
         let result: Result<u32, Stopped<String>> = retry(
             &outage,
@@ -182,6 +230,7 @@ mod tests {
         let fast = Backoff {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(2),
+            ..Backoff::default()
         };
         let result: Result<(), Stopped<String>> = retry(
             &outage,
@@ -247,5 +296,50 @@ mod tests {
         )
         .await;
         assert!(matches!(result, Err(Stopped::Shutdown(_))));
+    }
+}
+
+#[cfg(test)]
+mod slow_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_that_waits_long_is_reported_while_it_waits_and_still_succeeds() {
+        let (_t, shutdown) = Shutdown::new();
+        let outage = Outage::new("test");
+        let backoff = Backoff {
+            slow_after: Duration::from_millis(20),
+            ..Backoff::default()
+        };
+        let result: Result<(), Stopped<String>> = retry(
+            &outage,
+            backoff,
+            &shutdown,
+            |_| true,
+            || async {
+                tokio::time::sleep(Duration::from_millis(70)).await;
+                Ok(())
+            },
+        )
+        .await;
+        assert!(result.is_ok());
+        assert!(outage.slow_waits() >= 2, "{}", outage.slow_waits());
+        assert!(!outage.is_ongoing(), "slow is not down");
+    }
+
+    #[tokio::test]
+    async fn a_prompt_call_is_not_reported() {
+        let (_t, shutdown) = Shutdown::new();
+        let outage = Outage::new("test");
+        let result: Result<(), Stopped<String>> = retry(
+            &outage,
+            Backoff::default(),
+            &shutdown,
+            |_| true,
+            || async { Ok(()) },
+        )
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(outage.slow_waits(), 0);
     }
 }

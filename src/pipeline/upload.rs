@@ -51,6 +51,8 @@ impl Pipeline {
                     Ok(permit) => permit.send(done.pop_front().expect("non-empty")),
                     Err(_) => return Ok(()),
                 },
+                // The commit stage stopped (a fatal error): its result says why.
+                _ = tx.closed() => return Ok(()),
             }
         }
     }
@@ -94,7 +96,7 @@ impl Pipeline {
                     .expect("upload semaphore is never closed");
                 self.stats.uploads_running.fetch_add(1, Ordering::Relaxed);
                 let result = retry(
-                    &self.outages.store,
+                    &self.stats.outages.store,
                     self.opts.backoff,
                     &self.shutdown,
                     Failure::is_transient,
