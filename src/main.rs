@@ -401,10 +401,9 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     )
     .await?;
     if let (Some(metrics), Some(addr)) = (consumer.metrics, args.metrics_addr) {
-        metrics
-            .serve(addr)
-            .await
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}; choose another --metrics-addr"))?;
+        metrics.serve(addr).await.map_err(|e| {
+            format!("cannot serve metrics on {addr}: {e}; choose another --metrics-addr")
+        })?;
     }
     let pipeline = consumer.pipeline;
     let live = monitor::spawn(

@@ -93,10 +93,11 @@ impl Metrics {
         lag: impl Fn() -> BTreeMap<Partition, i64> + Send + Sync + 'static,
     ) {
         self.stats = Some(stats.clone());
-        self.registry.register_collector(Box::new(PipelineCollector {
-            stats,
-            lag: Arc::new(lag),
-        }));
+        self.registry
+            .register_collector(Box::new(PipelineCollector {
+                stats,
+                lag: Arc::new(lag),
+            }));
     }
 
     /// Prometheus text exposition (OpenMetrics).
@@ -109,9 +110,7 @@ impl Metrics {
 
     /// Ready when no service is in an outage.
     pub fn ready(&self) -> bool {
-        self.stats
-            .as_ref()
-            .is_none_or(|s| !s.outages.any_ongoing())
+        self.stats.as_ref().is_none_or(|s| !s.outages.any_ongoing())
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
@@ -147,7 +146,10 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a service is in an outage\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a service is in an outage\n",
+        )
     }
 }
 

@@ -97,7 +97,10 @@ pub async fn consumer(
     let index = index(settings).await.map_err(|e| e.to_string())?;
     let mut metrics = metrics.then(Metrics::new);
     let (images, index): (Arc<dyn ImageSink>, Arc<dyn IndexSink>) = match &metrics {
-        Some(m) => (Arc::new(m.timed_images(images)), Arc::new(m.timed_index(index))),
+        Some(m) => (
+            Arc::new(m.timed_images(images)),
+            Arc::new(m.timed_index(index)),
+        ),
         None => (Arc::new(images), Arc::new(index)),
     };
     let ports = Ports {

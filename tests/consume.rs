@@ -405,7 +405,11 @@ async fn the_consumers_metrics_match_what_the_services_hold() {
     })
     .await;
     let text = text.into_inner().unwrap();
-    assert!(done, "metrics never reached the counts:\n{text}\n{}", env.read_log("consumer"));
+    assert!(
+        done,
+        "metrics never reached the counts:\n{text}\n{}",
+        env.read_log("consumer")
+    );
     assert_eq!(get("/healthz").await.map(|r| r.0), Some(200));
     assert_eq!(get("/readyz").await.map(|r| r.0), Some(200));
 
@@ -421,15 +425,33 @@ async fn the_consumers_metrics_match_what_the_services_hold() {
         .iter()
         .map(|r| r.size_bytes)
         .sum();
-    assert_eq!(sample(&text, "imgstream_stored_bytes_total"), Some(bytes as f64));
-    assert_eq!(sample(&text, "imgstream_records_consumed_total"), Some(31.0));
-    assert!(text.contains(r#"imgstream_records_dead_lettered_total{code="not-wire-format"} 1"#), "{text}");
+    assert_eq!(
+        sample(&text, "imgstream_stored_bytes_total"),
+        Some(bytes as f64)
+    );
+    assert_eq!(
+        sample(&text, "imgstream_records_consumed_total"),
+        Some(31.0)
+    );
     assert!(
-        sample(&text, "imgstream_object_store_request_duration_seconds_count") >= Some(30.0),
+        text.contains(r#"imgstream_records_dead_lettered_total{code="not-wire-format"} 1"#),
         "{text}"
     );
-    assert!(sample(&text, "imgstream_last_stored_timestamp_seconds") > Some(1.7e9), "{text}");
-    assert!(text.contains(r#"imgstream_outage_in_progress{service="object store"} 0"#), "{text}");
+    assert!(
+        sample(
+            &text,
+            "imgstream_object_store_request_duration_seconds_count"
+        ) >= Some(30.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "imgstream_last_stored_timestamp_seconds") > Some(1.7e9),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"imgstream_outage_in_progress{service="object store"} 0"#),
+        "{text}"
+    );
     let status = consumer.wait();
     assert!(status.success(), "{}", env.read_log("consumer"));
 }

@@ -215,8 +215,11 @@ async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_zero() {
     assert_exactly_once(&env, 400).await;
 }
 
-/// A broker restart costs the consumer its group membership; a run that stops when idle must
-/// still end with nothing left behind (it once stopped "idle" with a lag of 852).
+/// A broker restart can cost the consumer its group membership; a run that stops when idle must
+/// still end with nothing left behind (it once stopped "idle" with a lag of 852). Whether the
+/// membership is lost depends on timing, so this run guards the outcome (lag 0 at exit) but does
+/// not always reach the old failure; `quiet_is_not_idle_while_committed_offsets_are_behind_the_end`
+/// in tests/protocol.rs proves the rule itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_mid_run_ends_idle_only_when_nothing_is_left() {
     let env = TestEnv::new("brokerbounce").await;
@@ -312,8 +315,13 @@ async fn readiness_follows_a_minio_outage() {
             common::eventually(Duration::from_secs(30), || async { readyz().await == 503 }).await;
         assert!(unready, "/readyz stayed ready while MinIO was stopped");
     }
-    let ready = common::eventually(Duration::from_secs(60), || async { readyz().await == 200 }).await;
-    assert!(ready, "/readyz did not recover:\n{}", env.read_log("consumer"));
+    let ready =
+        common::eventually(Duration::from_secs(60), || async { readyz().await == 200 }).await;
+    assert!(
+        ready,
+        "/readyz did not recover:\n{}",
+        env.read_log("consumer")
+    );
     wait_ok(consumer, &env, "consumer");
     assert_exactly_once(&env, 400).await;
 }

@@ -182,7 +182,12 @@ impl Pipeline {
 
     /// Calls to any service that were seen waiting past `backoff.slow_after`.
     pub fn slow_waits(&self) -> u64 {
-        self.stats.outages.all().iter().map(|o| o.slow_waits()).sum()
+        self.stats
+            .outages
+            .all()
+            .iter()
+            .map(|o| o.slow_waits())
+            .sum()
     }
 
     /// The end-of-run summary.

@@ -103,7 +103,10 @@ impl Stats {
     }
 
     pub fn dead_lettered_by_code(&self) -> BTreeMap<String, u64> {
-        self.dead_lettered_by_code.lock().expect("stats lock").clone()
+        self.dead_lettered_by_code
+            .lock()
+            .expect("stats lock")
+            .clone()
     }
 
     /// Seconds from the first record received to the last batch committed.
