@@ -27,6 +27,10 @@ pub enum IndexError {
         "database {database} does not exist on {addr}; create it or fix DATABASE_CONNECTION_STRING"
     )]
     NoDatabase { database: String, addr: String },
+    #[error(
+        "TLS to PostgreSQL at {addr} failed ({detail}); check sslmode and sslrootcert in DATABASE_CONNECTION_STRING"
+    )]
+    Tls { addr: String, detail: String },
     #[error("the images table is missing or outdated ({detail}); run `imgstream setup`")]
     NotMigrated { detail: String },
     #[error("PostgreSQL error: {0}")]
@@ -319,11 +323,16 @@ fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<IndexEntry, sqlx::Error> 
 fn classify(e: sqlx::Error, addr: &str, database: &str) -> IndexError {
     let detail = e.to_string().replace('\n', " ");
     match &e {
+        // A certificate that does not verify, or a server without TLS under sslmode=require:
+        // waiting will not change either.
+        sqlx::Error::Tls(_) => IndexError::Tls {
+            addr: addr.to_string(),
+            detail,
+        },
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => IndexError::Unavailable {
             addr: addr.to_string(),
             detail,

@@ -153,6 +153,34 @@ impl ImageStore {
             endpoint: settings.endpoint.clone(),
             detail,
         };
+        // HTTPS trusts the system's roots, plus a private CA when MINIO_CA_FILE names one.
+        let ca_pem = match &settings.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| StoreError::Refused {
+                endpoint: settings.endpoint.clone(),
+                what: format!("the CA file {}", path.display()),
+                detail: e.to_string(),
+            })?),
+            None => None,
+        };
+        let bad_ca = |e: String| StoreError::Refused {
+            endpoint: settings.endpoint.clone(),
+            what: "MINIO_CA_FILE".into(),
+            detail: format!("not a PEM certificate bundle: {e}"),
+        };
+        let mut client_options = ClientOptions::new()
+            .with_allow_http(true)
+            .with_connect_timeout(timeout)
+            .with_timeout(Duration::from_secs(60));
+        let mut extra_roots = Vec::new();
+        if let Some(pem) = &ca_pem {
+            for cert in object_store::Certificate::from_pem_bundle(pem)
+                .map_err(|e| bad_ca(e.to_string()))?
+            {
+                client_options = client_options.with_root_certificate(cert);
+            }
+            extra_roots =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| bad_ca(e.to_string()))?;
+        }
         let store = AmazonS3Builder::new()
             .with_endpoint(&settings.endpoint)
             .with_bucket_name(&settings.bucket)
@@ -168,12 +196,7 @@ impl ImageStore {
                 retry_timeout: Duration::from_secs(5),
                 ..RetryConfig::default()
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(true)
-                    .with_connect_timeout(timeout)
-                    .with_timeout(Duration::from_secs(60)),
-            )
+            .with_client_options(client_options)
             .build()
             .map_err(|e| unavailable(e.to_string()))?;
         let http = reqwest::Client::builder()
@@ -181,6 +204,7 @@ impl ImageStore {
             .timeout(Duration::from_secs(60))
             // One idle connection per upload in flight, so bursts reuse connections.
             .pool_max_idle_per_host(64)
+            .tls_certs_merge(extra_roots)
             .build()
             .map_err(|e| unavailable(e.to_string()))?;
         Ok(ImageStore {
@@ -761,6 +785,7 @@ mod tests {
             access_key: "k".into(),
             secret_key: "s".into(),
             region: "us-east-1".into(),
+            ca_file: None,
         };
         let store = ImageStore::s3(&settings, Duration::from_secs(2)).unwrap();
         let data = Bytes::from_static(b"image bytes");

@@ -21,7 +21,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::sync::Arc;
 
 pub fn registry(settings: &Settings) -> Result<RegistryClient, RegistryError> {
-    RegistryClient::new(&settings.registry_url, settings.connect_timeout)
+    RegistryClient::with_access(
+        &settings.registry_url,
+        settings.connect_timeout,
+        settings.registry_auth.clone(),
+        settings.registry_ca_file.as_deref(),
+    )
 }
 
 /// The decoder for the data topic: our schema as reader, writer schemas from the registry.

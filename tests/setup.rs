@@ -184,3 +184,63 @@ async fn an_env_file_fills_in_unset_settings_and_secrets_are_not_printed() {
     );
     assert!(!err.contains("sup3r-s3cret") && !stdout(&out).contains("sup3r-s3cret"));
 }
+
+/// The local PostgreSQL offers TLS with a certificate from the stack's own CA
+/// (scripts/stack/postgres.sh): the libpq parameters in the connection string decide.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_over_tls_is_verified_against_the_ca_the_connection_string_names() {
+    let env = TestEnv::new("pgtls").await;
+    let ca =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack/postgres/tls/ca.crt");
+    assert!(
+        ca.is_file(),
+        "{} is missing: restart the stack (make stack-down stack-up)",
+        ca.display()
+    );
+    let url = |params: &str| format!("{}?{params}", env.settings.database_url.expose());
+    let verified = url(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+
+    // The connection is encrypted, as PostgreSQL itself reports.
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&verified).await.unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(ssl, "the session is not encrypted");
+    conn.close().await.unwrap();
+
+    for params in [
+        verified.as_str(),
+        &url("sslmode=require"),
+        &url("sslmode=disable"),
+    ] {
+        let out = env
+            .command(&["setup", "--check"])
+            .env("DATABASE_CONNECTION_STRING", params)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{params}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+
+    // A CA that did not sign the server's certificate: refused, said in one line, not retried as
+    // an outage.
+    let wrong_ca = url("sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt");
+    let out = env
+        .command(&["setup", "--check"])
+        .env("DATABASE_CONNECTION_STRING", &wrong_ca)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("TLS to PostgreSQL") && text.contains("sslrootcert"),
+        "{text}"
+    );
+    assert!(!text.contains(":imgstream@"), "the password leaked: {text}");
+}

@@ -36,6 +36,7 @@ install() {
     fi
   fi
   [[ -n "$(pgbin)" ]] || die "no PostgreSQL binaries in /usr/lib/postgresql/*/bin after installing"
+  command -v openssl >/dev/null || apt_install openssl # makes the TLS certificates
 }
 
 # The postgres OS user needs to reach and own its data dir; the repo is owned by root.
@@ -66,6 +67,25 @@ EOF
   chown postgres:postgres "$DATA/pg_hba.conf"
 }
 
+# A private CA and a server certificate for 127.0.0.1/localhost, made once: the server offers TLS
+# (clients choose with sslmode), and tests verify it against this CA (sslmode=verify-full).
+TLS="$PGROOT/tls"
+make_tls() {
+  [[ -f "$TLS/server.crt" && -f "$TLS/ca.crt" ]] && return 0
+  say "making a private CA and a server certificate in $TLS"
+  mkdir -p "$TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=imgstream local CA" \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.crt" >>"$LOG" 2>&1 || die "making the CA failed; see $LOG"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$TLS/server.key" -out "$TLS/server.csr" >>"$LOG" 2>&1 || die "making the server key failed; see $LOG"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS/san.ext"
+  openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$TLS/san.ext" -out "$TLS/server.crt" >>"$LOG" 2>&1 || die "signing the server certificate failed; see $LOG"
+  chown -R postgres:postgres "$TLS"
+  chmod 600 "$TLS/server.key" "$TLS/ca.key"
+  chmod 644 "$TLS/ca.crt" "$TLS/server.crt"
+}
+
 # Idempotent: (re)asserts the role's attributes and password, creates missing databases.
 bootstrap_sql() {
   as_pg "$BIN/psql" -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null <<'SQL'
@@ -88,10 +108,11 @@ start() {
   fi
   prepare_dirs
   init_cluster
-  say "starting PostgreSQL $(pgversion) on 127.0.0.1:$PORT; log: $LOG"
+  make_tls
+  say "starting PostgreSQL $(pgversion) on 127.0.0.1:$PORT (TLS offered, CA $TLS/ca.crt); log: $LOG"
   # pg_ctl -w waits for readiness and, unlike polling, notices at once if the server dies.
   if ! as_pg "$BIN/pg_ctl" start -D "$DATA" -l "$LOG" -w -t "$STACK_TIMEOUT" \
-    -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$SOCK" >/dev/null; then
+    -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$SOCK -c ssl=on -c ssl_cert_file=$TLS/server.crt -c ssl_key_file=$TLS/server.key" >/dev/null; then
     say "last lines of $LOG:"; tail -n 30 "$LOG" >&2
     die "PostgreSQL did not start within ${STACK_TIMEOUT}s"
   fi

@@ -87,6 +87,10 @@ pub fn base_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
     if let Some(debug) = &kafka.debug {
         config.set("debug", debug);
     }
+    // Security (TLS, SASL) and anything else the user passed, last so that it is what applies.
+    for (key, value) in kafka.client.iter() {
+        config.set(key, value);
+    }
     config
 }
 

@@ -1,5 +1,6 @@
 //! A client for the Confluent-compatible schema registry API (served here by Apicurio's ccompat).
 
+use crate::config::BasicAuth;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
@@ -51,6 +52,7 @@ impl SchemaLookup for RegistryClient {
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
+    auth: Option<BasicAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,17 +69,36 @@ pub struct Compatibility {
 
 impl RegistryClient {
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
+        Self::with_access(base_url, timeout, None, None)
+    }
+
+    /// A client that authenticates with `auth` (HTTP basic) and trusts the CAs in `ca_file`
+    /// besides the system's roots.
+    pub fn with_access(
+        base_url: &str,
+        timeout: Duration,
+        auth: Option<BasicAuth>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, RegistryError> {
+        let unusable = |detail: String| RegistryError::Unreachable {
+            url: base_url.to_string(),
+            detail,
+        };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
-            .timeout(timeout * 3)
-            .build()
-            .map_err(|e| RegistryError::Unreachable {
-                url: base_url.to_string(),
-                detail: e.to_string(),
-            })?;
+            .timeout(timeout * 3);
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| unusable(format!("cannot read CA file {}: {e}", path.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| unusable(format!("CA file {} is not PEM: {e}", path.display())))?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        let http = builder.build().map_err(|e| unusable(e.to_string()))?;
         Ok(RegistryClient {
             base: base_url.trim_end_matches('/').to_string(),
             http,
+            auth,
         })
     }
 
@@ -238,6 +259,10 @@ impl RegistryClient {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, RegistryError> {
+        let req = match &self.auth {
+            Some(auth) => req.basic_auth(&auth.user, Some(&auth.password)),
+            None => req,
+        };
         req.header(reqwest::header::ACCEPT, CONTENT_TYPE)
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .send()
@@ -304,5 +329,61 @@ fn truncate(s: &str) -> String {
         format!("{}…", &s[..s.floor_char_boundary(300)])
     } else {
         s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A registry stand-in that answers one schema and hands back the request it received.
+    async fn one_request_registry() -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let n = socket.read(&mut buf).await.unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let body = r#"{"schema":"\"string\""}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn every_request_carries_the_basic_auth_credentials() {
+        let (url, request) = one_request_registry().await;
+        let auth = BasicAuth {
+            user: "reader".into(),
+            password: "s3cret".into(),
+        };
+        let client =
+            RegistryClient::with_access(&url, Duration::from_secs(2), Some(auth), None).unwrap();
+        assert_eq!(client.schema_by_id(1).await.unwrap(), "\"string\"");
+        let request = request.await.unwrap();
+        // base64("reader:s3cret")
+        assert!(
+            request
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: Basic cmVhZGVyOnMzY3JldA==")),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_registry_refusing_the_credentials_is_not_transient() {
+        let err = RegistryError::Http {
+            request: "x".into(),
+            status: 401,
+            body: String::new(),
+        };
+        assert!(!err.is_transient());
     }
 }

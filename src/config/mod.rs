@@ -1,9 +1,12 @@
 //! Settings, read once from the environment and an optional `.env` file, with the original demo's
 //! variable names. Every problem is reported by the variable's name; secrets are never printed.
 
+mod kafka_security;
+
+pub use kafka_security::ClientProperties;
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 use url::Url;
@@ -40,6 +43,8 @@ impl OffsetReset {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
+    /// Security and any other librdkafka properties, for every Kafka client.
+    pub client: ClientProperties,
     pub bootstrap_servers: String,
     pub group_id: String,
     pub auto_offset_reset: OffsetReset,
@@ -53,6 +58,19 @@ pub struct KafkaSettings {
     pub compression: String,
 }
 
+/// A user and a password; the password never appears in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BasicAuth({}:<redacted>)", self.user)
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// Full endpoint URL, e.g. `http://127.0.0.1:9000`.
@@ -61,6 +79,8 @@ pub struct StoreSettings {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+    /// `MINIO_CA_FILE`: a PEM bundle trusted besides the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for StoreSettings {
@@ -141,6 +161,10 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     pub store: StoreSettings,
     pub registry_url: String,
+    /// `SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO=user:secret`, the Confluent clients' convention.
+    pub registry_auth: Option<BasicAuth>,
+    /// `SCHEMA_REGISTRY_SSL_CA_LOCATION`: a PEM bundle trusted besides the system's roots.
+    pub registry_ca_file: Option<PathBuf>,
     pub limits: LimitSettings,
     /// How long to wait for a service to answer before calling it unreachable.
     pub connect_timeout: Duration,
@@ -208,6 +232,7 @@ impl Settings {
             ));
         }
         let kafka = KafkaSettings {
+            client: kafka_security::client_properties(vars)?,
             bootstrap_servers,
             group_id: get("KAFKA_GROUP_ID", "imgstream"),
             auto_offset_reset,
@@ -256,6 +281,7 @@ impl Settings {
             access_key: get("MINIO_ACCESS_KEY", "minioadmin"),
             secret_key: get("MINIO_SECRET_KEY", "minioadmin"),
             region: get("MINIO_REGION", "us-east-1"),
+            ca_file: readable_file(vars, "MINIO_CA_FILE")?,
         };
 
         let registry_url = get(
@@ -293,6 +319,25 @@ impl Settings {
             database_url,
             store,
             registry_url: registry_url.trim_end_matches('/').to_string(),
+            registry_auth: match vars
+                .get("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO")
+                .filter(|v| !v.is_empty())
+            {
+                None => None,
+                Some(info) => match info.split_once(':') {
+                    Some((user, password)) if !user.is_empty() => Some(BasicAuth {
+                        user: user.to_string(),
+                        password: password.to_string(),
+                    }),
+                    _ => {
+                        return Err(invalid(
+                            "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+                            "expected user:secret",
+                        ));
+                    }
+                },
+            },
+            registry_ca_file: readable_file(vars, "SCHEMA_REGISTRY_SSL_CA_LOCATION")?,
             limits,
             connect_timeout: Duration::from_secs(parse_number(
                 "IMGSTREAM_CONNECT_TIMEOUT_SECS",
@@ -301,6 +346,18 @@ impl Settings {
                 600,
             )?),
         })
+    }
+}
+
+/// A path variable that, when set, must name a readable file.
+fn readable_file(
+    vars: &HashMap<String, String>,
+    var: &'static str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match vars.get(var).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(path) if Path::new(path).is_file() => Ok(Some(PathBuf::from(path))),
+        Some(path) => Err(invalid(var, format!("{path} is not a readable file"))),
     }
 }
 
