@@ -76,42 +76,27 @@ pub fn group_offsets(
     let bootstrap = &settings.kafka.bootstrap_servers;
     let consumer = crate::wiring::offsets_reader(settings)?;
     let timeout = settings.connect_timeout;
-    let metadata =
-        consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| BrokerError::Unreachable {
-                bootstrap: bootstrap.clone(),
-                detail: e.to_string(),
-            })?;
-    let Some(t) = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-    else {
-        return Err(BrokerError::MissingTopic {
-            topic: topic.to_string(),
-        });
-    };
+    let partitions = crate::kafka::partition_ids(&consumer, topic, timeout, bootstrap)?;
     let mut tpl = TopicPartitionList::new();
-    for p in t.partitions() {
-        tpl.add_partition(topic, p.id());
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
     }
     let committed = consumer
         .committed_offsets(tpl, timeout)
         .map_err(|e| BrokerError::from_kafka(&e, bootstrap))?;
     let mut out = Vec::new();
-    for p in t.partitions() {
+    for &p in &partitions {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), timeout)
+            .fetch_watermarks(topic, p, timeout)
             .map_err(|e| BrokerError::from_kafka(&e, bootstrap))?;
         let c = committed
-            .find_partition(topic, p.id())
+            .find_partition(topic, p)
             .and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
         out.push(PartitionOffsets {
-            partition: p.id(),
+            partition: p,
             low,
             high,
             committed: c,

@@ -45,11 +45,7 @@ impl IndexError {
 
 impl From<IndexError> for Failure {
     fn from(e: IndexError) -> Self {
-        if e.is_transient() {
-            Failure::Transient(e.to_string())
-        } else {
-            Failure::Fatal(e.to_string())
-        }
+        Failure::judged(&e, e.is_transient())
     }
 }
 

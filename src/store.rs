@@ -73,11 +73,7 @@ impl StoreError {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        if e.is_transient() {
-            Failure::Transient(e.to_string())
-        } else {
-            Failure::Fatal(e.to_string())
-        }
+        Failure::judged(&e, e.is_transient())
     }
 }
 

@@ -65,28 +65,17 @@ pub fn read_letters(
     timeout: Duration,
 ) -> Result<Vec<StoredLetter>, BrokerError> {
     let failed = |e: KafkaError| BrokerError::Other(format!("reading {topic}: {e}"));
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(failed)?;
-    let Some(t) = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-    else {
-        return Err(BrokerError::MissingTopic {
-            topic: topic.to_string(),
-        });
-    };
+    let partitions = super::partition_ids(consumer, topic, timeout, "the cluster")?;
     let mut assignment = TopicPartitionList::new();
     let mut ends = std::collections::HashMap::new();
-    for p in t.partitions() {
+    for p in partitions {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), timeout)
+            .fetch_watermarks(topic, p, timeout)
             .map_err(failed)?;
         if high > low {
-            ends.insert(p.id(), high);
+            ends.insert(p, high);
             assignment
-                .add_partition_offset(topic, p.id(), Offset::Offset(low))
+                .add_partition_offset(topic, p, Offset::Offset(low))
                 .map_err(failed)?;
         }
     }

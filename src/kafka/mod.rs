@@ -26,11 +26,7 @@ pub enum BrokerError {
 
 impl From<BrokerError> for crate::pipeline::Failure {
     fn from(e: BrokerError) -> Self {
-        if e.is_transient() {
-            crate::pipeline::Failure::Transient(e.to_string())
-        } else {
-            crate::pipeline::Failure::Fatal(e.to_string())
-        }
+        crate::pipeline::Failure::judged(&e, e.is_transient())
     }
 }
 
@@ -73,6 +69,32 @@ impl BrokerError {
             _ => BrokerError::Other(detail),
         }
     }
+}
+
+/// The partition ids of `topic`, from the cluster's metadata; `MissingTopic` when it is not
+/// there. Blocking.
+pub fn partition_ids(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: std::time::Duration,
+    bootstrap: &str,
+) -> Result<Vec<i32>, BrokerError> {
+    use rdkafka::consumer::Consumer;
+    let metadata =
+        consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| BrokerError::Unreachable {
+                bootstrap: bootstrap.to_string(),
+                detail: e.to_string(),
+            })?;
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .ok_or_else(|| BrokerError::MissingTopic {
+            topic: topic.to_string(),
+        })
 }
 
 /// Settings every client shares.

@@ -53,6 +53,15 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// An error as the adapter that met it judged it: transient or not.
+    pub fn judged(e: &impl std::fmt::Display, transient: bool) -> Failure {
+        if transient {
+            Failure::Transient(e.to_string())
+        } else {
+            Failure::Fatal(e.to_string())
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, Failure::Transient(_))
     }
