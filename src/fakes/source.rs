@@ -182,6 +182,11 @@ impl RecordSource for MemorySource {
         Box::pin(async move { Ok(caught_up) })
     }
 
+    fn close(&self) -> BoxFuture<'_, Result<(), Failure>> {
+        // Its commits are applied as they are made.
+        Box::pin(async { Ok(()) })
+    }
+
     fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>> {
         Box::pin(async move {
             self.commit_faults.enter().await?;

@@ -13,7 +13,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use tracing::{info, warn};
+use rdkafka::error::KafkaResult;
+use tracing::{debug, info, warn};
 
 /// Logs rebalances and commits what is done for revoked partitions before
 /// they move to another member; keeps the lag librdkafka's statistics report.
@@ -40,6 +41,15 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    /// The answer to an asynchronous commit, served while the consumer polls: what went through
+    /// leaves the ledger; what did not stays there and goes with the next commit.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.ledger.committed(&positions_of(offsets)),
+            Err(e) => debug!(error = %e, "offset commit not accepted; retried with the next one"),
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -68,6 +78,17 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
+}
+
+/// The positions a list carries (entries without an offset are left out).
+pub fn positions_of(tpl: &TopicPartitionList) -> Positions {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Positions as the list librdkafka commits.

@@ -169,6 +169,12 @@ impl KafkaSource {
         .unwrap_or_else(|e| Err(Failure::Transient(format!("offset query stopped: {e}"))))
     }
 
+    /// Commits asynchronously: librdkafka answers through `GroupContext::commit_callback` while
+    /// the fetch stage polls. A synchronous commit here once waited forever after a broker restart:
+    /// the group's rebalance needed the fetch stage to poll, and the fetch stage (or the stage it
+    /// waited on) was waiting for the commit. Nothing waits on librdkafka's group now, and a
+    /// commit that is lost (a crash before the answer) only means its records are replayed,
+    /// idempotently.
     async fn commit_done(&self, done: &Positions) -> Result<Committed, Failure> {
         let ledger = &self.consumer.context().ledger;
         ledger.record(done);
@@ -177,21 +183,41 @@ impl KafkaSource {
         if pending.is_empty() {
             return Ok(Committed::Done);
         }
-        let (consumer, tpl) = (self.consumer.clone(), offsets_list(&pending));
-        // On the blocking pool: a synchronous commit must not freeze the other stages.
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled));
-        match result {
-            Ok(()) => {
-                ledger.committed(&pending);
-                Ok(Committed::Done)
-            }
+        match self.consumer.commit(&offsets_list(&pending), CommitMode::Async) {
+            Ok(()) => Ok(Committed::Done),
             Err(e) if moved_on(&e) => Ok(Committed::Deferred),
             // Whatever else failed (the coordinator moving, a timeout) passes with time.
             Err(e) => Err(Failure::Transient(
                 BrokerError::from_kafka(&e, &self.bootstrap).to_string(),
             )),
+        }
+    }
+
+    /// The last commit of a run, synchronous and bounded: what is done is committed before the
+    /// process exits, or the next owner replays it.
+    async fn commit_before_exit(&self, within: Duration) -> Result<(), Failure> {
+        let ledger = &self.consumer.context().ledger;
+        let owned = self.assignment();
+        let pending = ledger.pending(|tp| owned.contains(tp));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (consumer, tpl) = (self.consumer.clone(), offsets_list(&pending));
+        let commit =
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        match tokio::time::timeout(within, commit).await {
+            Ok(Ok(Ok(()))) => {
+                ledger.committed(&pending);
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(Failure::Transient(
+                BrokerError::from_kafka(&e, &self.bootstrap).to_string(),
+            )),
+            Ok(Err(e)) => Err(Failure::Transient(format!("final commit stopped: {e}"))),
+            Err(_) => Err(Failure::Transient(format!(
+                "the final offset commit got no answer within {}s; the next owner replays those records",
+                within.as_secs()
+            ))),
         }
     }
 }
@@ -240,5 +266,9 @@ impl RecordSource for KafkaSource {
 
     fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>> {
         Box::pin(self.owned_caught_up())
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), Failure>> {
+        Box::pin(self.commit_before_exit(QUERY_TIMEOUT * 2))
     }
 }

@@ -209,6 +209,11 @@ impl Pipeline {
             self.upload_stage(checked_rx, stored_tx, &uploads),
             self.commit_stage(stored_rx),
         );
+        // Commits may still be on their way to the broker: wait for them, briefly. A commit that
+        // does not make it only means its records are replayed, idempotently.
+        if let Err(e) = self.ports.source.close().await {
+            tracing::warn!(error = %e, "offsets may not all be committed");
+        }
         // The first fatal error wins; a stage that stopped because another failed says Shutdown.
         for result in [committed, stored, checked] {
             match result {

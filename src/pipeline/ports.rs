@@ -111,6 +111,10 @@ pub trait RecordSource: Send + Sync {
     /// Whether this member owns partitions and the group's committed offsets have reached their
     /// end: nothing is left to do that this member could see.
     fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>>;
+
+    /// Makes sure what was committed is durable before the run ends (commits may be
+    /// asynchronous); bounded in time.
+    fn close(&self) -> BoxFuture<'_, Result<(), Failure>>;
 }
 
 /// What a create-only write of an image found.
