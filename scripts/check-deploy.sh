@@ -511,10 +511,11 @@ check_binary() {
 
 # ---- 4. self-test -----------------------------------------------------------------------------
 
-# expect_caught NAME CHECK FILE: runs one check on a broken copy; it must fail.
+# expect_caught NAME CHECK ARGS...: runs one check on a broken copy; it must fail.
 expect_caught() {
-  local name="$1" check="$2" target="$3" out rc=0
-  out="$(bash "$SELF" "__$check" "$target" 2>&1)" || rc=$?
+  local name="$1" check="$2" out rc=0
+  shift 2
+  out="$(bash "$SELF" "__$check" "$@" 2>&1)" || rc=$?
   if ((rc == 0)); then
     printf '%s\n' "$out" >&2
     fail "self-test: breakage '$name' was NOT caught by the $check check"
@@ -575,6 +576,15 @@ selftest() {
   expect_caught "Dockerfile: apt-get install without --no-install-recommends" dockerfile "$d"
   fresh; sed -i 's/^ARG SUM=h1:6/ARG SUM=h1:7/' "$m"
   expect_caught "MinIO Dockerfile: module hash differs from minio.sh" minio "$m"
+  # The library check, on a binary that needs a library the runtime image lacks (libcurl).
+  local curl
+  curl="$(command -v curl || true)"
+  if command -v dpkg-query >/dev/null && [[ -n "$curl" ]] && ldd "$curl" | grep -q libcurl; then
+    fresh
+    expect_caught "runtime image lacks a library the binary loads ($curl needs libcurl)" libs "$d" "$curl"
+  else
+    say "  (library check not self-tested: needs dpkg and a curl linked to libcurl)"
+  fi
   say "self-test: every breakage was caught"
 }
 
@@ -586,6 +596,7 @@ case "${1:-}" in
   __chart) check_chart "$2"; exit 0 ;;
   __dockerfile) check_dockerfile "$2"; exit 0 ;;
   __minio) check_minio_dockerfile "$2"; exit 0 ;;
+  __libs) check_libraries "$2" "$3"; exit 0 ;;
   "") ;;
   *) die "usage: scripts/check-deploy.sh   (CHECK_DEPLOY_BUILD=1 to build the binary too)" ;;
 esac
