@@ -6,7 +6,8 @@
 #   scripts/check-deploy.sh            all checks, then the self-test
 #   CHECK_DEPLOY_BUILD=1 scripts/check-deploy.sh
 #                                      also build the binary with the Dockerfile's own cargo
-#                                      command (about 10 minutes cold) and check its libraries
+#                                      command (15 minutes cold on a 2-core machine) and check
+#                                      its shared libraries
 #
 # 1. deploy/compose.yaml: loaded by compose-go, the Compose specification's reference loader
 #    (tools/compose-validate): schema, interpolation, consistency (depends_on, volumes...), with
