@@ -12,7 +12,9 @@
 # 1. deploy/compose.yaml: loaded by compose-go, the Compose specification's reference loader
 #    (tools/compose-validate): schema, interpolation, consistency (depends_on, volumes...), with
 #    every profile and with none; every pulled image pinned; the versions equal the local stack's
-#    (stack/kafka/pom.xml, stack/registry/pom.xml, scripts/stack/minio.sh, Debian's PostgreSQL).
+#    (stack/kafka/pom.xml, stack/registry/pom.xml, scripts/stack/minio.sh, Debian's PostgreSQL);
+#    the consumer runs with --metrics-addr and its healthcheck asks that port for a path that
+#    src/ serves (the same holds for the chart's probes and the Dockerfile's CMD and EXPOSE).
 # 2. deploy/helm/imgstream: `helm lint --strict`, and `helm template` piped into `kubeconform
 #    -strict` against Kubernetes' JSON schemas for the oldest and newest versions the chart
 #    supports, offline (from the kubernetes-validate wheel). Rendered twice: with the chart's own
@@ -211,6 +213,22 @@ install_tools() {
 pom_value() { sed -n "s:.*<$2>\(.*\)</$2>.*:\1:p" "$REPO_ROOT/$1" | head -n1; }
 minio_sh_value() { sed -n "s/^$1=\(.*\)$/\1/p" "$REPO_ROOT/scripts/stack/minio.sh" | head -n1; }
 
+# served_paths: the HTTP paths the consumer serves (axum routes in src/), one per line.
+served_paths() { grep -rhoE '\.route\("/[A-Za-z0-9_/-]*"' "$REPO_ROOT/src" | sed -E 's/.*\("//; s/"$//' | sort -u; }
+
+# check_served WHERE PATH...: each PATH is served by the consumer, and `consume` has --metrics-addr.
+check_served() {
+  local where="$1" served path
+  shift
+  grep -q 'metrics_addr' "$REPO_ROOT/src/main.rs" || fail "src/main.rs has no --metrics-addr: $where relies on it"
+  served="$(served_paths)"
+  [[ -n "$served" ]] || fail "no HTTP route found in src/: $where probes one"
+  (($#)) || fail "$where probes no HTTP path"
+  for path in "$@"; do
+    grep -qxF "$path" <<<"$served" || fail "$where: $path is not served by the consumer (src/ routes: $(tr '\n' ' ' <<<"$served"))"
+  done
+}
+
 # ---- 1. compose ---------------------------------------------------------------------------------
 
 check_compose() {
@@ -238,6 +256,14 @@ check_compose() {
   else
     say "no local PostgreSQL installed: the postgres image's major version ($major) is not compared"
   fi
+  # The consumer's healthcheck asks a path the consumer serves, on the port it is told to use.
+  local block paths=() port
+  block="$(awk '/^  consumer:$/{on=1; next} on && /^  [a-z]/{exit} on' "$file")"
+  mapfile -t paths < <(grep -oE 'GET /[A-Za-z0-9_/-]*' <<<"$block" | cut -d' ' -f2)
+  check_served "compose's consumer healthcheck" "${paths[@]}"
+  port="$(grep -oE '"--metrics-addr", "[0-9.]*:[0-9]+"' <<<"$block" | grep -oE '[0-9]+"$' | tr -d '"' || true)"
+  [[ -n "$port" ]] || fail "compose's consumer does not run with --metrics-addr"
+  grep -q "/dev/tcp/127.0.0.1/$port" <<<"$block" || fail "compose's consumer healthcheck does not ask port $port (--metrics-addr)"
   say "compose: ok ($file)"
 }
 
@@ -273,13 +299,19 @@ check_chart() {
       grep -q "^kind: $kind$" "$tmp/own-secret.yaml" || fail "rendered chart has no $kind"
     done
     grep -q '^kind: ScaledObject$' "$tmp/own-secret.yaml" && fail "ScaledObject rendered although KEDA is off by default"
+    local deploy paths=()
+    deploy="$(awk 'BEGIN{RS="---"} /\nkind: Deployment\n/' "$tmp/own-secret.yaml")"
+    mapfile -t paths < <(grep -oE '^ +path: /[A-Za-z0-9_/-]*' <<<"$deploy" | awk '{print $2}')
+    check_served "the chart's consumer probes" "${paths[@]}"
+    grep -q -- '- --metrics-addr' <<<"$deploy" || fail "the chart's consumer does not run with --metrics-addr"
 
     "$BIN/helm" template imgstream "$chart" --namespace imgstream --kube-version "$v" \
       -f "$chart/ci/keda-existing-secret-values.yaml" >"$tmp/keda.yaml" \
       || fail "helm template failed for $chart (existingSecret, KEDA on, Kubernetes $v)"
     out="$(kubeconform_check "$v" "$tmp/keda.yaml" ScaledObject)" \
       || { printf '%s\n' "$out" >&2; fail "kubeconform: rendered chart (KEDA on) invalid for Kubernetes $v"; }
-    say "Kubernetes $v, existingSecret + KEDA (ScaledObject skipped: no CRD schema): $out"
+    say "Kubernetes $v, existingSecret + KEDA + metrics Service (ScaledObject skipped: no CRD schema): $out"
+    grep -q '^kind: Service$' "$tmp/keda.yaml" || fail "metrics.service.enabled, but no Service rendered"
   done
 
   # The ScaledObject, by name since no schema is available: the Kafka trigger's keys.
@@ -416,6 +448,13 @@ check_dockerfile() {
   user_ok "$file" "$runtime"
   [[ "$(grep '^ENTRYPOINT ' <<<"$lines" | tail -n1)" == 'ENTRYPOINT ["imgstream"]' ]] \
     || fail "$file: runtime ENTRYPOINT is not [\"imgstream\"]"
+  local cmdline port
+  cmdline="$(grep '^CMD ' <<<"$lines" | tail -n1 || true)"
+  if [[ "$cmdline" == *'"--metrics-addr"'* ]]; then
+    port="$(grep -oE '"[0-9.]*:[0-9]+"' <<<"$cmdline" | grep -oE '[0-9]+"$' | tr -d '"' || true)"
+    grep -qE "^EXPOSE .*\b$port\b" <<<"$lines" || fail "$file: CMD serves on port $port, which is not EXPOSEd"
+    check_served "$file's CMD" /healthz
+  fi
   no_baked_secrets "$file"
 
   local ignore="$REPO_ROOT/.dockerignore" entry
@@ -550,6 +589,11 @@ selftest() {
   fresh; sed -i '/^  consumer:$/,/^  producer:$/ s/^    depends_on:$/    depends_on:\n      producer:\n        condition: service_started/' "$c"
   expect_caught "compose: consumer depends on the producer, which runs only with --profile producer" compose "$c"
 
+  fresh; sed -i 's#GET /healthz HTTP#GET /health HTTP#' "$c"
+  expect_caught "compose: consumer healthcheck asks /health, which the consumer does not serve" compose "$c"
+  fresh; sed -i 's#"0.0.0.0:9464"\]#"0.0.0.0:9465"]#' "$c"
+  expect_caught "compose: consumer serves on 9465, healthcheck still asks 9464" compose "$c"
+
   fresh; printf '  broken: {{ .Values.config\n' >>"$h/templates/configmap.yaml"
   expect_caught "chart: template syntax error" chart "$h"
   fresh; sed -i 's/imagePullPolicy:/imagePullPolicee:/' "$h/templates/deployment.yaml"
@@ -558,6 +602,8 @@ selftest() {
   expect_caught "chart: terminationGracePeriodSeconds a string" chart "$h"
   fresh; sed -i 's#apiVersion: policy/v1#apiVersion: policy/v1beta1#' "$h/templates/poddisruptionbudget.yaml"
   expect_caught "chart: PodDisruptionBudget policy/v1beta1 (removed in Kubernetes 1.25)" chart "$h"
+  fresh; sed -i 's#path: /readyz#path: /ready#' "$h/values.yaml"
+  expect_caught "chart: readiness probe on /ready, which the consumer does not serve" chart "$h"
   fresh; sed -i 's/topic: {{/topics: {{/' "$h/templates/scaledobject.yaml"
   expect_caught "chart: KEDA trigger key misspelt (topics)" chart "$h"
 
