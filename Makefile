@@ -4,7 +4,7 @@ STACK := scripts/stack/stack.sh
 DEMO_COUNT ?= 1000
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test stack-up stack-down stack-status deps build release fmt lint unit bench clean-stack
+.PHONY: demo test stack-up stack-down stack-status deps build release fmt lint unit bench clean-stack check-deploy
 
 demo: stack-up release
 	scripts/demo.sh $(DEMO_COUNT)
@@ -44,6 +44,11 @@ unit: deps
 
 bench: stack-up release
 	scripts/bench.sh
+
+# Deployment files (deploy/): compose-go, helm lint + kubeconform, hadolint, and a self-test that
+# breaks each on purpose. No container engine needed; tools are cached in ~/.cache/imgstream/tools.
+check-deploy:
+	scripts/check-deploy.sh
 
 clean-stack: stack-down
 	rm -rf .stack
