@@ -315,6 +315,11 @@ fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<IndexEntry, sqlx::Error> 
     })
 }
 
+fn is_certificate_error(io: &std::io::Error) -> bool {
+    // Only the certificate verdict: a handshake cut short by a restarting server is an outage.
+    io.to_string().to_ascii_lowercase().contains("certificate")
+}
+
 /// The single place where a PostgreSQL failure is judged transient or not.
 fn classify(e: sqlx::Error, addr: &str, database: &str) -> IndexError {
     let detail = e.to_string().replace('\n', " ");
@@ -322,6 +327,11 @@ fn classify(e: sqlx::Error, addr: &str, database: &str) -> IndexError {
         // A certificate that does not verify, or a server without TLS under sslmode=require:
         // waiting will not change either.
         sqlx::Error::Tls(_) => IndexError::Tls {
+            addr: addr.to_string(),
+            detail,
+        },
+        // rustls' verdict on the server's certificate reaches us wrapped in an I/O error.
+        sqlx::Error::Io(io) if is_certificate_error(io) => IndexError::Tls {
             addr: addr.to_string(),
             detail,
         },

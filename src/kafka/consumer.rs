@@ -8,12 +8,12 @@ use bytes::Bytes;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use rdkafka::error::KafkaResult;
 use tracing::{debug, info, warn};
 
 /// Logs rebalances and commits what is done for revoked partitions before

@@ -183,7 +183,10 @@ impl KafkaSource {
         if pending.is_empty() {
             return Ok(Committed::Done);
         }
-        match self.consumer.commit(&offsets_list(&pending), CommitMode::Async) {
+        match self
+            .consumer
+            .commit(&offsets_list(&pending), CommitMode::Async)
+        {
             Ok(()) => Ok(Committed::Done),
             Err(e) if moved_on(&e) => Ok(Committed::Deferred),
             // Whatever else failed (the coordinator moving, a timeout) passes with time.
@@ -203,8 +206,7 @@ impl KafkaSource {
             return Ok(());
         }
         let (consumer, tpl) = (self.consumer.clone(), offsets_list(&pending));
-        let commit =
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
         match tokio::time::timeout(within, commit).await {
             Ok(Ok(Ok(()))) => {
                 ledger.committed(&pending);
