@@ -356,15 +356,6 @@ async fn verify_finds_a_deleted_object_altered_bytes_and_a_planted_orphan_and_re
     assert_eq!(env.counts().await, (5, 7));
 }
 
-/// A free local port for a server the test starts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The value of one sample in Prometheus text, e.g. `imgstream_records_stored_total`.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -378,7 +369,7 @@ async fn the_consumers_metrics_match_what_the_services_hold() {
     env.produce(30, &[]);
     let producer = raw_producer(&env);
     send_raw(&producer, &env.name, "garbage", Some(b"\x00")).await;
-    let port = free_port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let consumer = env.spawn(
         &["consume", "--until-idle", "6", "--metrics-addr", &addr],

@@ -288,12 +288,7 @@ async fn a_frozen_minio_is_reported_while_it_is_frozen() {
 async fn readiness_follows_a_minio_outage() {
     let env = TestEnv::new("readyz").await;
     env.produce(400, &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let mut args = CONSUME_SLOWLY.to_vec();
     args.extend(["--metrics-addr", &addr]);
     let consumer = env.spawn(&args, "consumer");

@@ -436,3 +436,12 @@ pub fn signal(child: &Child, sig: i32) {
     let rc = unsafe { kill(child.id() as i32, sig) };
     assert_eq!(rc, 0, "kill({}, {sig}) failed", child.id());
 }
+
+/// A free local port for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
