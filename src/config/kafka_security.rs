@@ -165,13 +165,7 @@ fn read_properties_file(path: &Path) -> Result<Vec<(String, String)>, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::tests::vars;
 
     #[test]
     fn nothing_set_means_plaintext_with_no_extra_properties() {

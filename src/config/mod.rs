@@ -483,10 +483,11 @@ pub fn parse_endpoint(raw: &str) -> Result<String, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    /// A variable map, as the environment would give it.
+    pub(crate) fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
