@@ -4,7 +4,7 @@ STACK := scripts/stack/stack.sh
 DEMO_COUNT ?= 1000
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test stack-up stack-down stack-status deps build release fmt lint unit bench clean-stack check-deploy
+.PHONY: demo test stack-up stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
 
 demo: stack-up release
 	scripts/demo.sh $(DEMO_COUNT)
@@ -44,6 +44,10 @@ unit: deps
 
 bench: stack-up release
 	scripts/bench.sh
+
+# `imgstream serve` on an index of 1,000,000 rows: API and gallery p50/p99, cold thumbnails.
+bench-browse: stack-up release
+	scripts/bench.sh --browse
 
 # Deployment files (deploy/): compose-go, helm lint + kubeconform, hadolint, and a self-test that
 # breaks each on purpose. No container engine needed; tools are cached in ~/.cache/imgstream/tools.

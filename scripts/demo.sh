@@ -51,3 +51,25 @@ if not ok:
 sys.exit(0 if ok else 1)
 PY
 "$bin" verify --sample 50 | tail -n 1
+
+# The gallery stays up after the demo so the stored images can be looked at; `make stack-down`
+# stops it with the rest of the stack.
+addr="${IMGSTREAM_SERVE_ADDR:-127.0.0.1:8080}"
+pidfile=.stack/serve.pid
+if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  kill "$(cat "$pidfile")" && sleep 1
+fi
+nohup "$bin" serve --addr "$addr" > .stack/serve.log 2>&1 &
+echo $! > "$pidfile"
+for _ in $(seq 1 60); do
+  curl -fsS -o /dev/null "http://$addr/readyz" 2>/dev/null && break
+  sleep 0.25
+done
+if ! curl -fsS -o /dev/null "http://$addr/readyz" 2>/dev/null; then
+  tail -n 5 .stack/serve.log >&2
+  echo "the gallery did not start (log: .stack/serve.log)" >&2
+  exit 1
+fi
+echo
+echo "  Gallery         http://$addr/   (pipeline http://$addr/pipeline, API http://$addr/api/images)"
+echo "                  runs in the background (log .stack/serve.log); make stack-down stops it"

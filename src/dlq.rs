@@ -105,7 +105,7 @@ async fn selected_letters(
 ) -> Result<Vec<(StoredLetter, Letter)>, BrokerError> {
     let reader = wiring::offsets_reader(settings)?;
     let (topic, timeout) = (settings.kafka.dlq_topic.clone(), settings.connect_timeout);
-    let stored = off_thread(move || read_letters(&reader, &topic, timeout)).await?;
+    let stored = off_thread(move || read_letters(&reader, &topic, timeout, None)).await?;
     Ok(stored
         .into_iter()
         .map(|s| {
@@ -131,6 +131,24 @@ pub async fn list(settings: &Settings, selection: &Selection) -> Result<Listing,
         counts,
         letters,
     })
+}
+
+/// The most recent `n` dead letters, newest first (by the time they were dead-lettered).
+pub async fn recent(settings: &Settings, n: usize) -> Result<Vec<Letter>, BrokerError> {
+    let reader = wiring::offsets_reader(settings)?;
+    let (topic, timeout) = (settings.kafka.dlq_topic.clone(), settings.connect_timeout);
+    let last = Some(n as i64);
+    let stored = off_thread(move || read_letters(&reader, &topic, timeout, last)).await?;
+    let mut letters: Vec<Letter> = stored.iter().map(Letter::from_stored).collect();
+    letters.sort_by(|a, b| {
+        (b.dead_lettered_at, b.dlq_partition, b.dlq_offset).cmp(&(
+            a.dead_lettered_at,
+            a.dlq_partition,
+            a.dlq_offset,
+        ))
+    });
+    letters.truncate(n);
+    Ok(letters)
 }
 
 pub async fn replay(

@@ -116,6 +116,15 @@ pub fn object_key(image_id: &Uuid) -> String {
 /// Every image object lives under this prefix; anything else in the bucket is not ours to audit.
 pub const OBJECT_PREFIX: &str = "images/";
 
+/// Thumbnails live apart from the images, so `verify` and the commit protocol never see them.
+pub const THUMBNAIL_PREFIX: &str = "thumbnails/";
+
+/// The object key of an image's thumbnail: like [`object_key`], a function of the id alone.
+pub fn thumbnail_key(image_id: &Uuid) -> String {
+    let id = image_id.as_hyphenated().to_string();
+    format!("{THUMBNAIL_PREFIX}{}/{}.jpg", &id[..2], id)
+}
+
 /// Lowercase hex SHA-256 of some bytes.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -178,6 +187,13 @@ impl IndexEntry {
             && self.source_id == other.source_id
             && self.created_at == other.created_at
     }
+}
+
+/// An indexed image as the index returns it: its entry and when it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    pub entry: IndexEntry,
+    pub stored_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! The PostgreSQL index of stored images: migrations, the batched idempotent insert, and queries.
 
 use crate::config::DatabaseUrl;
-use crate::domain::IndexEntry;
+use crate::domain::{IndexEntry, StoredImage};
 use crate::pipeline::{Failure, IndexSink, Indexed};
+use crate::search::ImageQuery;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Row, migrate::Migrator};
+use sqlx::{Postgres, QueryBuilder, Row, migrate::Migrator};
 use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
@@ -287,9 +288,122 @@ impl ImageIndex {
         .map_err(|e| self.err(e))
     }
 
+    /// One page of a search over the images of `bucket`, newest first. A keyset query: the
+    /// migrations' `(…, created_at DESC, image_id DESC)` indexes make a deep page as cheap as the
+    /// first. Only the filters given become SQL, so each shape gets a plan that fits it.
+    pub async fn search(
+        &self,
+        bucket: &str,
+        query: &ImageQuery,
+    ) -> Result<Vec<StoredImage>, IndexError> {
+        let mut sql = QueryBuilder::<Postgres>::new(SELECT_STORED);
+        sql.push(" WHERE bucket = ").push_bind(bucket);
+        if let Some(customer) = &query.customer_id {
+            sql.push(" AND customer_id = ").push_bind(customer);
+        }
+        if let Some(source) = &query.source_id {
+            sql.push(" AND source_id = ").push_bind(source);
+        }
+        if let Some(format) = query.format {
+            sql.push(" AND content_type = ")
+                .push_bind(format.content_type());
+        }
+        if let Some(from) = query.created_from {
+            sql.push(" AND created_at >= ").push_bind(from);
+        }
+        if let Some(before) = query.created_before {
+            sql.push(" AND created_at < ").push_bind(before);
+        }
+        if let Some(after) = &query.after {
+            sql.push(" AND (created_at, image_id) < (")
+                .push_bind(after.created_at)
+                .push(", ")
+                .push_bind(after.image_id)
+                .push(")");
+        }
+        sql.push(" ORDER BY created_at DESC, image_id DESC LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(stored_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// One image of `bucket` by id.
+    pub async fn stored_image(
+        &self,
+        bucket: &str,
+        image_id: Uuid,
+    ) -> Result<Option<StoredImage>, IndexError> {
+        let row = sqlx::query(&format!(
+            "{SELECT_STORED} WHERE image_id = $1 AND bucket = $2"
+        ))
+        .bind(image_id)
+        .bind(bucket)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.as_ref()
+            .map(stored_from_row)
+            .transpose()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Rows stored per minute over the last `minutes` minutes, oldest first; quiet minutes are 0.
+    pub async fn stored_per_minute(
+        &self,
+        bucket: &str,
+        minutes: u32,
+    ) -> Result<Vec<(DateTime<Utc>, i64)>, IndexError> {
+        let rows = sqlx::query(
+            "SELECT minute, count(images.image_id)
+             FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $2 - 1),
+                                  date_trunc('minute', now()), interval '1 minute') AS minute
+             LEFT JOIN images ON bucket = $1 AND stored_at >= minute
+                             AND stored_at < minute + interval '1 minute'
+             GROUP BY minute ORDER BY minute",
+        )
+        .bind(bucket)
+        .bind(minutes.max(1) as i32)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Whether PostgreSQL answers: the readiness of a server that reads the index.
+    pub async fn ping(&self) -> Result<(), IndexError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+const SELECT_STORED: &str =
+    "SELECT image_id, object_key, bucket, sha256, size_bytes, width, height,
+    content_type, customer_id, source_id, created_at, kafka_topic, kafka_partition, kafka_offset,
+    stored_at
+    FROM images";
+
+fn stored_from_row(r: &sqlx::postgres::PgRow) -> Result<StoredImage, sqlx::Error> {
+    Ok(StoredImage {
+        entry: entry_from_row(r)?,
+        stored_at: r.try_get("stored_at")?,
+    })
 }
 
 const SELECT_ENTRY: &str = "SELECT image_id, object_key, bucket, sha256, size_bytes, width, height,

@@ -23,6 +23,8 @@
 //!   (`imgstream status`); [`monitor`] is the consumer's live status line, [`metrics`] its
 //!   Prometheus metrics and health endpoints.
 //! - [`dlq`] lists dead letters and replays the ones whose cause is fixed (`imgstream dlq`).
+//! - [`serve`] is `imgstream serve`: the gallery, image pages, the JSON API with presigned URLs,
+//!   thumbnails and the pipeline page; [`search`] is what a search asks for and where a page ends.
 //! - [`config`] reads settings once; [`shutdown`] turns SIGINT/SIGTERM into one flag.
 
 pub mod audit;
@@ -38,6 +40,8 @@ pub mod monitor;
 pub mod pipeline;
 pub mod produce;
 pub mod schema;
+pub mod search;
+pub mod serve;
 pub mod setup;
 pub mod shutdown;
 pub mod store;

@@ -52,6 +52,18 @@ enum Command {
     /// Inspect dead letters and send fixed ones back to the data topic
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Browse and fetch stored images and watch the pipeline: gallery, JSON API, metrics
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on; 127.0.0.1 keeps it on this machine
+    #[arg(long, env = "IMGSTREAM_SERVE_ADDR", default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Thumbnails made at once (default: the number of cores)
+    #[arg(long)]
+    thumbnail_makers: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -311,6 +323,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Status { json } => run_status(&settings, json).await,
         Command::Verify(args) => run_verify(&settings, args).await,
         Command::Dlq(command) => run_dlq(&settings, command).await,
+        Command::Serve(args) => run_serve(&settings, args).await,
     }
 }
 
@@ -542,6 +555,21 @@ async fn run_verify(settings: &Settings, args: VerifyArgs) -> Result<ExitCode, S
         // The JSON on stdout says what; the line on stderr says that it failed.
         (false, true) => Err("verify found problems (see the JSON report)".into()),
         (false, false) => Err("verify found problems (listed above)".into()),
+    }
+}
+
+async fn run_serve(settings: &Settings, args: ServeArgs) -> Result<ExitCode, String> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let opts = imgstream::serve::ServeOptions {
+        addr: args.addr,
+        thumbnail_makers: args.thumbnail_makers.unwrap_or(cores).max(1),
+    };
+    let serving = imgstream::serve::start(settings, opts).await?;
+    println!("gallery at http://{}/", serving.addr);
+    let shutdown = Shutdown::on_signals();
+    tokio::select! {
+        _ = shutdown.triggered() => Ok(ExitCode::SUCCESS),
+        _ = serving.wait() => Err("the server stopped on its own (see the log above)".into()),
     }
 }
 

@@ -18,9 +18,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
-use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer, AwsCredential};
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
     Attribute, Attributes, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
     PutPayload, RetryConfig,
@@ -140,6 +141,8 @@ pub struct ImageStore {
     endpoint: String,
     /// Signed requests `object_store` cannot make: checksummed writes and bucket calls.
     s3: Option<S3Direct>,
+    /// Presigns GET URLs, so a reader fetches bytes from the store itself, not through us.
+    signer: Option<Arc<AmazonS3>>,
 }
 
 impl ImageStore {
@@ -203,8 +206,10 @@ impl ImageStore {
             .tls_certs_merge(extra_roots)
             .build()
             .map_err(|e| unavailable(e.to_string()))?;
+        let store = Arc::new(store);
         Ok(ImageStore {
-            inner: Arc::new(store),
+            signer: Some(store.clone()),
+            inner: store,
             bucket: settings.bucket.clone(),
             endpoint: settings.endpoint.clone(),
             s3: Some(S3Direct {
@@ -227,6 +232,7 @@ impl ImageStore {
             bucket: bucket.to_string(),
             endpoint: "memory://".into(),
             s3: None,
+            signer: None,
         }
     }
 
@@ -321,6 +327,35 @@ impl ImageStore {
             .await
             .map_err(|e| self.classify(e, key))?;
         result.bytes().await.map_err(|e| self.classify(e, key))
+    }
+
+    /// A URL that lets anyone holding it GET `key` until `ttl` has passed; with `download_as`, the
+    /// store answers with `Content-Disposition: attachment` under that file name.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+        download_as: Option<&str>,
+    ) -> Result<url::Url, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Err(StoreError::Refused {
+                endpoint: self.endpoint.clone(),
+                what: "a presigned URL".into(),
+                detail: "only an S3 store can sign URLs".into(),
+            });
+        };
+        let mut options = SignedUrlOptions::default();
+        if let Some(name) = download_as {
+            // The name is ours (an image id and an extension), so it needs no quoting rules.
+            options = options.with_query([(
+                "response-content-disposition",
+                format!("attachment; filename=\"{name}\""),
+            )]);
+        }
+        signer
+            .signed_url_opts(http::Method::GET, &Path::from(key), ttl, &options)
+            .await
+            .map_err(|e| self.classify(e, key))
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {

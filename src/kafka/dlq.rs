@@ -57,12 +57,13 @@ impl StoredLetter {
     }
 }
 
-/// Every letter of the dead-letter topic, up to its end when the read starts. Blocking: call it
-/// on the blocking pool.
+/// The letters of the dead-letter topic up to its end when the read starts: all of them, or with
+/// `last`, only the last that many of each partition. Blocking: call it on the blocking pool.
 pub fn read_letters(
     consumer: &BaseConsumer,
     topic: &str,
     timeout: Duration,
+    last: Option<i64>,
 ) -> Result<Vec<StoredLetter>, BrokerError> {
     let failed = |e: KafkaError| BrokerError::Other(format!("reading {topic}: {e}"));
     let partitions = super::partition_ids(consumer, topic, timeout, "the cluster")?;
@@ -72,10 +73,11 @@ pub fn read_letters(
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
             .map_err(failed)?;
-        if high > low {
+        let start = last.map_or(low, |n| (high - n.max(1)).max(low));
+        if high > start {
             ends.insert(p, high);
             assignment
-                .add_partition_offset(topic, p, Offset::Offset(low))
+                .add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(failed)?;
         }
     }

@@ -153,12 +153,13 @@ impl TestEnv {
         std::fs::read_to_string(self.log_path(log)).unwrap_or_default()
     }
 
-    /// Produces `count` small images through the real CLI.
+    /// Produces `count` images through the real CLI: small ones unless `extra` gives a size.
     pub fn produce(&self, count: u64, extra: &[&str]) -> Output {
         let count = count.to_string();
-        let mut args = vec![
-            "produce", "--count", &count, "--width", "64-160", "--height", "48-120", "--json",
-        ];
+        let mut args = vec!["produce", "--count", &count, "--json"];
+        if !extra.contains(&"--width") {
+            args.extend_from_slice(&["--width", "64-160", "--height", "48-120"]);
+        }
         args.extend_from_slice(extra);
         let out = self.run(&args);
         assert!(

@@ -6,6 +6,7 @@
 //! produce-to-index latency at half the pipeline's pace. Then scaling over 1, 2 and 4 partitions,
 //! and the consumer's peak RSS over a 100,000-record backlog. Prints a table and writes JSON.
 
+mod browse;
 mod naive;
 mod services;
 
@@ -550,6 +551,25 @@ async fn main() {
     });
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let started = Instant::now();
+    if args.iter().any(|a| a == "--browse") {
+        let rows = args
+            .iter()
+            .position(|a| a == "--rows")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000_000);
+        let report = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "machine": services::machine(),
+            "browse": browse::bench_browse(&base, &run, rows).await,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report["browse"]).unwrap()
+        );
+        write_report("browse", &report);
+        return;
+    }
 
     let mut results = Vec::new();
     for case in cases(quick) {
@@ -580,23 +600,27 @@ async fn main() {
         "backlog": backlog,
     });
     print_table(&report);
+    write_report("bench", &report);
+    println!("({:.0}s)", started.elapsed().as_secs_f64());
+}
+
+/// Writes `bench-results/<kind>-<time>.json` and `bench-results/<kind>-latest.json`.
+fn write_report(kind: &str, report: &Value) {
     let dir = PathBuf::from("bench-results");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!(
-        "bench-{}.json",
+        "{kind}-{}.json",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
     ));
-    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
-    std::fs::write(
-        dir.join("latest.json"),
-        serde_json::to_string_pretty(&report).unwrap(),
-    )
-    .unwrap();
-    println!(
-        "\nwritten: {} ({:.0}s)",
-        path.display(),
-        started.elapsed().as_secs_f64()
-    );
+    let text = serde_json::to_string_pretty(report).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let latest = if kind == "bench" {
+        "latest.json".to_string()
+    } else {
+        format!("{kind}-latest.json")
+    };
+    std::fs::write(dir.join(latest), &text).unwrap();
+    println!("\nwritten: {}", path.display());
 }
 
 fn print_table(r: &Value) {

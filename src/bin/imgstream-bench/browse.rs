@@ -1,0 +1,323 @@
+//! `imgstream-bench --browse`: `imgstream serve` on an index of a million rows.
+//!
+//! The rows are generated inside PostgreSQL (no objects behind them); 48 real images are stored
+//! and indexed as the newest, so the first gallery page has thumbnails to make. Measured against
+//! the real `imgstream serve` process:
+//! - API and gallery latency (p50/p99) on the first page and on deep pages (cursors taken at
+//!   random depths), unfiltered and within one customer, each against its floor: the same keyset
+//!   query sent straight to PostgreSQL;
+//! - a cold 48-thumbnail gallery (the page, then its thumbnails over six connections, as a browser
+//!   fetches them), against its floor: reading the 48 originals from MinIO the same way; then the
+//!   same page warm.
+
+use super::{binary, case_settings, cleanup, fresh_database, percentile, setup};
+use imgstream::domain::{ImageFormat, IndexEntry, object_key, sha256_hex};
+use imgstream::generate::{ImageSpec, render};
+use imgstream::search::Cursor;
+use imgstream::wiring;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CUSTOMERS: i64 = 50;
+const PAGE: usize = 48;
+const SAMPLES: usize = 200;
+
+fn stats(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(f64::total_cmp);
+    json!({ "p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99), "samples": ms.len() })
+}
+
+/// Milliseconds per call of `f`, `n` times in a row.
+async fn timed<F, Fut>(n: usize, mut f: F) -> Vec<f64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        f(i).await;
+        out.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    out
+}
+
+async fn get_ok(http: &reqwest::Client, url: &str) -> bytes::Bytes {
+    let response = http.get(url).send().await.expect("request");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.bytes().await.expect("body")
+}
+
+pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) -> Value {
+    let name = format!("bench-browse-{run}");
+    let (settings, vars) = case_settings(base, &name, "imgstream_bench_browse", 1);
+    fresh_database(&settings).await;
+    setup(&settings).await;
+    let index = wiring::index(&settings).await.unwrap();
+    let store = wiring::store(&settings).unwrap();
+    let pool = sqlx::PgPool::connect(settings.database_url.expose())
+        .await
+        .unwrap();
+
+    // A million rows, half a second apart, 50 customers, 500 sources, three formats.
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO images (image_id, object_key, bucket, sha256, size_bytes, width, height,
+                             content_type, customer_id, source_id, created_at, stored_at,
+                             kafka_topic, kafka_partition, kafka_offset)
+         SELECT id, 'images/' || left(id::text, 2) || '/' || id::text, $1,
+                encode(sha256(convert_to(id::text, 'UTF8')), 'hex'), 50000, 640, 480,
+                (ARRAY['image/png', 'image/jpeg', 'image/webp'])[1 + g % 3],
+                'customer-' || (g % $3), 'cam-' || (g % 500),
+                now() - interval '1 hour' - make_interval(secs => g * 0.5), now(),
+                $4, (g % 12)::int, g / 12
+         FROM (SELECT g, gen_random_uuid() AS id FROM generate_series(1, $2::bigint) g) AS s",
+    )
+    .bind(store.bucket())
+    .bind(rows)
+    .bind(CUSTOMERS)
+    .bind(&name)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE images").execute(&pool).await.unwrap();
+    let generate_secs = started.elapsed().as_secs_f64();
+
+    // The newest page: real 1024x768 images (JPEG, PNG, WebP), stored and indexed.
+    let mut newest = Vec::new();
+    for i in 0..PAGE {
+        let format = ImageFormat::ALL[i % 3];
+        let spec = ImageSpec {
+            width: 1024,
+            height: 768,
+            format,
+        };
+        let data = bytes::Bytes::from(render(&spec, i as u64).unwrap());
+        let image_id = uuid::Uuid::new_v4();
+        let sha256 = sha256_hex(&data);
+        store
+            .put_image(
+                &object_key(&image_id),
+                data.clone(),
+                format.content_type(),
+                &sha256,
+            )
+            .await
+            .unwrap();
+        newest.push(IndexEntry {
+            image_id,
+            object_key: object_key(&image_id),
+            bucket: store.bucket().to_string(),
+            sha256,
+            size_bytes: data.len() as i64,
+            width: 1024,
+            height: 768,
+            content_type: format.content_type().into(),
+            customer_id: "customer-0".into(),
+            source_id: "cam-0".into(),
+            created_at: chrono::Utc::now() - chrono::Duration::seconds(i as i64),
+            kafka_topic: name.clone(),
+            kafka_partition: 0,
+            kafka_offset: rows + i as i64,
+        });
+    }
+    index.insert_batch(&newest).await.unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(binary())
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .envs(&vars)
+        .env("IMGSTREAM_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start imgstream serve");
+    let root = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(8)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("{root}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "imgstream serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Cursors at random depths, all customers and within customer-7 (20,000 rows each).
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut deep_cursors = Vec::new();
+    let mut customer_cursors = Vec::new();
+    for _ in 0..SAMPLES {
+        let depth = rng.gen_range(rows / 10..rows - PAGE as i64);
+        let row = sqlx::query(
+            "SELECT created_at, image_id FROM images ORDER BY created_at DESC, image_id DESC
+             OFFSET $1 LIMIT 1",
+        )
+        .bind(depth)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        deep_cursors.push(Cursor {
+            created_at: row.get(0),
+            image_id: row.get(1),
+        });
+        let per_customer = rows / CUSTOMERS;
+        let depth = rng.gen_range(per_customer / 10..per_customer - PAGE as i64);
+        let row = sqlx::query(
+            "SELECT created_at, image_id FROM images WHERE customer_id = 'customer-7'
+             ORDER BY created_at DESC, image_id DESC OFFSET $1 LIMIT 1",
+        )
+        .bind(depth)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        customer_cursors.push(Cursor {
+            created_at: row.get(0),
+            image_id: row.get(1),
+        });
+    }
+
+    // The cold gallery first: thumbnails are made on these requests.
+    let cold = gallery_with_thumbnails(&http, &root).await;
+    let warm = gallery_with_thumbnails(&http, &root).await;
+    // Floor: the 48 originals read from MinIO over six connections.
+    let floor_started = Instant::now();
+    let originals: Vec<String> = newest.iter().map(|e| e.object_key.clone()).collect();
+    let gets = futures::stream::iter(originals.iter().map(|key| store.get(key)));
+    use futures::StreamExt;
+    let fetched: Vec<_> = gets.buffer_unordered(6).collect().await;
+    assert!(fetched.iter().all(Result::is_ok));
+    let originals_secs = floor_started.elapsed().as_secs_f64();
+
+    let api = |query: String| {
+        let (http, url) = (
+            http.clone(),
+            format!("{root}/api/images?limit={PAGE}{query}"),
+        );
+        async move {
+            get_ok(&http, &url).await;
+        }
+    };
+    let page = |query: String| {
+        let (http, url) = (http.clone(), format!("{root}/?limit={PAGE}{query}"));
+        async move {
+            get_ok(&http, &url).await;
+        }
+    };
+    let sql = |customer: Option<&'static str>, cursor: Option<Cursor>| {
+        let (index, bucket) = (index.clone(), store.bucket().to_string());
+        async move {
+            let query = imgstream::search::ImageQuery {
+                customer_id: customer.map(str::to_string),
+                after: cursor,
+                limit: PAGE as u32 + 1,
+                ..Default::default()
+            };
+            index.search(&bucket, &query).await.unwrap();
+        }
+    };
+    let cursor_param = |c: &Cursor| format!("&cursor={}", c.encode());
+    let api_first = timed(SAMPLES, |_| api(String::new())).await;
+    let api_deep = timed(SAMPLES, |i| api(cursor_param(&deep_cursors[i]))).await;
+    let api_customer_deep = timed(SAMPLES, |i| {
+        api(format!(
+            "&customer=customer-7{}",
+            cursor_param(&customer_cursors[i])
+        ))
+    })
+    .await;
+    let page_first = timed(SAMPLES, |_| page(String::new())).await;
+    let page_deep = timed(SAMPLES, |i| page(cursor_param(&deep_cursors[i]))).await;
+    let sql_first = timed(SAMPLES, |_| sql(None, None)).await;
+    let sql_deep = timed(SAMPLES, |i| sql(None, Some(deep_cursors[i]))).await;
+    let sql_customer_deep = timed(SAMPLES, |i| {
+        sql(Some("customer-7"), Some(customer_cursors[i]))
+    })
+    .await;
+
+    let _ = server.kill();
+    let _ = server.wait();
+    pool.close().await;
+    index.close().await;
+    cleanup(&settings).await;
+
+    let p99 = |v: &Vec<f64>| {
+        let mut s = v.clone();
+        s.sort_by(f64::total_cmp);
+        percentile(&s, 0.99)
+    };
+    json!({
+        "rows": rows + PAGE as i64,
+        "generate_rows_secs": generate_secs,
+        "api_first_page": stats(api_first.clone()),
+        "api_deep_page": stats(api_deep.clone()),
+        "api_customer_deep_page": stats(api_customer_deep.clone()),
+        "gallery_first_page": stats(page_first),
+        "gallery_deep_page": stats(page_deep),
+        "sql_first_page": stats(sql_first.clone()),
+        "sql_deep_page": stats(sql_deep.clone()),
+        "sql_customer_deep_page": stats(sql_customer_deep.clone()),
+        "cold_gallery_48_thumbnails_secs": cold,
+        "warm_gallery_48_thumbnails_secs": warm,
+        "thumbnails_made_per_sec": PAGE as f64 / cold,
+        "read_48_originals_secs": originals_secs,
+        "ratios": {
+            "api_deep_p99_over_sql_deep_p99": p99(&api_deep) / p99(&sql_deep),
+            "api_customer_deep_p99_over_sql_p99": p99(&api_customer_deep) / p99(&sql_customer_deep),
+            "cold_gallery_over_reading_originals": cold / originals_secs,
+        },
+        "targets": {
+            "api_deep_p99_under_50ms": p99(&api_deep) < 50.0 && p99(&api_customer_deep) < 50.0,
+            "cold_gallery_under_1s": cold < 1.0,
+        }
+    })
+}
+
+/// Seconds to load the gallery's first page and all its thumbnails, six at a time.
+async fn gallery_with_thumbnails(http: &reqwest::Client, root: &str) -> f64 {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let html = get_ok(http, &format!("{root}/")).await;
+    let html = String::from_utf8_lossy(&html);
+    let thumbnails: Vec<String> = html
+        .match_indices("src=\"/thumbnails/")
+        .map(|(at, _)| {
+            let rest = &html[at + 5..];
+            format!("{root}{}", &rest[..rest.find('"').unwrap()])
+        })
+        .collect();
+    assert_eq!(
+        thumbnails.len(),
+        PAGE,
+        "the first page shows {PAGE} thumbnails"
+    );
+    let fetched: Vec<_> = futures::stream::iter(thumbnails.iter().map(|u| get_ok(http, u)))
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    assert!(
+        fetched.iter().all(|b| b.starts_with(&[0xff, 0xd8])),
+        "JPEG thumbnails"
+    );
+    started.elapsed().as_secs_f64()
+}
