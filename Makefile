@@ -6,7 +6,8 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: demo test stack-up stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
 
-demo: stack-up release
+# Starts the stack while imgstream builds (see scripts/demo.sh), then runs the demo.
+demo: deps
 	scripts/demo.sh $(DEMO_COUNT)
 
 test: stack-up
@@ -29,7 +30,7 @@ build: deps
 	cargo build --locked
 
 release: deps
-	cargo build --release --locked
+	cargo build --release --locked --bin imgstream
 
 fmt:
 	cargo fmt --all
@@ -42,11 +43,13 @@ lint: deps
 unit: deps
 	cargo test --locked --lib --bins --test protocol
 
-bench: stack-up release
+bench: stack-up deps
+	cargo build --release --locked --bins
 	scripts/bench.sh
 
 # `imgstream serve` on an index of 1,000,000 rows: API and gallery p50/p99, cold thumbnails.
-bench-browse: stack-up release
+bench-browse: stack-up deps
+	cargo build --release --locked --bins
 	scripts/bench.sh --browse
 
 # Deployment files (deploy/): compose-go, helm lint + kubeconform, hadolint, and a self-test that

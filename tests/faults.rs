@@ -283,7 +283,8 @@ async fn a_frozen_minio_is_reported_while_it_is_frozen() {
     assert_exactly_once(&env, 400).await;
 }
 
-/// `/readyz` says "not ready" while MinIO is away and "ready" once it is back.
+/// `/readyz`, of the consumer and of `imgstream serve`, says "not ready" while MinIO is away and
+/// "ready" once it is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_follows_a_minio_outage() {
     let env = TestEnv::new("readyz").await;
@@ -292,8 +293,10 @@ async fn readiness_follows_a_minio_outage() {
     let mut args = CONSUME_SLOWLY.to_vec();
     args.extend(["--metrics-addr", &addr]);
     let consumer = env.spawn(&args, "consumer");
+    let serve_addr = format!("127.0.0.1:{}", common::free_port());
+    let _server = env.spawn(&["serve", "--addr", &serve_addr], "serve");
     wait_for_rows(&env, 40).await;
-    let readyz = || {
+    let readyz = |addr: &str| {
         let url = format!("http://{addr}/readyz");
         async move {
             reqwest::get(url)
@@ -302,20 +305,27 @@ async fn readiness_follows_a_minio_outage() {
                 .unwrap_or(0)
         }
     };
-    assert_eq!(readyz().await, 200);
+    let both = |status: u16| {
+        let (consumer, server) = (readyz(&addr), readyz(&serve_addr));
+        async move { consumer.await == status && server.await == status }
+    };
+    assert!(
+        common::eventually(Duration::from_secs(20), || both(200)).await,
+        "not ready before the outage:\n{}",
+        env.read_log("serve")
+    );
     {
         let _restart = Restart("minio");
         stack("minio", "stop");
-        let unready =
-            common::eventually(Duration::from_secs(30), || async { readyz().await == 503 }).await;
+        let unready = common::eventually(Duration::from_secs(30), || both(503)).await;
         assert!(unready, "/readyz stayed ready while MinIO was stopped");
     }
-    let ready =
-        common::eventually(Duration::from_secs(60), || async { readyz().await == 200 }).await;
+    let ready = common::eventually(Duration::from_secs(60), || both(200)).await;
     assert!(
         ready,
-        "/readyz did not recover:\n{}",
-        env.read_log("consumer")
+        "/readyz did not recover:\n{}\n{}",
+        env.read_log("consumer"),
+        env.read_log("serve")
     );
     wait_ok(consumer, &env, "consumer");
     assert_exactly_once(&env, 400).await;
