@@ -9,24 +9,6 @@ out=.stack/demo
 mkdir -p "$out"
 [[ -f .env ]] && echo "using settings from .env"
 
-# On a first run both MinIO (Go) and imgstream (Rust) are built from source, and the services'
-# downloads and start-ups wait on the network and the JVM: the stack starts while imgstream
-# builds, so that waiting overlaps the compile.
-echo "== starting the local stack in the background (log: .stack/stack-up.log)"
-scripts/stack/stack.sh up > .stack/stack-up.log 2>&1 &
-stack=$!
-echo "== building imgstream (release)"
-if ! cargo build --release --locked --bin imgstream; then
-  wait "$stack" || true
-  exit 1
-fi
-if ! wait "$stack"; then
-  tail -n 30 .stack/stack-up.log >&2
-  echo "the local stack did not start (full log: .stack/stack-up.log)" >&2
-  exit 1
-fi
-grep -E '^[a-z]+ +(up|down) ' .stack/stack-up.log || true
-
 echo "== imgstream setup"
 "$bin" setup
 

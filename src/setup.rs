@@ -3,6 +3,7 @@
 //! `--check` changes nothing and lists what is missing or different.
 
 use crate::config::Settings;
+use crate::index::{Access, ImageIndex, RoleAudit};
 use crate::kafka::admin::{TopicState, data_topic_spec, dlq_topic_spec};
 use crate::schema::{RegistryError, SUBJECT_COMPATIBILITY, value_subject};
 use crate::wiring;
@@ -104,8 +105,97 @@ async fn index(settings: &Settings, check_only: bool) -> Vec<Item> {
             Err(e) => State::Failed(e.to_string()),
         }
     };
+    let migrated = !state.is_problem();
+    let mut items = vec![item(state)];
+    if migrated {
+        let roles = [
+            (settings.app_role.as_deref(), Access::ReadInsert),
+            (settings.reader_role.as_deref(), Access::Read),
+        ];
+        for (role, access) in roles {
+            if let Some(role) = role {
+                items.push(role_item(&index, role, access, check_only).await);
+            }
+        }
+    }
     index.close().await;
-    vec![item(state)]
+    items
+}
+
+/// The privileges of an application role on the index: exactly what its access needs.
+async fn role_item(index: &ImageIndex, role: &str, access: Access, check_only: bool) -> Item {
+    let item = |state| Item {
+        service: "postgresql",
+        name: format!(
+            "role {role} may only {} the index",
+            match access {
+                Access::ReadInsert => "read and insert into",
+                Access::Read => "read",
+            }
+        ),
+        state,
+    };
+    let audit = match index.audit_role(role, access).await {
+        Ok(Some(audit)) => audit,
+        Ok(None) => {
+            return item(State::Failed(format!(
+                "role {role} does not exist; create it (CREATE ROLE {role} LOGIN PASSWORD '…') and run `imgstream setup` again"
+            )));
+        }
+        Err(e) => return item(State::Failed(e.to_string())),
+    };
+    if audit.is_exact() {
+        return item(State::Ok);
+    }
+    let describe = |a: &RoleAudit| {
+        let mut parts = Vec::new();
+        if !a.missing.is_empty() {
+            parts.push(format!("lacks {}", a.missing.join(", ")));
+        }
+        if !a.excess.is_empty() {
+            parts.push(format!("also holds {}", a.excess.join(", ")));
+        }
+        parts.join("; ")
+    };
+    // An owner or superuser cannot be narrowed, and revoking from the owner would only weaken the
+    // identity that runs setup: refuse before changing anything.
+    let unnarrowable: Vec<&String> = audit
+        .excess
+        .iter()
+        .filter(|e| *e == "ownership of images" || *e == "superuser")
+        .collect();
+    if !unnarrowable.is_empty() {
+        return item(State::Failed(format!(
+            "role {role} has {}, which no grant can narrow; give the application a role of its own",
+            unnarrowable
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )));
+    }
+    if check_only {
+        return item(State::Missing(describe(&audit)));
+    }
+    if let Err(e) = index.grant_role(role, access).await {
+        return item(State::Failed(e.to_string()));
+    }
+    match index.audit_role(role, access).await {
+        Ok(Some(after)) if after.is_exact() => item(State::Changed(format!(
+            "granted and revoked: it {}",
+            describe(&audit)
+                .replace("lacks", "lacked")
+                .replace("also holds", "also held")
+        ))),
+        Ok(Some(after)) => item(State::Failed(format!(
+            "role {role} {} even after the grants and revokes (through ownership, superuser or membership of a stronger role); give the application a role of its own",
+            describe(&after)
+        ))),
+        Ok(None) => item(State::Failed(format!(
+            "role {role} disappeared during setup"
+        ))),
+        Err(e) => item(State::Failed(e.to_string())),
+    }
 }
 
 async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {

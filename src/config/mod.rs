@@ -165,6 +165,11 @@ pub struct Settings {
     pub registry_auth: Option<BasicAuth>,
     /// `SCHEMA_REGISTRY_SSL_CA_LOCATION`: a PEM bundle trusted besides the system's roots.
     pub registry_ca_file: Option<PathBuf>,
+    /// `DATABASE_APP_ROLE`: the PostgreSQL role the consumer runs as; `setup` grants it SELECT and
+    /// INSERT on the index and nothing more.
+    pub app_role: Option<String>,
+    /// `DATABASE_READER_ROLE`: the role `serve`, `status` and `verify` run as; SELECT only.
+    pub reader_role: Option<String>,
     pub limits: LimitSettings,
     /// How long to wait for a service to answer before calling it unreachable.
     pub connect_timeout: Duration,
@@ -338,6 +343,8 @@ impl Settings {
                 },
             },
             registry_ca_file: readable_file(vars, "SCHEMA_REGISTRY_SSL_CA_LOCATION")?,
+            app_role: role_name(vars, "DATABASE_APP_ROLE")?,
+            reader_role: role_name(vars, "DATABASE_READER_ROLE")?,
             limits,
             connect_timeout: Duration::from_secs(parse_number(
                 "IMGSTREAM_CONNECT_TIMEOUT_SECS",
@@ -346,6 +353,29 @@ impl Settings {
                 600,
             )?),
         })
+    }
+}
+
+/// A PostgreSQL role name, when set: a plain identifier, so it can be quoted into SQL safely.
+fn role_name(
+    vars: &HashMap<String, String>,
+    var: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match vars.get(var).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(name)
+            if name.len() <= 63
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+        {
+            Ok(Some(name.to_string()))
+        }
+        Some(name) => Err(invalid(
+            var,
+            format!("{name:?} is not a role name (lowercase letters, digits and _, at most 63)"),
+        )),
     }
 }
 
@@ -526,6 +556,8 @@ pub(crate) mod tests {
             ("MINIO_CONNECTION_STRING", "ftp://x:21"),
             ("KAFKA_TOPIC_PARTITIONS", "zero"),
             ("SCHEMA_REGISTRY_URL", "nope"),
+            ("DATABASE_APP_ROLE", "app; DROP TABLE images"),
+            ("DATABASE_READER_ROLE", "Reader"),
         ];
         for (var, value) in cases {
             let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();
