@@ -305,13 +305,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("imgstream: {message}");
             ExitCode::FAILURE
         }
+    };
+    // The work is done and reported; what is left is saying goodbye to the services (a consumer
+    // leaving its group), which must not hold the process when a service stopped answering.
+    let limit = Duration::from_secs(10);
+    runtime.shutdown_timeout(limit);
+    if !imgstream::kafka::wait_for_closes(limit) {
+        eprintln!(
+            "imgstream: Kafka did not confirm that this consumer left its group within {}s; exiting anyway (the group hands its partitions on after its session timeout)",
+            limit.as_secs()
+        );
     }
+    code
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {

@@ -443,6 +443,8 @@ async fn the_consumers_metrics_match_what_the_services_hold() {
         text.contains(r#"imgstream_outage_in_progress{service="object store"} 0"#),
         "{text}"
     );
-    let status = consumer.wait();
+    let status = consumer
+        .wait_within(std::time::Duration::from_secs(300))
+        .expect("the consumer did not exit within 300 s");
     assert!(status.success(), "{}", env.read_log("consumer"));
 }

@@ -210,7 +210,9 @@ async fn a_compatible_schema_change_registers_and_the_running_consumer_keeps_sto
         "the compatible schema should be version 2"
     );
 
-    let status = consumer.wait();
+    let status = consumer
+        .wait_within(std::time::Duration::from_secs(300))
+        .expect("the consumer did not exit within 300 s");
     assert!(status.success(), "{}", env.read_log("consumer"));
     assert_eq!(env.counts().await, (10, 10), "{}", env.read_log("consumer"));
     assert!(read_topic(&env, &format!("{}.dlq", env.name)).is_empty());

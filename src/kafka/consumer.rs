@@ -14,19 +14,76 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// Logs rebalances and commits what is done for revoked partitions before
-/// they move to another member; keeps the lag librdkafka's statistics report.
-#[derive(Default)]
+/// they move to another member; keeps the lag and the group state librdkafka's statistics report.
 pub struct GroupContext {
     pub ledger: Arc<OffsetLedger>,
     /// Per owned partition, the lag librdkafka last reported (end offset minus committed).
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
+    pub membership: Mutex<Membership>,
+}
+
+impl Default for GroupContext {
+    fn default() -> Self {
+        GroupContext {
+            ledger: Arc::default(),
+            lag: Mutex::default(),
+            membership: Mutex::new(Membership::new(Instant::now())),
+        }
+    }
+}
+
+/// Whether this member is in its group, as librdkafka's statistics say every few seconds: in it
+/// means the group handler is `up` and its join state `steady` (an empty assignment is still
+/// membership: a group can have more members than partitions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// When the member was last seen in its group (or was created).
+    pub last_in_group: Instant,
+    /// librdkafka's `state/join_state`, for the message when it is out too long.
+    pub state: String,
+    /// Whether statistics arrived at all: without them (statistics turned off through the client
+    /// properties) nothing is known, and nothing is concluded.
+    pub observed: bool,
+}
+
+impl Membership {
+    pub fn new(now: Instant) -> Self {
+        Membership {
+            last_in_group: now,
+            state: "init/init".into(),
+            observed: false,
+        }
+    }
+
+    pub fn observe(&mut self, state: &str, join_state: &str, now: Instant) {
+        self.observed = true;
+        self.state = format!("{state}/{join_state}");
+        if state == "up" && join_state == "steady" {
+            self.last_in_group = now;
+        }
+    }
+
+    /// How long the member has been out of its group, once that is longer than `deadline`.
+    pub fn out_longer_than(&self, deadline: Duration, now: Instant) -> Option<Duration> {
+        let out = now.saturating_duration_since(self.last_in_group);
+        (self.observed && out > deadline).then_some(out)
+    }
 }
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
+        debug!(group = ?statistics.cgrp, "librdkafka statistics");
+        if let Some(group) = &statistics.cgrp {
+            self.membership.lock().expect("membership lock").observe(
+                &group.state,
+                &group.join_state,
+                Instant::now(),
+            );
+        }
         let mut lag = BTreeMap::new();
         for (name, topic) in &statistics.topics {
             for (id, p) in &topic.partitions {
@@ -215,4 +272,40 @@ pub fn offsets_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_out_of_its_group_only_while_not_up_and_steady() {
+        let start = Instant::now();
+        let deadline = Duration::from_secs(90);
+        let mut m = Membership::new(start);
+        assert_eq!(
+            m.out_longer_than(deadline, start + Duration::from_secs(500)),
+            None,
+            "without statistics nothing is concluded"
+        );
+        m.observe("up", "steady", start + Duration::from_secs(5));
+        // Rejoining after a broker restart: out, but not yet for long.
+        m.observe("query-coord", "init", start + Duration::from_secs(60));
+        assert_eq!(
+            m.out_longer_than(deadline, start + Duration::from_secs(60)),
+            None
+        );
+        // Still not back 100 s after it was last in: too long.
+        assert_eq!(
+            m.out_longer_than(deadline, start + Duration::from_secs(105)),
+            Some(Duration::from_secs(100))
+        );
+        assert_eq!(m.state, "query-coord/init");
+        // Back in the group (with or without partitions): the clock starts again.
+        m.observe("up", "steady", start + Duration::from_secs(106));
+        assert_eq!(
+            m.out_longer_than(deadline, start + Duration::from_secs(150)),
+            None
+        );
+    }
 }

@@ -129,3 +129,31 @@ pub async fn off_thread<T: Send + 'static>(
 pub fn quiet(config: &mut ClientConfig) -> &mut ClientConfig {
     config.set("log.connection.close", "false")
 }
+
+/// Kafka clients being closed on threads of their own (see [`close_in_background`]).
+static CLOSING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Closes a client without waiting for it. Dropping a consumer leaves its group politely, which
+/// waits for the group coordinator; after a broker restart that wait once never ended, and the
+/// process hung after its work was done. The process waits for these closes a bounded time at
+/// exit ([`wait_for_closes`]).
+pub fn close_in_background<T: Send + 'static>(client: T) {
+    let handle = std::thread::spawn(move || drop(client));
+    CLOSING.lock().expect("closing lock").push(handle);
+}
+
+/// Waits up to `limit` for the clients being closed; false when some are still closing.
+pub fn wait_for_closes(limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let handles = std::mem::take(&mut *CLOSING.lock().expect("closing lock"));
+    for handle in handles {
+        while !handle.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    true
+}

@@ -20,11 +20,22 @@ use tracing::warn;
 /// How long an offset query may take before the answer counts as "not known".
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a member may stay out of its group before it gives up. librdkafka rejoins by itself
+/// within seconds after a broker comes back; but after a single broker's restart here its group
+/// coordinator connection once stayed stuck for over 8 minutes ("GroupCoordinator: Timed out 0
+/// in-flight, 0 retry-queued, 1 out-queue" every 60 s, the same class of hang as librdkafka
+/// issues #3082 and #3396), so the member never got partitions back. Exiting lets a supervisor
+/// (Kubernetes, systemd, a restart loop) start a fresh member; nothing is lost, since what was
+/// not committed is replayed idempotently.
+pub const REJOIN_DEADLINE: Duration = Duration::from_secs(90);
+
 pub struct KafkaSource {
     consumer: Arc<GroupConsumer>,
     bootstrap: String,
     /// Whether a connection problem was already reported, so an outage logs once, not per poll.
     reconnecting: AtomicBool,
+    /// When the brokers were last asked whether they answer, while out of the group.
+    membership_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl KafkaSource {
@@ -34,6 +45,7 @@ impl KafkaSource {
             consumer,
             bootstrap: bootstrap.to_string(),
             reconnecting: AtomicBool::new(false),
+            membership_checked: std::sync::Mutex::new(None),
         }
     }
 
@@ -113,7 +125,51 @@ impl KafkaSource {
         }
     }
 
+    /// A fatal failure once this member has been out of its group for longer than
+    /// [`REJOIN_DEADLINE`] while the brokers answer. While they do not, it is an outage and the
+    /// member waits for them, however long. Checked at most every few seconds.
+    async fn check_membership(&self) -> Result<(), Failure> {
+        let membership = self
+            .consumer
+            .context()
+            .membership
+            .lock()
+            .expect("membership lock")
+            .clone();
+        let Some(out) = membership.out_longer_than(REJOIN_DEADLINE, std::time::Instant::now())
+        else {
+            return Ok(());
+        };
+        {
+            let mut checked = self.membership_checked.lock().expect("check lock");
+            if checked.is_some_and(|at| at.elapsed() < QUERY_TIMEOUT * 2) {
+                return Ok(());
+            }
+            *checked = Some(std::time::Instant::now());
+        }
+        let consumer = self.consumer.clone();
+        let brokers_answer = tokio::task::spawn_blocking(move || {
+            consumer.fetch_metadata(None, QUERY_TIMEOUT).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if !brokers_answer {
+            warn!(
+                out_secs = out.as_secs(),
+                group_state = %membership.state,
+                "out of the consumer group, and the brokers do not answer either: waiting for them"
+            );
+            return Ok(());
+        }
+        Err(Failure::Fatal(format!(
+            "this consumer has been out of its consumer group for {}s while the brokers answer (librdkafka group state {}) and did not rejoin; exiting so that a fresh consumer can take its place (restart it; records not yet committed are replayed, each stored once)",
+            out.as_secs(),
+            membership.state
+        )))
+    }
+
     async fn poll_batch(&self, limits: BatchLimits) -> Result<Vec<Polled>, Failure> {
+        self.check_membership().await?;
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         let mut deadline = tokio::time::Instant::now() + limits.wait;
@@ -243,6 +299,12 @@ fn moved_on(e: &KafkaError) -> bool {
                 | C::State
         )
     )
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        super::close_in_background(self.consumer.clone());
+    }
 }
 
 impl RecordSource for KafkaSource {

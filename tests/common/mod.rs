@@ -420,6 +420,24 @@ impl Spawned {
     pub fn wait(mut self) -> std::process::ExitStatus {
         self.0.take().expect("running").wait().expect("wait")
     }
+
+    /// Waits at most `limit`; a process still running then is killed and `None` returned, so a
+    /// hang fails its test instead of stalling the whole run.
+    pub fn wait_within(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take().expect("running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Spawned {
