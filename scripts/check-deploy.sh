@@ -300,10 +300,16 @@ check_chart() {
     done
     grep -q '^kind: ScaledObject$' "$tmp/own-secret.yaml" && fail "ScaledObject rendered although KEDA is off by default"
     local deploy paths=()
-    deploy="$(awk 'BEGIN{RS="---"} /\nkind: Deployment\n/' "$tmp/own-secret.yaml")"
+    deploy="$(awk 'BEGIN{RS="---"} /\nkind: Deployment\n/ && /component: consumer/' "$tmp/own-secret.yaml")"
     mapfile -t paths < <(grep -oE '^ +path: /[A-Za-z0-9_/-]*' <<<"$deploy" | awk '{print $2}')
     check_served "the chart's consumer probes" "${paths[@]}"
     grep -q -- '- --metrics-addr' <<<"$deploy" || fail "the chart's consumer does not run with --metrics-addr"
+    local serve
+    serve="$(awk 'BEGIN{RS="---"} /\nkind: Deployment\n/ && /component: serve/' "$tmp/own-secret.yaml")"
+    [[ -n "$serve" ]] || fail "the chart renders no imgstream serve Deployment"
+    grep -q -- '- serve' <<<"$serve" || fail "the chart's serve Deployment does not run imgstream serve"
+    mapfile -t paths < <(grep -oE '^ +path: /[A-Za-z0-9_/-]*' <<<"$serve" | awk '{print $2}')
+    check_served "the chart's serve probes" "${paths[@]}"
 
     "$BIN/helm" template imgstream "$chart" --namespace imgstream --kube-version "$v" \
       -f "$chart/ci/keda-existing-secret-values.yaml" >"$tmp/keda.yaml" \
@@ -325,7 +331,7 @@ check_chart() {
     grep -qF "$key" <<<"$so" || fail "ScaledObject lacks '$key'"
   done
   grep -q '^kind: Secret$' "$tmp/keda.yaml" && fail "a Secret was rendered although existingSecret is set"
-  awk 'BEGIN{RS="---"} /\nkind: Deployment\n/' "$tmp/keda.yaml" | grep -q '^  replicas:' \
+  awk 'BEGIN{RS="---"} /\nkind: Deployment\n/ && /component: consumer/' "$tmp/keda.yaml" | grep -q '^  replicas:' \
     && fail "Deployment sets replicas although KEDA owns them"
 
   # Without credentials and without existingSecret the chart must refuse to render.

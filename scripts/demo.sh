@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count="${1:-1000}"
-bin=target/release/imgstream
+bin=target/demo/imgstream
 out=.stack/demo
 mkdir -p "$out"
 [[ -f .env ]] && echo "using settings from .env"

@@ -37,7 +37,7 @@ pub enum StoreError {
     )]
     Unavailable { endpoint: String, detail: String },
     #[error(
-        "object store refused the credentials for bucket {bucket} ({detail}); check MINIO_ACCESS_KEY and MINIO_SECRET_KEY"
+        "object store denied access to bucket {bucket} ({detail}); check MINIO_ACCESS_KEY, MINIO_SECRET_KEY and what that key's policy allows"
     )]
     Denied { bucket: String, detail: String },
     #[error("bucket {bucket} does not exist at {endpoint}; run `imgstream setup`")]
@@ -207,8 +207,25 @@ impl ImageStore {
             .build()
             .map_err(|e| unavailable(e.to_string()))?;
         let store = Arc::new(store);
+        // Presigned URLs carry the host they were signed for: a public endpoint gets a signer of
+        // its own (signing only, it sends nothing).
+        let signer = match &settings.public_endpoint {
+            None => store.clone(),
+            Some(public) => Arc::new(
+                AmazonS3Builder::new()
+                    .with_endpoint(public)
+                    .with_bucket_name(&settings.bucket)
+                    .with_access_key_id(&settings.access_key)
+                    .with_secret_access_key(&settings.secret_key)
+                    .with_region(&settings.region)
+                    .with_virtual_hosted_style_request(false)
+                    .with_allow_http(true)
+                    .build()
+                    .map_err(|e| unavailable(e.to_string()))?,
+            ),
+        };
         Ok(ImageStore {
-            signer: Some(store.clone()),
+            signer: Some(signer),
             inner: store,
             bucket: settings.bucket.clone(),
             endpoint: settings.endpoint.clone(),
@@ -358,11 +375,18 @@ impl ImageStore {
             .map_err(|e| self.classify(e, key))
     }
 
+    /// Deletes one object. On S3 a plain DELETE of that key: object_store sends a multi-object
+    /// DeleteObjects, which MinIO refuses to a key whose policy allows `s3:DeleteObject` on
+    /// `images/*` only (the repair key of deploy/policies/s3-repair.json).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner
-            .delete(&Path::from(key))
-            .await
-            .map_err(|e| self.classify(e, key))
+        match &self.s3 {
+            Some(s3) => s3.delete_object(key).await,
+            None => self
+                .inner
+                .delete(&Path::from(key))
+                .await
+                .map_err(|e| self.classify(e, key)),
+        }
     }
 
     /// Every object under `prefix` (all objects when empty).
@@ -418,6 +442,13 @@ impl ImageStore {
             E::NotFound { .. } => StoreError::NotFound {
                 key: key.to_string(),
             },
+            // Some refusals arrive as generic errors carrying S3's own code.
+            E::Generic { ref source, .. } if source.to_string().contains("AccessDenied") => {
+                StoreError::Denied {
+                    bucket: self.bucket.clone(),
+                    detail: one_line(&**source),
+                }
+            }
             E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
                 StoreError::Denied {
                     bucket: self.bucket.clone(),
@@ -553,6 +584,16 @@ impl S3Direct {
             200 => Ok(true),
             409 => Ok(false), // created concurrently: BucketAlreadyOwnedByYou
             _ => Err(self.refused(&answer, "create bucket")),
+        }
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let answer = self
+            .send(http::Method::DELETE, Some(key), &[], None)
+            .await?;
+        match answer.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.refused(&answer, "delete object")),
         }
     }
 
@@ -817,6 +858,7 @@ mod tests {
             secret_key: "s".into(),
             region: "us-east-1".into(),
             ca_file: None,
+            public_endpoint: None,
         };
         let store = ImageStore::s3(&settings, Duration::from_secs(2)).unwrap();
         let data = Bytes::from_static(b"image bytes");

@@ -5,8 +5,11 @@
 mod common;
 
 use common::TestEnv;
+use imgstream::domain::sha256_hex;
 use sqlx::Connection;
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
 use uuid::Uuid;
 
 /// A login role for one test, dropped when the test ends (after the test's database).
@@ -247,5 +250,292 @@ async fn a_role_setup_cannot_narrow_is_a_failure_that_says_why() {
     assert!(
         listing.contains(&format!("role {owner_name} has ownership of images and superuser, which no grant can narrow; give the application a role of its own")),
         "{listing}"
+    );
+}
+
+/// MinIO's `mc`, configured in a directory of the test's own (scripts/test-deps.sh builds it).
+struct Mc {
+    binary: PathBuf,
+    config: PathBuf,
+}
+
+impl Mc {
+    fn new(env: &TestEnv) -> Mc {
+        let cache = std::env::var("IMGSTREAM_CACHE_DIR").map_or_else(
+            |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgstream"),
+            PathBuf::from,
+        );
+        let binary = cache.join("bin/mc");
+        assert!(
+            binary.exists(),
+            "{} is missing; run scripts/test-deps.sh",
+            binary.display()
+        );
+        let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mc-{}", env.name));
+        let mc = Mc { binary, config };
+        let store = &env.settings.store;
+        mc.ok(&[
+            "alias",
+            "set",
+            "admin",
+            &store.endpoint,
+            &store.access_key,
+            &store.secret_key,
+        ]);
+        mc
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
+            .arg("--config-dir")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run mc")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "mc {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Mc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.config);
+    }
+}
+
+/// An S3 user of the test's own with `policy` attached; removed when the test ends.
+struct S3User<'a> {
+    mc: &'a Mc,
+    access_key: String,
+    secret_key: String,
+    policy: String,
+}
+
+impl<'a> S3User<'a> {
+    fn create(mc: &'a Mc, label: &str, policy_json: &str) -> S3User<'a> {
+        let id = &Uuid::new_v4().simple().to_string()[..10];
+        let user = S3User {
+            mc,
+            access_key: format!("t-{label}-{id}"),
+            secret_key: format!("secret-{}", Uuid::new_v4().simple()),
+            policy: format!("t-{label}-{id}"),
+        };
+        let file = mc.config.join(format!("{}.json", user.policy));
+        std::fs::create_dir_all(&mc.config).unwrap();
+        std::fs::write(&file, policy_json).unwrap();
+        mc.ok(&[
+            "admin",
+            "user",
+            "add",
+            "admin",
+            &user.access_key,
+            &user.secret_key,
+        ]);
+        mc.ok(&[
+            "admin",
+            "policy",
+            "create",
+            "admin",
+            &user.policy,
+            file.to_str().unwrap(),
+        ]);
+        mc.ok(&[
+            "admin",
+            "policy",
+            "attach",
+            "admin",
+            &user.policy,
+            "--user",
+            &user.access_key,
+        ]);
+        user
+    }
+}
+
+impl Drop for S3User<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .mc
+            .run(&["admin", "user", "remove", "admin", &self.access_key]);
+        let _ = self
+            .mc
+            .run(&["admin", "policy", "remove", "admin", &self.policy]);
+    }
+}
+
+/// The consumer's S3 policy, as README gives it: create and read objects under `images/`, find
+/// the bucket; nothing else.
+fn consumer_policy(bucket: &str) -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/policies/s3-consumer.json"
+    ))
+    .unwrap()
+    .replace("BUCKET", bucket)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumer_stores_with_an_s3_key_that_can_neither_delete_nor_write_elsewhere() {
+    let env = TestEnv::new("s3-least").await;
+    let mc = Mc::new(&env);
+    let bucket = env.settings.store.bucket.clone();
+    let user = S3User::create(&mc, "app", &consumer_policy(&bucket));
+    env.produce(20, &[]);
+    let out = env
+        .command(&["consume", "--until-idle", "3"])
+        .env("MINIO_ACCESS_KEY", &user.access_key)
+        .env("MINIO_SECRET_KEY", &user.secret_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(env.counts().await, (20, 20));
+
+    // MinIO itself refuses the key anything else.
+    let mut settings = env.settings.clone();
+    settings.store.access_key = user.access_key.clone();
+    settings.store.secret_key = user.secret_key.clone();
+    let app = imgstream::wiring::store(&settings).unwrap();
+    let stored = app.list("images/").await.unwrap();
+    assert_eq!(stored.len(), 20, "the key may list and read what it stored");
+    let key = &stored[0].key;
+    let bytes = app.get(key).await.unwrap();
+    let denied = app.delete(key).await;
+    assert!(
+        matches!(denied, Err(imgstream::store::StoreError::Denied { .. })),
+        "delete: {denied:?}"
+    );
+    let sha = sha256_hex(&bytes);
+    let elsewhere = app
+        .put_image("elsewhere/x", bytes.clone(), "image/png", &sha)
+        .await;
+    assert!(
+        matches!(elsewhere, Err(imgstream::store::StoreError::Denied { .. })),
+        "write outside images/: {elsewhere:?}"
+    );
+    // The create-only write of the same bytes is what a replay does: still answered as stored.
+    assert_eq!(
+        app.put_image(key, bytes.clone(), "image/png", &sha)
+            .await
+            .unwrap(),
+        imgstream::store::PutOutcome::AlreadyStored
+    );
+    assert_eq!(
+        env.store().get(key).await.unwrap(),
+        bytes,
+        "the object is unchanged"
+    );
+}
+
+fn policy(file: &str, bucket: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/deploy/policies/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("BUCKET", bucket)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_and_repair_each_work_with_their_own_key_and_only_repair_may_delete() {
+    let env = TestEnv::new("s3-roles").await;
+    let mc = Mc::new(&env);
+    let bucket = env.settings.store.bucket.clone();
+    let consumer = S3User::create(&mc, "app", &policy("s3-consumer.json", &bucket));
+    let server = S3User::create(&mc, "serve", &policy("s3-serve.json", &bucket));
+    let repair = S3User::create(&mc, "repair", &policy("s3-repair.json", &bucket));
+    env.produce(5, &[]);
+    let out = env.run(&["consume", "--until-idle", "3"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    // serve, with its key: a thumbnail is made and kept, and a presigned URL works.
+    let mut settings = env.settings.clone();
+    settings.store.access_key = server.access_key.clone();
+    settings.store.secret_key = server.secret_key.clone();
+    let opts = imgstream::serve::ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        thumbnail_makers: 1,
+    };
+    let serving = imgstream::serve::start(&settings, opts).await.unwrap();
+    let base = format!("http://{}", serving.addr);
+    let page: serde_json::Value = reqwest::get(format!("{base}/api/images"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = page["images"][0]["image_id"].as_str().unwrap().to_string();
+    let thumbnail = reqwest::get(format!("{base}/thumbnails/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(thumbnail.status().as_u16(), 200);
+    let kept = env
+        .store()
+        .get(&imgstream::domain::thumbnail_key(&id.parse().unwrap()))
+        .await;
+    assert!(
+        kept.is_ok(),
+        "thumbnail not kept with the serve key: {kept:?}"
+    );
+    let signed: serde_json::Value = reqwest::get(format!("{base}/api/images/{id}/url"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fetched = reqwest::get(signed["url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(
+        fetched.status().as_u16(),
+        200,
+        "a URL signed with the serve key"
+    );
+
+    // An orphan object: `verify --repair` with the consumer's key cannot remove it, with the
+    // repair key it does.
+    let orphan = "images/00/00000000-0000-4000-8000-000000000000";
+    let bytes = bytes::Bytes::from_static(b"not indexed");
+    env.store()
+        .put_image(orphan, bytes.clone(), "image/png", &sha256_hex(&bytes))
+        .await
+        .unwrap();
+    let repair_with = |user: &S3User| {
+        env.command(&["verify", "--repair", "--grace", "0s", "--json"])
+            .env("MINIO_ACCESS_KEY", &user.access_key)
+            .env("MINIO_SECRET_KEY", &user.secret_key)
+            .output()
+            .unwrap()
+    };
+    let refused = repair_with(&consumer);
+    assert!(
+        !refused.status.success(),
+        "the consumer's key removed an object"
+    );
+    assert!(
+        common::stderr(&refused).contains("object store denied access to bucket"),
+        "{}",
+        common::stderr(&refused)
+    );
+    assert!(
+        env.store().get(orphan).await.is_ok(),
+        "the orphan is still there"
+    );
+    let repaired = repair_with(&repair);
+    assert!(
+        repaired.status.success(),
+        "{}{}",
+        common::stdout(&repaired),
+        common::stderr(&repaired)
+    );
+    assert!(
+        env.store().get(orphan).await.is_err(),
+        "the repair key removed the orphan"
     );
 }

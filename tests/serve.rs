@@ -414,6 +414,33 @@ async fn stored_images_are_fetched_by_presigned_url_and_thumbnailed_once() {
     );
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
+
+    // Where browsers reach the store under another name (a container network, a cluster), the
+    // URLs are signed for that name, and work there.
+    let mut public = env.settings.clone();
+    let port = env
+        .settings
+        .store
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    public.store.public_endpoint = Some(format!("http://localhost:{port}"));
+    let opts = ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        thumbnail_makers: 1,
+    };
+    let other = imgstream::serve::start(&public, opts).await.unwrap();
+    let (_, signed) = get_json(&format!("http://{}/api/images/{id}/url", other.addr)).await;
+    let url = signed["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://localhost:{port}/")),
+        "{url}"
+    );
+    let fetched = reqwest::get(url).await.unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert_eq!(sha256_hex(&fetched.bytes().await.unwrap()), sha256);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -81,12 +81,17 @@ pub struct StoreSettings {
     pub region: String,
     /// `MINIO_CA_FILE`: a PEM bundle trusted besides the system's roots (a private CA).
     pub ca_file: Option<PathBuf>,
+    /// `MINIO_PUBLIC_ENDPOINT`: where browsers reach the store, when that differs from where
+    /// imgstream does (a container network, a cluster-internal service name). Presigned URLs are
+    /// signed for it.
+    pub public_endpoint: Option<String>,
 }
 
 impl fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreSettings")
             .field("endpoint", &self.endpoint)
+            .field("public_endpoint", &self.public_endpoint)
             .field("bucket", &self.bucket)
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
@@ -281,7 +286,14 @@ impl Settings {
         let bucket = get("MINIO_BUCKET_NAME", "images");
         check_bucket_name(&bucket)?;
         let store = StoreSettings {
-            endpoint: parse_endpoint(&get("MINIO_CONNECTION_STRING", "127.0.0.1:9000"))?,
+            endpoint: parse_endpoint(
+                "MINIO_CONNECTION_STRING",
+                &get("MINIO_CONNECTION_STRING", "127.0.0.1:9000"),
+            )?,
+            public_endpoint: match vars.get("MINIO_PUBLIC_ENDPOINT").map(|v| v.trim()) {
+                Some(raw) if !raw.is_empty() => Some(parse_endpoint("MINIO_PUBLIC_ENDPOINT", raw)?),
+                _ => None,
+            },
             bucket,
             access_key: get("MINIO_ACCESS_KEY", "minioadmin"),
             secret_key: get("MINIO_SECRET_KEY", "minioadmin"),
@@ -490,8 +502,7 @@ pub fn parse_database_url(raw: &str) -> Result<DatabaseUrl, ConfigError> {
 }
 
 /// Accepts the MinIO client's `host:port` form as well as a full `http(s)://host:port` URL.
-pub fn parse_endpoint(raw: &str) -> Result<String, ConfigError> {
-    const VAR: &str = "MINIO_CONNECTION_STRING";
+pub fn parse_endpoint(var: &'static str, raw: &str) -> Result<String, ConfigError> {
     let with_scheme = if raw.contains("://") {
         raw.to_string()
     } else {
@@ -499,13 +510,13 @@ pub fn parse_endpoint(raw: &str) -> Result<String, ConfigError> {
     };
     let url = Url::parse(&with_scheme).map_err(|e| {
         invalid(
-            VAR,
+            var,
             format!("{raw:?} is not host:port or an http(s) URL: {e}"),
         )
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(
-            VAR,
+            var,
             format!("{raw:?} is not host:port or an http(s) URL"),
         ));
     }
@@ -583,9 +594,12 @@ pub(crate) mod tests {
 
     #[test]
     fn minio_accepts_host_port_and_urls() {
-        assert_eq!(parse_endpoint("minio:9000").unwrap(), "http://minio:9000");
         assert_eq!(
-            parse_endpoint("https://s3.example.com/").unwrap(),
+            parse_endpoint("MINIO_CONNECTION_STRING", "minio:9000").unwrap(),
+            "http://minio:9000"
+        );
+        assert_eq!(
+            parse_endpoint("MINIO_CONNECTION_STRING", "https://s3.example.com/").unwrap(),
             "https://s3.example.com"
         );
     }
