@@ -62,9 +62,20 @@ pub fn source(settings: &Settings) -> Result<KafkaSource, BrokerError> {
     consumer.subscribe(&[&kafka.data_topic]).map_err(|e| {
         BrokerError::Other(format!("cannot subscribe to {}: {e}", kafka.data_topic))
     })?;
+    let probe_settings = kafka.clone();
+    let probe = Arc::new(move || {
+        offsets_reader_for(&probe_settings).is_ok_and(|client| {
+            let answered = client
+                .fetch_metadata(None, std::time::Duration::from_secs(5))
+                .is_ok();
+            crate::kafka::close_in_background(client);
+            answered
+        })
+    });
     Ok(KafkaSource::new(
         Arc::new(consumer),
         &kafka.bootstrap_servers,
+        probe,
     ))
 }
 

@@ -29,9 +29,14 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// not committed is replayed idempotently.
 pub const REJOIN_DEADLINE: Duration = Duration::from_secs(90);
 
+/// Whether the brokers answer a client other than this member's: the member's own client may be
+/// the part that is stuck.
+pub type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub struct KafkaSource {
     consumer: Arc<GroupConsumer>,
     bootstrap: String,
+    probe: BrokerProbe,
     /// Whether a connection problem was already reported, so an outage logs once, not per poll.
     reconnecting: AtomicBool,
     /// When the brokers were last asked whether they answer, while out of the group.
@@ -39,11 +44,13 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// A source on a consumer that is already subscribed.
-    pub fn new(consumer: Arc<GroupConsumer>, bootstrap: &str) -> Self {
+    /// A source on a consumer that is already subscribed; `probe` asks the brokers with a fresh
+    /// client (blocking).
+    pub fn new(consumer: Arc<GroupConsumer>, bootstrap: &str, probe: BrokerProbe) -> Self {
         KafkaSource {
             consumer,
             bootstrap: bootstrap.to_string(),
+            probe,
             reconnecting: AtomicBool::new(false),
             membership_checked: std::sync::Mutex::new(None),
         }
@@ -126,8 +133,8 @@ impl KafkaSource {
     }
 
     /// A fatal failure once this member has been out of its group for longer than
-    /// [`REJOIN_DEADLINE`] while the brokers answer. While they do not, it is an outage and the
-    /// member waits for them, however long. Checked at most every few seconds.
+    /// [`REJOIN_DEADLINE`] while the brokers answer a fresh client. While they do not, it is an
+    /// outage and the member waits for them, however long. Checked at most every few seconds.
     async fn check_membership(&self) -> Result<(), Failure> {
         let membership = self
             .consumer
@@ -147,12 +154,12 @@ impl KafkaSource {
             }
             *checked = Some(std::time::Instant::now());
         }
-        let consumer = self.consumer.clone();
-        let brokers_answer = tokio::task::spawn_blocking(move || {
-            consumer.fetch_metadata(None, QUERY_TIMEOUT).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        // Asked with a fresh client: when this member's client is wedged, its own requests time
+        // out too (seen: metadata failing while the restarted broker served everyone else).
+        let probe = self.probe.clone();
+        let brokers_answer = tokio::task::spawn_blocking(move || probe())
+            .await
+            .unwrap_or(false);
         if !brokers_answer {
             warn!(
                 out_secs = out.as_secs(),
