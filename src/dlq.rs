@@ -99,13 +99,21 @@ pub struct ReplayReport {
     pub held_back: Vec<Letter>,
 }
 
+/// The dead-letter topic's letters: all, or the last `last` of each partition.
+async fn stored_letters(
+    settings: &Settings,
+    last: Option<i64>,
+) -> Result<Vec<StoredLetter>, BrokerError> {
+    let reader = wiring::offsets_reader(settings)?;
+    let (topic, timeout) = (settings.kafka.dlq_topic.clone(), settings.connect_timeout);
+    off_thread(move || read_letters(&reader, &topic, timeout, last)).await
+}
+
 async fn selected_letters(
     settings: &Settings,
     selection: &Selection,
 ) -> Result<Vec<(StoredLetter, Letter)>, BrokerError> {
-    let reader = wiring::offsets_reader(settings)?;
-    let (topic, timeout) = (settings.kafka.dlq_topic.clone(), settings.connect_timeout);
-    let stored = off_thread(move || read_letters(&reader, &topic, timeout, None)).await?;
+    let stored = stored_letters(settings, None).await?;
     Ok(stored
         .into_iter()
         .map(|s| {
@@ -135,10 +143,7 @@ pub async fn list(settings: &Settings, selection: &Selection) -> Result<Listing,
 
 /// The most recent `n` dead letters, newest first (by the time they were dead-lettered).
 pub async fn recent(settings: &Settings, n: usize) -> Result<Vec<Letter>, BrokerError> {
-    let reader = wiring::offsets_reader(settings)?;
-    let (topic, timeout) = (settings.kafka.dlq_topic.clone(), settings.connect_timeout);
-    let last = Some(n as i64);
-    let stored = off_thread(move || read_letters(&reader, &topic, timeout, last)).await?;
+    let stored = stored_letters(settings, Some(n as i64)).await?;
     let mut letters: Vec<Letter> = stored.iter().map(Letter::from_stored).collect();
     letters.sort_by(|a, b| {
         (b.dead_lettered_at, b.dlq_partition, b.dlq_offset).cmp(&(

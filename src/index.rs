@@ -253,7 +253,7 @@ impl ImageIndex {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = sqlx::query(&format!("{SELECT_ENTRY} WHERE image_id = ANY($1)"))
+        let rows = sqlx::query(&format!("{SELECT_IMAGE} WHERE image_id = ANY($1)"))
             .bind(ids)
             .fetch_all(&self.pool)
             .await
@@ -279,7 +279,7 @@ impl ImageIndex {
         condition: &str,
         bucket: Option<&str>,
     ) -> Result<Vec<IndexEntry>, IndexError> {
-        let sql = format!("{SELECT_ENTRY} WHERE {condition} ORDER BY object_key");
+        let sql = format!("{SELECT_IMAGE} WHERE {condition} ORDER BY object_key");
         let mut query = sqlx::query(&sql);
         if let Some(bucket) = bucket {
             query = query.bind(bucket);
@@ -345,7 +345,7 @@ impl ImageIndex {
         bucket: &str,
         query: &ImageQuery,
     ) -> Result<Vec<StoredImage>, IndexError> {
-        let mut sql = QueryBuilder::<Postgres>::new(SELECT_STORED);
+        let mut sql = QueryBuilder::<Postgres>::new(SELECT_IMAGE);
         sql.push(" WHERE bucket = ").push_bind(bucket);
         if let Some(customer) = &query.customer_id {
             sql.push(" AND customer_id = ").push_bind(customer);
@@ -390,7 +390,7 @@ impl ImageIndex {
         image_id: Uuid,
     ) -> Result<Option<StoredImage>, IndexError> {
         let row = sqlx::query(&format!(
-            "{SELECT_STORED} WHERE image_id = $1 AND bucket = $2"
+            "{SELECT_IMAGE} WHERE image_id = $1 AND bucket = $2"
         ))
         .bind(image_id)
         .bind(bucket)
@@ -575,8 +575,8 @@ impl RoleAudit {
     }
 }
 
-const SELECT_STORED: &str =
-    "SELECT image_id, object_key, bucket, sha256, size_bytes, width, height,
+/// Every column of a row: what `entry_from_row` and `stored_from_row` read.
+const SELECT_IMAGE: &str = "SELECT image_id, object_key, bucket, sha256, size_bytes, width, height,
     content_type, customer_id, source_id, created_at, kafka_topic, kafka_partition, kafka_offset,
     stored_at
     FROM images";
@@ -587,10 +587,6 @@ fn stored_from_row(r: &sqlx::postgres::PgRow) -> Result<StoredImage, sqlx::Error
         stored_at: r.try_get("stored_at")?,
     })
 }
-
-const SELECT_ENTRY: &str = "SELECT image_id, object_key, bucket, sha256, size_bytes, width, height,
-    content_type, customer_id, source_id, created_at, kafka_topic, kafka_partition, kafka_offset
-    FROM images";
 
 fn entry_from_row(r: &sqlx::postgres::PgRow) -> Result<IndexEntry, sqlx::Error> {
     Ok(IndexEntry {

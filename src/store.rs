@@ -180,13 +180,7 @@ impl ImageStore {
             extra_roots =
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| bad_ca(e.to_string()))?;
         }
-        let store = AmazonS3Builder::new()
-            .with_endpoint(&settings.endpoint)
-            .with_bucket_name(&settings.bucket)
-            .with_access_key_id(&settings.access_key)
-            .with_secret_access_key(&settings.secret_key)
-            .with_region(&settings.region)
-            .with_virtual_hosted_style_request(false)
+        let store = s3_builder(settings, &settings.endpoint)
             // Reads, lists and deletes only: writes go through `S3Direct::put_object`.
             .with_unsigned_payload(true)
             // Short internal retries: outages are ours to notice, log and ride out (pipeline::retry).
@@ -212,13 +206,7 @@ impl ImageStore {
         let signer = match &settings.public_endpoint {
             None => store.clone(),
             Some(public) => Arc::new(
-                AmazonS3Builder::new()
-                    .with_endpoint(public)
-                    .with_bucket_name(&settings.bucket)
-                    .with_access_key_id(&settings.access_key)
-                    .with_secret_access_key(&settings.secret_key)
-                    .with_region(&settings.region)
-                    .with_virtual_hosted_style_request(false)
+                s3_builder(settings, public)
                     .with_allow_http(true)
                     .build()
                     .map_err(|e| unavailable(e.to_string()))?,
@@ -461,6 +449,17 @@ impl ImageStore {
             },
         }
     }
+}
+
+/// The bucket and credentials of `settings`, at `endpoint`, path-style.
+fn s3_builder(settings: &StoreSettings, endpoint: &str) -> AmazonS3Builder {
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(&settings.bucket)
+        .with_access_key_id(&settings.access_key)
+        .with_secret_access_key(&settings.secret_key)
+        .with_region(&settings.region)
+        .with_virtual_hosted_style_request(false)
 }
 
 fn one_line(e: &(dyn std::error::Error + 'static)) -> String {

@@ -230,15 +230,7 @@ async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_zero() {
 async fn a_broker_restart_mid_run_ends_idle_only_when_nothing_is_left() {
     let env = TestEnv::new("brokerbounce").await;
     env.produce(1500, &[]);
-    let args = [
-        "consume",
-        "--batch-size",
-        "10",
-        "--uploads",
-        "2",
-        "--until-idle",
-        "8",
-    ];
+    let args = [&CONSUME_SLOWLY[..5], &["--until-idle", "8"]].concat();
     let consumer = env.spawn(&args, "consumer");
     wait_for_rows(&env, 40).await;
     assert!(rows(&env).await < 1500, "the run ended before the restart");

@@ -372,12 +372,11 @@ impl Drop for S3User<'_> {
     }
 }
 
-/// The consumer's S3 policy, as README gives it: create and read objects under `images/`, find
-/// the bucket; nothing else.
-fn consumer_policy(bucket: &str) -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/policies/s3-consumer.json"
+/// A policy of deploy/policies/, as README gives it, for `bucket`.
+fn policy(file: &str, bucket: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/deploy/policies/{file}",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
     .replace("BUCKET", bucket)
@@ -388,7 +387,7 @@ async fn the_consumer_stores_with_an_s3_key_that_can_neither_delete_nor_write_el
     let env = TestEnv::new("s3-least").await;
     let mc = Mc::new(&env);
     let bucket = env.settings.store.bucket.clone();
-    let user = S3User::create(&mc, "app", &consumer_policy(&bucket));
+    let user = S3User::create(&mc, "app", &policy("s3-consumer.json", &bucket));
     env.produce(20, &[]);
     let out = env
         .command(&["consume", "--until-idle", "3"])
@@ -433,15 +432,6 @@ async fn the_consumer_stores_with_an_s3_key_that_can_neither_delete_nor_write_el
         bytes,
         "the object is unchanged"
     );
-}
-
-fn policy(file: &str, bucket: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/deploy/policies/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace("BUCKET", bucket)
 }
 
 #[tokio::test(flavor = "multi_thread")]

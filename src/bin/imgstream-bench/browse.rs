@@ -10,7 +10,7 @@
 //!   fetches them), against its floor: reading the 48 originals from MinIO the same way; then the
 //!   same page warm.
 
-use super::{binary, case_settings, cleanup, fresh_database, percentile, setup};
+use super::{binary, case_settings, cleanup, drop_database, fresh_database, percentile, setup};
 use imgstream::domain::{ImageFormat, IndexEntry, object_key, sha256_hex};
 use imgstream::generate::{ImageSpec, render};
 use imgstream::search::Cursor;
@@ -260,6 +260,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
     pool.close().await;
     index.close().await;
     cleanup(&settings).await;
+    // A million rows take half a gigabyte: unlike the other cases' databases, this one goes.
     drop_database(&settings).await;
 
     let p99 = |v: &Vec<f64>| {
@@ -321,19 +322,4 @@ async fn gallery_with_thumbnails(http: &reqwest::Client, root: &str) -> f64 {
         "JPEG thumbnails"
     );
     started.elapsed().as_secs_f64()
-}
-
-/// A million rows take half a gigabyte: unlike the other cases' databases, this one goes.
-async fn drop_database(settings: &imgstream::config::Settings) {
-    use sqlx::Connection;
-    let url = &settings.database_url;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(url.with_database("postgres").expose()).await
-    {
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            url.database_name()
-        ))
-        .execute(&mut conn)
-        .await;
-    }
 }

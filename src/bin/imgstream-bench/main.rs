@@ -311,19 +311,25 @@ fn binary() -> PathBuf {
     std::env::current_exe().unwrap().with_file_name("imgstream")
 }
 
-async fn fresh_database(settings: &Settings) {
+async fn maintenance_connection(settings: &Settings) -> sqlx::PgConnection {
     use sqlx::Connection;
-    let url = &settings.database_url;
-    let mut conn = sqlx::PgConnection::connect(url.with_database("postgres").expose())
-        .await
-        .unwrap();
-    let name = url.database_name();
+    let url = settings.database_url.with_database("postgres");
+    sqlx::PgConnection::connect(url.expose()).await.unwrap()
+}
+
+async fn drop_database(settings: &Settings) {
+    let name = settings.database_url.database_name();
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut conn)
+        .execute(&mut maintenance_connection(settings).await)
         .await
         .unwrap();
+}
+
+async fn fresh_database(settings: &Settings) {
+    drop_database(settings).await;
+    let name = settings.database_url.database_name();
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut conn)
+        .execute(&mut maintenance_connection(settings).await)
         .await
         .unwrap();
 }
