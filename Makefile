@@ -4,7 +4,7 @@ STACK := scripts/stack/stack.sh
 DEMO_COUNT ?= 1000
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo demo-build test stack-up stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
+.PHONY: demo demo-build test stack-up stack-up-secured stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
 
 # The stack first, then the build: on 2 cores, starting the stack (a Go build of MinIO) while
 # imgstream builds made a cold demo slower (713 s against 569 s), as both are CPU-bound.
@@ -16,11 +16,15 @@ demo: stack-up demo-build
 demo-build: deps
 	cargo build --profile demo --locked --bin imgstream
 
-test: stack-up
+# The tests also need the secured side of the stack (HTTPS MinIO; TLS and SASL_SSL are always on).
+test: stack-up-secured
 	scripts/test.sh
 
 stack-up:
 	$(STACK) up
+
+stack-up-secured:
+	$(STACK) up --secured
 
 stack-down:
 	$(STACK) down

@@ -274,8 +274,9 @@ fn parse_formats(s: &str) -> Result<Formats, String> {
 }
 
 fn init_logging() {
+    // rustls logs a refused certificate itself; the error that reaches the user names it once.
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn,rustls=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -355,7 +356,7 @@ async fn run_setup(settings: &Settings, schema: &str, check: bool) -> Result<Exi
 }
 
 async fn run_produce(settings: &Settings, args: ProduceArgs) -> Result<ExitCode, String> {
-    setup::preflight(settings, IMAGE_RECORD_SCHEMA).await?;
+    setup::preflight(settings, IMAGE_RECORD_SCHEMA, setup::Needs::Producer).await?;
     if args.count.is_none() && args.duration.is_none() {
         return Err("say how much to send: --count N or --duration 30s".into());
     }
@@ -409,7 +410,7 @@ async fn run_produce(settings: &Settings, args: ProduceArgs) -> Result<ExitCode,
 }
 
 async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode, String> {
-    setup::preflight(settings, IMAGE_RECORD_SCHEMA).await?;
+    setup::preflight(settings, IMAGE_RECORD_SCHEMA, setup::Needs::Consumer).await?;
     let mut opts = PipelineOptions::new(wiring::limits(settings));
     opts.batch_max_records = args.batch_size.max(1);
     opts.uploads_in_flight = args.uploads.max(1);

@@ -25,6 +25,8 @@ pub enum State {
     Missing(String),
     Unreachable(String),
     Failed(String),
+    /// Present, but this identity may not see enough to check it; not a problem.
+    Unchecked(String),
 }
 
 impl State {
@@ -44,6 +46,7 @@ impl fmt::Display for Item {
             State::Missing(d) => ("missing", d.clone()),
             State::Unreachable(d) => ("unreachable", d.clone()),
             State::Failed(d) => ("failed", d.clone()),
+            State::Unchecked(d) => ("unchecked", d.clone()),
         };
         write!(f, "{:<11} {:<10} {}", tag, self.service, self.name)?;
         if !detail.is_empty() {
@@ -58,10 +61,27 @@ impl fmt::Display for Item {
 pub async fn run(settings: &Settings, schema: &str, check_only: bool) -> Vec<Item> {
     let mut items = Vec::new();
     items.extend(index(settings, check_only).await);
-    items.extend(topics(settings, check_only).await);
+    items.extend(topics(settings, check_only, &TOPICS_CONSUMED).await);
     items.push(bucket(settings, check_only).await);
     items.extend(registry(settings, schema, check_only).await);
     items
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topic {
+    Data,
+    DeadLetters,
+}
+const TOPICS_CONSUMED: [Topic; 2] = [Topic::Data, Topic::DeadLetters];
+
+/// Which command a preflight is for: each checks only the services it uses, so a least-privilege
+/// identity is not asked for what it neither has nor needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// The data topic and the registered schema.
+    Producer,
+    /// Everything setup looks after.
+    Consumer,
 }
 
 async fn bounded<T>(
@@ -198,12 +218,15 @@ async fn role_item(index: &ImageIndex, role: &str, access: Access, check_only: b
     }
 }
 
-async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {
+async fn topics(settings: &Settings, check_only: bool, which: &[Topic]) -> Vec<Item> {
     let kafka = &settings.kafka;
-    let specs = [
-        data_topic_spec(kafka, &settings.limits),
-        dlq_topic_spec(kafka, &settings.limits),
-    ];
+    let specs: Vec<_> = which
+        .iter()
+        .map(|t| match t {
+            Topic::Data => data_topic_spec(kafka, &settings.limits),
+            Topic::DeadLetters => dlq_topic_spec(kafka, &settings.limits),
+        })
+        .collect();
     let item = |name: &str, state| Item {
         service: "kafka",
         name: format!("topic {name}"),
@@ -237,6 +260,9 @@ async fn topics(settings: &Settings, check_only: bool) -> Vec<Item> {
                 Ok(TopicState::Ok) => State::Ok,
                 Ok(TopicState::Missing) => State::Missing("does not exist".into()),
                 Ok(TopicState::Different(d)) => State::Missing(d.join("; ")),
+                Ok(TopicState::ConfigHidden) => State::Unchecked(
+                    "exists; its settings are not visible to this identity (no DescribeConfigs), so not checked".into(),
+                ),
                 Err(e) => State::Failed(e.to_string()),
             }
         } else {
@@ -339,27 +365,32 @@ async fn registry(settings: &Settings, schema: &str, check_only: bool) -> Vec<It
 
 /// What the consumer and producer need before they start; a one-line error that names the
 /// missing piece and says to run setup.
-pub async fn preflight(settings: &Settings, schema: &str) -> Result<(), String> {
-    let problems: Vec<String> = run(settings, schema, true)
-        .await
-        .into_iter()
-        .filter(|i| i.state.is_problem())
-        .map(|i| match &i.state {
-            State::Unreachable(d) | State::Failed(d) => d.clone(),
-            State::Missing(d) => format!("{} {}: {d}", i.service, i.name),
-            _ => unreachable!("filtered to problems"),
-        })
-        .collect();
+pub async fn preflight(settings: &Settings, schema: &str, needs: Needs) -> Result<(), String> {
+    let items = match needs {
+        Needs::Consumer => run(settings, schema, true).await,
+        Needs::Producer => {
+            let mut items = topics(settings, true, &[Topic::Data]).await;
+            items.extend(registry(settings, schema, true).await);
+            items
+        }
+    };
+    // Only what is missing is setup's to fix; a refused login or an outage says its own fix.
+    let missing = items.iter().any(|i| matches!(i.state, State::Missing(_)));
+    let mut problems: Vec<String> = Vec::new();
+    for item in items {
+        let problem = match item.state {
+            State::Unreachable(d) | State::Failed(d) => d,
+            State::Missing(d) => format!("{} {}: {d}", item.service, item.name),
+            State::Ok | State::Changed(_) | State::Unchecked(_) => continue,
+        };
+        // One cause (a refused login) fails every item of its service alike: say it once.
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
     if problems.is_empty() {
         return Ok(());
     }
-    let unreachable_only = problems
-        .iter()
-        .all(|p| p.contains("unreachable") || p.contains("did not answer"));
-    let hint = if unreachable_only {
-        ""
-    } else {
-        "; run `imgstream setup`"
-    };
+    let hint = if missing { "; run `imgstream setup`" } else { "" };
     Err(format!("not ready: {}{hint}", problems.join("; ")))
 }

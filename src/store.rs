@@ -37,6 +37,10 @@ pub enum StoreError {
     )]
     Unavailable { endpoint: String, detail: String },
     #[error(
+        "TLS to the object store at {endpoint} failed ({detail}); check MINIO_CA_FILE, and that the store's certificate names the host in MINIO_CONNECTION_STRING"
+    )]
+    Tls { endpoint: String, detail: String },
+    #[error(
         "object store denied access to bucket {bucket} ({detail}); check MINIO_ACCESS_KEY, MINIO_SECRET_KEY and what that key's policy allows"
     )]
     Denied { bucket: String, detail: String },
@@ -69,6 +73,17 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// A request that got no answer: a certificate the client refuses is a setting to fix, not
+    /// an outage to wait out.
+    fn unanswered(endpoint: &str, detail: String) -> StoreError {
+        let endpoint = endpoint.to_string();
+        if detail.contains("invalid peer certificate") || detail.contains("InvalidCertificate") {
+            StoreError::Tls { endpoint, detail }
+        } else {
+            StoreError::Unavailable { endpoint, detail }
+        }
     }
 }
 
@@ -443,10 +458,7 @@ impl ImageStore {
                     detail: one_line(&*source),
                 }
             }
-            other => StoreError::Unavailable {
-                endpoint: self.endpoint.clone(),
-                detail: one_line(&other),
-            },
+            other => StoreError::unanswered(&self.endpoint, one_line(&other)),
         }
     }
 }
@@ -656,7 +668,7 @@ impl S3Direct {
                     resends += 1;
                     tracing::debug!(error = %one_line(&e), %url, "resending on a fresh connection");
                 }
-                Err(e) => return Err(self.unavailable(one_line(&e))),
+                Err(e) => return Err(StoreError::unanswered(&s.endpoint, one_line(&e))),
             }
         };
         let status = response.status().as_u16();

@@ -55,3 +55,38 @@ apt_install() {
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# The stack's own certificate authority, made once per stack directory: every TLS listener of the
+# stack (PostgreSQL, Kafka's SASL_SSL listener, the HTTPS MinIO) has a certificate it signed, so
+# one file, $TLS_DIR/ca.crt, is what clients trust.
+TLS_DIR="$STACK_DIR/tls"
+
+ensure_ca() {
+  [[ -f "$TLS_DIR/ca.crt" && -f "$TLS_DIR/ca.key" ]] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  say "making the stack's certificate authority in $TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=imgstream local CA" \
+    -keyout "$TLS_DIR/ca.key.tmp" -out "$TLS_DIR/ca.crt.tmp" 2>/dev/null || die "making the CA failed"
+  chmod 600 "$TLS_DIR/ca.key.tmp"
+  mv "$TLS_DIR/ca.key.tmp" "$TLS_DIR/ca.key" && mv "$TLS_DIR/ca.crt.tmp" "$TLS_DIR/ca.crt"
+}
+
+# issue_cert NAME: $TLS_DIR/NAME.{crt,key}, a server certificate for 127.0.0.1 signed by the
+# stack's CA. Only the IP is in it (not "localhost"), so a client that connects by another name
+# sees a real hostname mismatch; the tests rely on that.
+issue_cert() {
+  local name="$1"
+  ensure_ca
+  if [[ -f "$TLS_DIR/$name.crt" ]] && openssl verify -CAfile "$TLS_DIR/ca.crt" "$TLS_DIR/$name.crt" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "issuing a certificate for $name (IP 127.0.0.1)"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$TLS_DIR/$name.key" -out "$TLS_DIR/$name.csr" 2>/dev/null || die "making the $name key failed"
+  printf 'subjectAltName=IP:127.0.0.1\n' >"$TLS_DIR/$name.ext"
+  openssl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_DIR/ca.crt" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$TLS_DIR/$name.ext" -out "$TLS_DIR/$name.crt" 2>/dev/null \
+    || die "signing the $name certificate failed"
+  chmod 600 "$TLS_DIR/$name.key"
+}

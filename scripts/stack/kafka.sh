@@ -6,6 +6,10 @@
 #          kafka.sh cli org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
 # KAFKA_BROKERS=1 (default): one node, broker 127.0.0.1:9092, controller :9093.
 # KAFKA_BROKERS=3: three nodes, brokers :9092/:9094/:9096, controllers :9093/:9095/:9097.
+# Every broker also has a SASL_SSL listener (SCRAM-SHA-256/512, certificate from the stack's CA)
+# at :9192 (:9194/:9196), where ACLs apply (StandardAuthorizer): the secured side of the stack.
+# The plaintext listener stays open to everyone on loopback (its principal, ANONYMOUS, is a super
+# user), so the demo and tools need no credentials. SCRAM super user: admin / admin-secret.
 # Jars come from Maven Central via stack/kafka/pom.xml (there is no Kafka tarball mirror here).
 set -euo pipefail
 SERVICE=kafka
@@ -24,6 +28,11 @@ N="${KAFKA_BROKERS:-1}"
 cluster_dir() { echo "$STACK_DIR/kafka/cluster-$1"; }
 broker_port() { echo $((9090 + 2 * $1)); }     # node 1 -> 9092, 2 -> 9094, 3 -> 9096
 controller_port() { echo $((9091 + 2 * $1)); } # node 1 -> 9093, 2 -> 9095, 3 -> 9097
+secure_port() { echo $((9190 + 2 * $1)); }     # node 1 -> 9192, 2 -> 9194, 3 -> 9196
+ADMIN_USER="admin"
+ADMIN_PASSWORD=admin-secret
+KEYSTORE_PASSWORD=imgstream-keystore
+secure_bootstrap() { local i a=(); for i in $(seq 1 "$1"); do a+=("127.0.0.1:$(secure_port "$i")"); done; (IFS=,; echo "${a[*]}"); }
 bootstrap() { local i a=(); for i in $(seq 1 "$1"); do a+=("127.0.0.1:$(broker_port "$i")"); done; (IFS=,; echo "${a[*]}"); }
 
 # kjava CLASS ARGS...: a Kafka main class on the cached classpath; tool logging goes to stderr.
@@ -57,6 +66,29 @@ running_clusters() {
   return 0
 }
 
+KEYSTORE="$TLS_DIR/kafka.p12"
+make_keystore() { # Java's Kafka reads PKCS12 (not an unencrypted PEM key)
+  issue_cert kafka
+  [[ -f "$KEYSTORE" && "$KEYSTORE" -nt "$TLS_DIR/kafka.crt" ]] && return 0
+  openssl pkcs12 -export -in "$TLS_DIR/kafka.crt" -inkey "$TLS_DIR/kafka.key" -certfile "$TLS_DIR/ca.crt" \
+    -name kafka -passout "pass:$KEYSTORE_PASSWORD" -out "$KEYSTORE" || die "making the Kafka keystore failed"
+}
+
+# The SCRAM super user: written at format time for new storage, through the brokers for storage
+# formatted before the secured listener existed (remembered in a marker next to the data).
+SCRAM_ADMIN="SCRAM-SHA-512=[name=$ADMIN_USER,password=$ADMIN_PASSWORD]"
+ensure_scram_admin() { # CLUSTER_DIR
+  [[ -f "$1/scram-admin" ]] && return 0
+  say "adding the SCRAM user $ADMIN_USER"
+  local m # one mechanism per request: the brokers refuse two changes to one user in a request
+  for m in 512 256; do
+    kjava kafka.admin.ConfigCommand --bootstrap-server "$(bootstrap "$N")" --alter --entity-type users \
+      --entity-name "$ADMIN_USER" --add-config "SCRAM-SHA-$m=[password=$ADMIN_PASSWORD]" >&2 \
+      || die "adding the SCRAM user $ADMIN_USER failed"
+  done
+  touch "$1/scram-admin"
+}
+
 write_config() { # NODE_DIR NODE_ID
   local dir="$1" i="$2" voters=() j
   for j in $(seq 1 "$N"); do voters+=("$j@127.0.0.1:$(controller_port "$j")"); done
@@ -66,11 +98,19 @@ write_config() { # NODE_DIR NODE_ID
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
-listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i")
+listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i"),SASL_SSL://127.0.0.1:$(secure_port "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i"),SASL_SSL://127.0.0.1:$(secure_port "$i")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KEYSTORE
+listener.name.sasl_ssl.ssl.keystore.password=$KEYSTORE_PASSWORD
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:$ADMIN_USER
 log.dirs=$dir/data
 # imgstream setup creates its topics explicitly; typos must fail, not create topics.
 auto.create.topics.enable=false
@@ -90,7 +130,11 @@ node_started() { # NODE_ID LOG
 
 start() {
   install
-  if all_up "$N"; then say "already running ($N node(s) at $(bootstrap "$N"))"; return 0; fi
+  if all_up "$N"; then
+    ensure_scram_admin "$(cluster_dir "$N")"
+    say "already running ($N node(s) at $(bootstrap "$N"))"
+    return 0
+  fi
   local other
   other="$(running_clusters | grep -vx "$N" || true)"
   [[ -z "$other" ]] || die "a ${other}-node Kafka cluster is running; run 'kafka.sh stop' before starting $N node(s)"
@@ -98,20 +142,23 @@ start() {
   local cdir i dir port
   cdir="$(cluster_dir "$N")"
   mkdir -p "$cdir"
+  make_keystore
   # One cluster id per data set, generated once and kept next to the data.
   [[ -s "$cdir/cluster-id" ]] || kjava kafka.tools.StorageTool random-uuid >"$cdir/cluster-id"
   for i in $(seq 1 "$N"); do
     dir="$cdir/node$i"
     pid_alive "$dir/kafka.pid" && continue
-    for port in "$(broker_port "$i")" "$(controller_port "$i")"; do
+    for port in "$(broker_port "$i")" "$(controller_port "$i")" "$(secure_port "$i")"; do
       port_open "$port" && die "port $port is already in use by another process (not our Kafka): $(ss -ltnpH "sport = :$port" | head -1)"
     done
     mkdir -p "$dir/data"
     write_config "$dir" "$i"
     if [[ ! -f "$dir/data/meta.properties" ]]; then
       say "formatting storage of node $i (cluster id $(cat "$cdir/cluster-id"))"
-      kjava kafka.tools.StorageTool format -t "$(cat "$cdir/cluster-id")" -c "$dir/server.properties" >&2 \
+      kjava kafka.tools.StorageTool format -t "$(cat "$cdir/cluster-id")" -c "$dir/server.properties" \
+        --add-scram "$SCRAM_ADMIN" --add-scram "${SCRAM_ADMIN/512/256}" >&2 \
         || die "formatting storage in $dir/data failed"
+      touch "$cdir/scram-admin"
     fi
     [[ -f "$dir/kafka.log" ]] && mv "$dir/kafka.log" "$dir/kafka.log.prev" # health check greps this run's log
     say "starting node $i (broker 127.0.0.1:$(broker_port "$i"), controller 127.0.0.1:$(controller_port "$i")); log: $dir/kafka.log"
@@ -130,7 +177,8 @@ start() {
   wait_until 60 "$cdir/node1/kafka.log" kjava org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$(bootstrap "$N")" --list \
     || die "brokers are up but do not answer metadata requests"
-  say "up: $N node(s) at $(bootstrap "$N")"
+  ensure_scram_admin "$cdir"
+  say "up: $N node(s) at $(bootstrap "$N"); SASL_SSL at $(secure_bootstrap "$N") (CA $TLS_DIR/ca.crt)"
 }
 
 all_up() { # NODES: every node's process alive, started, and its broker port open

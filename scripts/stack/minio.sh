@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Local MinIO built from source (MinIO ships no community binaries/images any more).
-# Usage: minio.sh install|start|stop|status
+# Usage: minio.sh install|start|start-tls|stop|status
 # S3 API http://127.0.0.1:9000, console http://127.0.0.1:9001, credentials minioadmin/minioadmin.
+# start-tls: a second, separate server over HTTPS at https://127.0.0.1:9010 (console :9011), its
+# certificate signed by the stack's CA ($STACK_DIR/tls/ca.crt), same credentials: the secured
+# stack's object store. (MinIO serves either HTTP or HTTPS on a port, so it cannot be the first.)
 set -euo pipefail
 SERVICE=minio
 # shellcheck source=common.sh
@@ -21,13 +24,18 @@ BIN="$CACHE_DIR/bin/minio"
 STAMP="$CACHE_DIR/bin/minio.version"
 LOCALPROXY="$CACHE_DIR/goproxy"
 UPSTREAM="https://proxy.golang.org"
-DIR="$STACK_DIR/minio"
-LOG="$DIR/minio.log"
-PIDFILE="$DIR/minio.pid"
-API=127.0.0.1:9000
-CONSOLE=127.0.0.1:9001
 
-healthy() { curl -fsS -o /dev/null --max-time 2 "http://$API/minio/health/live"; }
+use_instance() { # plain | tls
+  if [[ "$1" == tls ]]; then
+    DIR="$STACK_DIR/minio-tls" API=127.0.0.1:9010 CONSOLE=127.0.0.1:9011 SCHEME=https NAME=minio-tls
+  else
+    DIR="$STACK_DIR/minio" API=127.0.0.1:9000 CONSOLE=127.0.0.1:9001 SCHEME=http NAME=minio
+  fi
+  LOG="$DIR/minio.log" PIDFILE="$DIR/minio.pid"
+}
+use_instance plain
+
+healthy() { curl -fsS -o /dev/null --max-time 2 --cacert "$TLS_DIR/ca.crt" "$SCHEME://$API/minio/health/live"; }
 
 gobin() { command -v go || { [[ -x /usr/local/go/bin/go ]] && echo /usr/local/go/bin/go; } || true; }
 
@@ -74,37 +82,45 @@ install() {
 
 start() {
   install
-  if pid_alive "$PIDFILE" && healthy; then say "already running at http://$API"; return 0; fi
+  if pid_alive "$PIDFILE" && healthy; then say "already running at $SCHEME://$API"; return 0; fi
   if ! pid_alive "$PIDFILE"; then
     local port
     for port in "${API##*:}" "${CONSOLE##*:}"; do
       port_open "$port" && die "port $port is already in use by another process (not our MinIO): $(ss -ltnpH "sport = :$port" | head -1)"
     done
     mkdir -p "$DIR/data"
+    local certs=()
+    if [[ "$SCHEME" == https ]]; then
+      issue_cert minio
+      mkdir -p "$DIR/certs/CAs"
+      cp "$TLS_DIR/minio.crt" "$DIR/certs/public.crt" && cp "$TLS_DIR/minio.key" "$DIR/certs/private.key"
+      cp "$TLS_DIR/ca.crt" "$DIR/certs/CAs/ca.crt"
+      certs=(--certs-dir "$DIR/certs")
+    fi
     [[ -f "$LOG" ]] && mv "$LOG" "$LOG.prev"
-    say "starting MinIO $RELEASE (API http://$API, console http://$CONSOLE); log: $LOG"
+    say "starting MinIO $RELEASE (API $SCHEME://$API, console $SCHEME://$CONSOLE); log: $LOG"
     # setsid: detach from our process group so Ctrl-C in the calling shell doesn't kill it.
     # shellcheck disable=SC2016 # $$ and $@ expand in the child shell
     MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_UPDATE=off \
       setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \
-      "$BIN" server --address "$API" --console-address "$CONSOLE" "$DIR/data" >"$LOG" 2>&1 </dev/null &
+      "$BIN" server "${certs[@]}" --address "$API" --console-address "$CONSOLE" "$DIR/data" >"$LOG" 2>&1 </dev/null &
   fi
   wait_until "$STACK_TIMEOUT" "$LOG" healthy || die "MinIO did not become healthy within ${STACK_TIMEOUT}s"
-  say "up: http://$API (minioadmin/minioadmin)"
+  say "up: $SCHEME://$API (minioadmin/minioadmin)"
 }
 
 stop() {
-  pid_alive "$PIDFILE" || { say "not running"; rm -f "$PIDFILE"; return 0; }
-  say "stopping"
+  pid_alive "$PIDFILE" || { say "$NAME not running"; rm -f "$PIDFILE"; return 0; }
+  say "stopping $NAME"
   stop_pidfile "$PIDFILE"
-  say "stopped"
+  say "stopped $NAME"
 }
 
 status() {
   if pid_alive "$PIDFILE" && healthy; then
-    printf 'minio  up  %s  %s\n' "$RELEASE" "$API"
+    printf '%s  up  %s  %s://%s\n' "$NAME" "$RELEASE" "$SCHEME" "$API"
   else
-    printf 'minio  down  %s  %s\n' "$RELEASE" "$API"
+    printf '%s  down  %s  %s://%s\n' "$NAME" "$RELEASE" "$SCHEME" "$API"
     return 1
   fi
 }
@@ -112,7 +128,9 @@ status() {
 case "${1:-}" in
   install) install ;;
   start) start ;;
-  stop) stop ;;
-  status) status ;;
-  *) die "usage: minio.sh install|start|stop|status" ;;
+  start-tls) use_instance tls; start ;;
+  # Both servers; the HTTPS one only reports when it runs (it is not part of the plain stack).
+  stop) stop; use_instance tls; stop ;;
+  status) rc=0; status || rc=1; use_instance tls; if pid_alive "$PIDFILE"; then status || rc=1; fi; exit "$rc" ;;
+  *) die "usage: minio.sh install|start|start-tls|stop|status" ;;
 esac

@@ -67,23 +67,19 @@ EOF
   chown postgres:postgres "$DATA/pg_hba.conf"
 }
 
-# A private CA and a server certificate for 127.0.0.1/localhost, made once: the server offers TLS
-# (clients choose with sslmode), and tests verify it against this CA (sslmode=verify-full).
+# The server offers TLS with a certificate from the stack's CA (clients choose with sslmode; tests
+# verify it against the CA with sslmode=verify-full). PostgreSQL wants its key owned by its own
+# user, so it reads a copy.
 TLS="$PGROOT/tls"
 make_tls() {
-  [[ -f "$TLS/server.crt" && -f "$TLS/ca.crt" ]] && return 0
-  say "making a private CA and a server certificate in $TLS"
+  issue_cert postgres
   mkdir -p "$TLS"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=imgstream local CA" \
-    -keyout "$TLS/ca.key" -out "$TLS/ca.crt" >>"$LOG" 2>&1 || die "making the CA failed; see $LOG"
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
-    -keyout "$TLS/server.key" -out "$TLS/server.csr" >>"$LOG" 2>&1 || die "making the server key failed; see $LOG"
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS/san.ext"
-  openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
-    -days 3650 -extfile "$TLS/san.ext" -out "$TLS/server.crt" >>"$LOG" 2>&1 || die "signing the server certificate failed; see $LOG"
+  cmp -s "$TLS_DIR/postgres.crt" "$TLS/server.crt" || {
+    cp "$TLS_DIR/postgres.crt" "$TLS/server.crt"
+    cp "$TLS_DIR/postgres.key" "$TLS/server.key"
+  }
   chown -R postgres:postgres "$TLS"
-  chmod 600 "$TLS/server.key" "$TLS/ca.key"
-  chmod 644 "$TLS/ca.crt" "$TLS/server.crt"
+  chmod 600 "$TLS/server.key"
 }
 
 # Idempotent: (re)asserts the role's attributes and password, creates missing databases.
@@ -109,7 +105,7 @@ start() {
   prepare_dirs
   init_cluster
   make_tls
-  say "starting PostgreSQL $(pgversion) on 127.0.0.1:$PORT (TLS offered, CA $TLS/ca.crt); log: $LOG"
+  say "starting PostgreSQL $(pgversion) on 127.0.0.1:$PORT (TLS offered, CA $TLS_DIR/ca.crt); log: $LOG"
   # pg_ctl -w waits for readiness and, unlike polling, notices at once if the server dies.
   if ! as_pg "$BIN/pg_ctl" start -D "$DATA" -l "$LOG" -w -t "$STACK_TIMEOUT" \
     -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$SOCK -c ssl=on -c ssl_cert_file=$TLS/server.crt -c ssl_key_file=$TLS/server.key" >/dev/null; then

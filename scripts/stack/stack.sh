@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # The whole local stack: postgres, minio, kafka, registry (registry uses postgres).
-# Usage: stack.sh up|down|status
+# Usage: stack.sh up [--secured]|down|status
 #   up      start each service in order; stops at the first failure, naming it (exit 1)
+#           --secured: also the HTTPS MinIO (minio.sh start-tls). TLS to PostgreSQL and Kafka's
+#           SASL_SSL listener are always there; the demo uses the plain side.
 #   down    stop in reverse order (keeps going if one fails, exit 1 if any did)
 #   status  one line per service; exit 1 if any is down
 set -euo pipefail
@@ -20,6 +22,9 @@ case "${1:-}" in
     for s in "${SERVICES[@]}"; do
       bash "$HERE/$s.sh" start || die "$s failed to start (see above); services before it are still running"
     done
+    if [[ "${2:-}" == --secured ]]; then
+      bash "$HERE/minio.sh" start-tls || die "the HTTPS MinIO failed to start (see above)"
+    fi
     for s in "${SERVICES[@]}"; do bash "$HERE/$s.sh" status || true; done
     ;;
   down)
@@ -36,5 +41,5 @@ case "${1:-}" in
     for s in "${SERVICES[@]}"; do bash "$HERE/$s.sh" status || rc=1; done
     exit "$rc"
     ;;
-  *) die "usage: stack.sh up|down|status" ;;
+  *) die "usage: stack.sh up [--secured]|down|status" ;;
 esac

@@ -1,13 +1,15 @@
 //! Topic administration: the data and dead-letter topics, created by `imgstream setup`.
 
-use super::{BrokerError, base_config, quiet};
+use super::{BrokerError, SecurityWatch, base_config, quiet};
 use crate::config::{KafkaSettings, LimitSettings};
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -56,6 +58,9 @@ fn min_isr(replication_factor: i32) -> String {
 
 pub struct TopicAdmin {
     client: AdminClient<DefaultClientContext>,
+    /// Asks for metadata, and sees why a connection failed: an admin client never polls the
+    /// queue librdkafka reports login and TLS failures on.
+    probe: BaseProducer<SecurityWatch>,
     bootstrap: String,
     timeout: Duration,
 }
@@ -66,15 +71,22 @@ pub enum TopicState {
     Missing,
     Ok,
     Different(Vec<String>),
+    /// The topic exists but its configuration is hidden from this identity (no DescribeConfigs
+    /// ACL, which an application identity does not need).
+    ConfigHidden,
 }
 
 impl TopicAdmin {
     pub fn new(kafka: &KafkaSettings, timeout: Duration) -> Result<Self, BrokerError> {
-        let client = quiet(&mut base_config(kafka, "imgstream-admin"))
-            .create()
-            .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))?;
+        let config = quiet(&mut base_config(kafka, "imgstream-admin")).clone();
+        let created = |e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers);
+        let client = config.create().map_err(created)?;
+        let probe = config
+            .create_with_context(SecurityWatch::default())
+            .map_err(created)?;
         Ok(TopicAdmin {
             client,
+            probe,
             bootstrap: kafka.bootstrap_servers.clone(),
             timeout,
         })
@@ -92,22 +104,41 @@ impl TopicAdmin {
 
     /// Cluster metadata; also the reachability probe (bounded by the timeout).
     pub fn metadata(&self, topic: Option<&str>) -> Result<Metadata, BrokerError> {
-        self.client
-            .inner()
-            .fetch_metadata(topic, self.timeout)
-            .map_err(|e| BrokerError::Unreachable {
-                bootstrap: self.bootstrap.clone(),
-                detail: e.to_string(),
-            })
+        // In slices, so that a refused login or certificate ends the wait at once.
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let slice = self.timeout.min(Duration::from_secs(1));
+            let result = self.probe.client().fetch_metadata(topic, slice);
+            let e = match result {
+                Ok(metadata) => return Ok(metadata),
+                Err(e) => e,
+            };
+            for _ in 0..64 {
+                self.probe.poll(Duration::ZERO);
+            }
+            let watch = self.probe.context();
+            if watch.has_failure() || std::time::Instant::now() >= deadline {
+                return Err(watch.explain(&self.bootstrap, e.to_string()));
+            }
+        }
     }
 
+    /// The topic's partition count, `None` when it does not exist; a topic this identity may not
+    /// describe is refused by name (under ACLs Kafka does not say whether it exists).
     pub fn partition_count(&self, topic: &str) -> Result<Option<usize>, BrokerError> {
         let metadata = self.metadata(Some(topic))?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len()))
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(None);
+        };
+        match found.error() {
+            None => Ok(Some(found.partitions().len())),
+            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) => {
+                Err(BrokerError::Refused(format!(
+                    "not authorized to describe topic {topic}; the identity needs an ACL for it (see README, Least privilege)"
+                )))
+            }
+            Some(_) => Ok(None),
+        }
     }
 
     pub async fn state(&self, spec: &TopicSpec) -> Result<TopicState, BrokerError> {
@@ -122,6 +153,14 @@ impl TopicAdmin {
             ));
         }
         let actual = self.topic_configs(&spec.name).await?;
+        if actual.is_empty() {
+            // A real topic always describes dozens of settings: none means they are hidden.
+            return Ok(if differences.is_empty() {
+                TopicState::ConfigHidden
+            } else {
+                TopicState::Different(differences)
+            });
+        }
         for (key, expected) in &spec.configs {
             let found = actual.get(*key).map(String::as_str).unwrap_or("<unset>");
             if found != expected {
@@ -162,6 +201,10 @@ impl TopicAdmin {
     pub async fn ensure(&self, spec: &TopicSpec) -> Result<Option<String>, BrokerError> {
         match self.state(spec).await? {
             TopicState::Ok => Ok(None),
+            TopicState::ConfigHidden => Err(BrokerError::Refused(format!(
+                "not allowed to read the configuration of topic {}; run setup as an identity that may (DescribeConfigs)",
+                spec.name
+            ))),
             TopicState::Missing => {
                 let mut topic = NewTopic::new(
                     &spec.name,

@@ -18,6 +18,14 @@ pub enum BrokerError {
     Unreachable { bootstrap: String, detail: String },
     #[error("topic {topic} does not exist; run `imgstream setup`")]
     MissingTopic { topic: String },
+    #[error(
+        "Kafka at {bootstrap} refused the login ({detail}); check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+    )]
+    LoginRefused { bootstrap: String, detail: String },
+    #[error(
+        "TLS to Kafka at {bootstrap} failed ({detail}); check KAFKA_SSL_CA_LOCATION, and that the brokers' certificates name the hosts in KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    Tls { bootstrap: String, detail: String },
     #[error("Kafka refused: {0}")]
     Refused(String),
     #[error("Kafka error: {0}")]
@@ -95,6 +103,67 @@ pub fn partition_ids(
         .ok_or_else(|| BrokerError::MissingTopic {
             topic: topic.to_string(),
         })
+}
+
+/// A client context that keeps the first login or TLS failure librdkafka reports. Those arrive
+/// only through the error callback; the call that then fails (metadata) says no more than
+/// "transport failure", which would send the user looking for a broker that is running.
+#[derive(Default)]
+pub struct SecurityWatch {
+    failure: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
+
+impl SecurityWatch {
+    pub fn has_failure(&self) -> bool {
+        self.failure.lock().expect("security watch lock").is_some()
+    }
+
+    /// What a failed call should be reported as, given what the callbacks saw.
+    pub fn explain(&self, bootstrap: &str, detail: String) -> BrokerError {
+        let seen = self.failure.lock().expect("security watch lock").clone();
+        match seen {
+            Some((RDKafkaErrorCode::Authentication, why)) => BrokerError::LoginRefused {
+                bootstrap: bootstrap.to_string(),
+                detail: why,
+            },
+            Some((_, why)) => BrokerError::Tls {
+                bootstrap: bootstrap.to_string(),
+                detail: why,
+            },
+            None => BrokerError::Unreachable {
+                bootstrap: bootstrap.to_string(),
+                detail,
+            },
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for SecurityWatch {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+impl rdkafka::ClientContext for SecurityWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        if let Some(code @ (RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL)) = code {
+            // "sasl_ssl://host:port/bootstrap: SASL authentication error: … (after 5ms in state
+            // AUTH_REQ)": the cause without the broker's name (said by the caller) or the timing.
+            let why = reason.split_once(": ").map_or(reason, |(_, why)| why);
+            let why = why.split(" (after ").next().unwrap_or(why);
+            self.failure
+                .lock()
+                .expect("security watch lock")
+                .get_or_insert((code, why.to_string()));
+        } else {
+            tracing::debug!(%error, reason, "librdkafka");
+        }
+    }
+
+    /// The failures this context watches for are reported by the caller, once.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, fac, log_message, "librdkafka");
+    }
 }
 
 /// Settings every client shares.
