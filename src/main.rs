@@ -274,9 +274,15 @@ fn parse_formats(s: &str) -> Result<Formats, String> {
 }
 
 fn init_logging() {
-    // rustls logs a refused certificate itself; the error that reaches the user names it once.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn,rustls=off"));
+    let mut directives =
+        std::env::var("IMGSTREAM_LOG").unwrap_or_else(|_| "info,rdkafka=warn,sqlx=warn".into());
+    // rustls logs a refused certificate itself, at error level, on every attempt; the error that
+    // reaches the user names it once. A filter that mentions rustls decides for itself.
+    if !directives.contains("rustls") {
+        directives.push_str(",rustls=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -391,6 +391,10 @@ pub async fn preflight(settings: &Settings, schema: &str, needs: Needs) -> Resul
     if problems.is_empty() {
         return Ok(());
     }
-    let hint = if missing { "; run `imgstream setup`" } else { "" };
+    let hint = if missing {
+        "; run `imgstream setup`"
+    } else {
+        ""
+    };
     Err(format!("not ready: {}{hint}", problems.join("; ")))
 }

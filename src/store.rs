@@ -664,11 +664,16 @@ impl S3Direct {
             };
             match request.send().await {
                 Ok(response) => break response,
-                Err(e) if resends < QUICK_RESENDS && !e.is_timeout() => {
-                    resends += 1;
-                    tracing::debug!(error = %one_line(&e), %url, "resending on a fresh connection");
+                Err(e) => {
+                    let failure = StoreError::unanswered(&s.endpoint, one_line(&e));
+                    // A refused certificate is refused again on any connection.
+                    if resends < QUICK_RESENDS && !e.is_timeout() && failure.is_transient() {
+                        resends += 1;
+                        tracing::debug!(error = %one_line(&e), %url, "resending on a fresh connection");
+                        continue;
+                    }
+                    return Err(failure);
                 }
-                Err(e) => return Err(StoreError::unanswered(&s.endpoint, one_line(&e))),
             }
         };
         let status = response.status().as_u16();

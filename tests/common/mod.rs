@@ -5,6 +5,8 @@
 //! Refuses to run unless the configured database's name says it is a test database.
 #![allow(dead_code)]
 
+pub mod identities;
+
 use imgstream::config::Settings;
 use imgstream::index::ImageIndex;
 use imgstream::schema::{IMAGE_RECORD_SCHEMA, RegistryClient};
@@ -60,7 +62,20 @@ impl TestEnv {
     }
 
     pub async fn with(label: &str, overrides: &[(&str, &str)]) -> TestEnv {
-        let env = Self::unprepared(label, overrides).await;
+        Self::prepared(Self::unprepared(label, overrides).await).await
+    }
+
+    /// Like [`TestEnv::with`], with `query` (e.g. `sslmode=verify-full&sslrootcert=…`) on the
+    /// test database's connection string.
+    pub async fn with_database_query(
+        label: &str,
+        overrides: &[(&str, &str)],
+        query: &str,
+    ) -> TestEnv {
+        Self::prepared(Self::unprepared_in(label, overrides, Some(query)).await).await
+    }
+
+    async fn prepared(env: TestEnv) -> TestEnv {
         let items = setup::run(&env.settings, IMAGE_RECORD_SCHEMA, false).await;
         let problems: Vec<String> = items
             .iter()
@@ -73,6 +88,14 @@ impl TestEnv {
 
     /// Names and an empty database, but no setup: for tests of setup itself.
     pub async fn unprepared(label: &str, overrides: &[(&str, &str)]) -> TestEnv {
+        Self::unprepared_in(label, overrides, None).await
+    }
+
+    async fn unprepared_in(
+        label: &str,
+        overrides: &[(&str, &str)],
+        query: Option<&str>,
+    ) -> TestEnv {
         let id = Uuid::new_v4().simple().to_string();
         let name = format!("t-{label}-{}", &id[..10])
             .to_lowercase()
@@ -81,7 +104,11 @@ impl TestEnv {
         let base =
             imgstream::config::parse_database_url(&vars["DATABASE_CONNECTION_STRING"]).unwrap();
         let database = format!("{}_{}", base.database_name(), &id[..10]);
-        let db_url = base.with_database(&database);
+        let mut db_url = base.with_database(&database);
+        if let Some(query) = query {
+            db_url = imgstream::config::parse_database_url(&format!("{}?{query}", db_url.expose()))
+                .expect("test database URL");
+        }
         for (k, v) in [
             ("KAFKA_DATA_TOPIC", name.clone()),
             ("KAFKA_GROUP_ID", name.clone()),

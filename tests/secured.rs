@@ -1,0 +1,411 @@
+//! Against the secured side of the local stack (`make stack-up-secured`): Kafka over SASL_SSL with
+//! SCRAM-SHA-512 and ACLs, PostgreSQL with `sslmode=verify-full`, MinIO over HTTPS, every
+//! certificate from the stack's own CA. `setup` runs as the administrators; `produce` and
+//! `consume` each as an identity that may do only its own job, and the services themselves
+//! refuse those identities anything else.
+
+mod common;
+
+use common::identities::{KafkaUser, Mc, S3User, TestRole, policy};
+use common::{TestEnv, stderr, stdout};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SECURE_BOOTSTRAP: &str = "127.0.0.1:9192";
+const HTTPS_MINIO: &str = "https://127.0.0.1:9010";
+// The stack's SCRAM super user and MinIO's root (scripts/stack/kafka.sh, minio.sh).
+const KAFKA_ADMIN: (&str, &str) = ("admin", "admin-secret");
+
+fn stack_ca() -> String {
+    let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack/tls/ca.crt");
+    assert!(
+        ca.is_file(),
+        "{} is missing: start the secured stack (make stack-up-secured)",
+        ca.display()
+    );
+    ca.to_str().unwrap().to_string()
+}
+
+/// A test environment on the secured services, set up by the administrators.
+async fn secured_env(label: &str, extra: &[(&str, &str)]) -> TestEnv {
+    let ca = stack_ca();
+    let mut overrides = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS", SECURE_BOOTSTRAP),
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_SASL_USERNAME", KAFKA_ADMIN.0),
+        ("KAFKA_SASL_PASSWORD", KAFKA_ADMIN.1),
+        ("KAFKA_SSL_CA_LOCATION", &ca),
+        ("MINIO_CONNECTION_STRING", HTTPS_MINIO),
+        ("MINIO_CA_FILE", &ca),
+    ];
+    overrides.extend_from_slice(extra);
+    TestEnv::with_database_query(
+        label,
+        &overrides,
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    )
+    .await
+}
+
+/// The consumer's Kafka identity: read the data topic and its group, write dead letters.
+fn consumer_identity(env: &TestEnv) -> KafkaUser {
+    let kafka = &env.settings.kafka;
+    let mut user = KafkaUser::create("consumer");
+    user.allow(&["Read", "Describe"], "--topic", &kafka.data_topic)
+        .allow(&["Read"], "--group", &kafka.group_id)
+        .allow(&["Write", "Describe"], "--topic", &kafka.dlq_topic);
+    user
+}
+
+/// The producer's: write the data topic.
+fn producer_identity(env: &TestEnv) -> KafkaUser {
+    let mut user = KafkaUser::create("producer");
+    user.allow(
+        &["Write", "Describe"],
+        "--topic",
+        &env.settings.kafka.data_topic,
+    );
+    user
+}
+
+/// A raw librdkafka client logged in as `user`, to ask Kafka itself what the identity may do.
+fn client_as(user: &KafkaUser) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", SECURE_BOOTSTRAP)
+        .set("security.protocol", "SASL_SSL")
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", &user.name)
+        .set("sasl.password", &user.password)
+        .set("ssl.ca.location", stack_ca())
+        .set("log_level", "0");
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secured_run_stores_every_record_once_with_identities_that_can_do_nothing_else() {
+    // Declared first, so they are dropped last: the roles outlive the database that refers to them.
+    let app = TestRole::create("app").await;
+    let reader = TestRole::create("reader").await;
+    let env = secured_env(
+        "secured",
+        &[
+            ("DATABASE_APP_ROLE", &app.name),
+            ("DATABASE_READER_ROLE", &reader.name),
+        ],
+    )
+    .await;
+    let consumer = consumer_identity(&env);
+    let producer = producer_identity(&env);
+    let mc = Mc::new(&env);
+    let bucket = env.settings.store.bucket.clone();
+    let s3_consumer = S3User::create(&mc, "app", &policy("s3-consumer.json", &bucket));
+
+    let produced = env
+        .command(&[
+            "produce", "--count", "30", "--width", "64-160", "--height", "48-120",
+        ])
+        .env("KAFKA_SASL_USERNAME", &producer.name)
+        .env("KAFKA_SASL_PASSWORD", &producer.password)
+        .output()
+        .unwrap();
+    assert!(produced.status.success(), "{}", stderr(&produced));
+
+    let consumed = env
+        .command(&["consume", "--until-idle", "3", "--json"])
+        .env("KAFKA_SASL_USERNAME", &consumer.name)
+        .env("KAFKA_SASL_PASSWORD", &consumer.password)
+        .env("DATABASE_CONNECTION_STRING", app.url(&env))
+        .env("MINIO_ACCESS_KEY", &s3_consumer.access_key)
+        .env("MINIO_SECRET_KEY", &s3_consumer.secret_key)
+        .output()
+        .unwrap();
+    assert!(consumed.status.success(), "{}", stderr(&consumed));
+    assert_eq!(env.counts().await, (30, 30));
+    let verify = env
+        .command(&["verify"])
+        .env("DATABASE_CONNECTION_STRING", reader.url(&env))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && stdout(&verify).contains("verify: clean"),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+
+    // Kafka refuses the consumer's identity a write to the data topic ...
+    let as_consumer: FutureProducer = client_as(&consumer)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let write = as_consumer
+        .send(
+            FutureRecord::to(&env.settings.kafka.data_topic)
+                .key("k")
+                .payload("not from the producer"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let refusal = write
+        .expect_err("the consumer identity wrote to the data topic")
+        .0;
+    assert!(
+        refusal.to_string().contains("Topic authorization failed"),
+        "{refusal}"
+    );
+    // ... and reading any topic but the data topic (here, the dead letters it may only write).
+    let reader_client: BaseConsumer = client_as(&consumer)
+        .set("group.id", &env.settings.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&env.settings.kafka.dlq_topic, 0, Offset::Beginning)
+        .unwrap();
+    reader_client.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match reader_client.poll(Duration::from_millis(500)) {
+            Some(answer) => break answer.map(|_| ()),
+            None if Instant::now() < deadline => continue,
+            None => panic!("no answer to a fetch of the dead-letter topic in 20 s"),
+        }
+    };
+    let refusal = answer.expect_err("the consumer identity read the dead-letter topic");
+    assert!(
+        refusal.to_string().contains("authorization failed"),
+        "{refusal}"
+    );
+
+    // PostgreSQL refuses the app role changes to what is stored; MinIO refuses its key a delete.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.url(&env))
+        .await
+        .unwrap();
+    for sql in ["DELETE FROM images", "UPDATE images SET customer_id = 'x'"] {
+        let refused = sqlx::query(sql).execute(&mut conn).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("permission denied")),
+            "{sql}: {refused:?}"
+        );
+    }
+    let mut settings = env.settings.clone();
+    settings.store.access_key = s3_consumer.access_key.clone();
+    settings.store.secret_key = s3_consumer.secret_key.clone();
+    let app_store = imgstream::wiring::store(&settings).unwrap();
+    let key = app_store.list("images/").await.unwrap()[0].key.clone();
+    let denied = app_store.delete(&key).await;
+    assert!(
+        matches!(denied, Err(imgstream::store::StoreError::Denied { .. })),
+        "{denied:?}"
+    );
+    assert_eq!(env.counts().await, (30, 30), "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_bad_secured_setting_stops_the_consumer_at_once_with_one_line_naming_its_cause() {
+    let env = secured_env("secured-bad", &[]).await;
+    env.produce(5, &[]);
+    let verify_full_by_name = env
+        .settings
+        .database_url
+        .expose()
+        .replace("@127.0.0.1:", "@localhost:");
+    let cases: [(&str, &str, &[&str]); 8] = [
+        (
+            "KAFKA_SASL_PASSWORD",
+            "not-the-password",
+            &[
+                "Kafka at 127.0.0.1:9192 refused the login",
+                "KAFKA_SASL_PASSWORD",
+            ],
+        ),
+        (
+            "KAFKA_SASL_USERNAME",
+            "nobody-we-know",
+            &[
+                "Kafka at 127.0.0.1:9192 refused the login",
+                "KAFKA_SASL_USERNAME",
+            ],
+        ),
+        (
+            "KAFKA_SSL_CA_LOCATION",
+            "/etc/ssl/certs/ca-certificates.crt",
+            &[
+                "TLS to Kafka at 127.0.0.1:9192 failed",
+                "certificate verify failed",
+                "KAFKA_SSL_CA_LOCATION",
+            ],
+        ),
+        (
+            // The brokers' certificate names 127.0.0.1 only.
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "localhost:9192",
+            &[
+                "TLS to Kafka at localhost:9192 failed",
+                "KAFKA_BOOTSTRAP_SERVERS",
+            ],
+        ),
+        (
+            "MINIO_SECRET_KEY",
+            "not-the-secret",
+            &["object store denied access", "MINIO_SECRET_KEY"],
+        ),
+        (
+            "MINIO_CA_FILE",
+            "/etc/ssl/certs/ca-certificates.crt",
+            &[
+                "TLS to the object store at https://127.0.0.1:9010 failed",
+                "UnknownIssuer",
+                "MINIO_CA_FILE",
+            ],
+        ),
+        (
+            "MINIO_CONNECTION_STRING",
+            "https://localhost:9010",
+            &[
+                "TLS to the object store at https://localhost:9010 failed",
+                "not valid for name \"localhost\"",
+            ],
+        ),
+        (
+            "DATABASE_CONNECTION_STRING",
+            &verify_full_by_name,
+            &[
+                "TLS to PostgreSQL at localhost:5432 failed",
+                "not valid for name \"localhost\"",
+                "sslrootcert",
+            ],
+        ),
+    ];
+    for (var, value, expected) in cases {
+        let started = Instant::now();
+        let out = env
+            .command(&["consume", "--until-idle", "2"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let elapsed = started.elapsed();
+        let err = stderr(&out);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!out.status.success(), "{var}={value}: exit 0\n{err}");
+        assert_eq!(lines.len(), 1, "{var}={value}: not one line:\n{err}");
+        for phrase in expected {
+            assert!(
+                lines[0].contains(phrase),
+                "{var}={value}: no {phrase:?} in\n{err}"
+            );
+        }
+        for secret in [KAFKA_ADMIN.1, "minioadmin:", ":imgstream@"] {
+            assert!(!err.contains(secret), "{var}={value}: a secret in\n{err}");
+        }
+        // Refused at the first answer, not after the connect timeout (10 s) ran out.
+        assert!(
+            elapsed < Duration::from_secs(8),
+            "{var}={value}: took {elapsed:?}"
+        );
+    }
+    assert_eq!(
+        env.counts().await,
+        (0, 0),
+        "a refused consumer stored something"
+    );
+    // Nothing was consumed either: the good settings find all five records still there.
+    let out = env.run(&["consume", "--until-idle", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.counts().await, (5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_appears_in_any_output_of_a_secured_run_at_debug_level() {
+    let app = TestRole::create("app").await;
+    let registry_secret = format!("registry-{}", uuid::Uuid::new_v4().simple());
+    let env = secured_env(
+        "secured-logs",
+        &[
+            ("DATABASE_APP_ROLE", &app.name),
+            (
+                "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+                &format!("imgstream:{registry_secret}"),
+            ),
+        ],
+    )
+    .await;
+    let consumer = consumer_identity(&env);
+    let producer = producer_identity(&env);
+    let mc = Mc::new(&env);
+    let s3 = S3User::create(
+        &mc,
+        "app",
+        &policy("s3-consumer.json", &env.settings.store.bucket),
+    );
+    let secrets = [
+        consumer.password.as_str(),
+        producer.password.as_str(),
+        app.password.as_str(),
+        s3.secret_key.as_str(),
+        registry_secret.as_str(),
+        KAFKA_ADMIN.1,
+    ];
+    let as_consumer = |args: &[&str]| {
+        env.command(args)
+            .env("IMGSTREAM_LOG", "debug")
+            .env("IMGSTREAM_KAFKA_DEBUG", "all")
+            .env("KAFKA_SASL_USERNAME", &consumer.name)
+            .env("KAFKA_SASL_PASSWORD", &consumer.password)
+            .env("DATABASE_CONNECTION_STRING", app.url(&env))
+            .env("MINIO_ACCESS_KEY", &s3.access_key)
+            .env("MINIO_SECRET_KEY", &s3.secret_key)
+            .output()
+            .unwrap()
+    };
+    let runs = [
+        env.command(&[
+            "produce", "--count", "10", "--json", "--width", "64", "--height", "48",
+        ])
+        .env("IMGSTREAM_LOG", "debug")
+        .env("IMGSTREAM_KAFKA_DEBUG", "all")
+        .env("KAFKA_SASL_USERNAME", &producer.name)
+        .env("KAFKA_SASL_PASSWORD", &producer.password)
+        .output()
+        .unwrap(),
+        as_consumer(&["consume", "--until-idle", "3", "--json"]),
+        as_consumer(&["setup", "--check"]),
+        as_consumer(&["status", "--json"]),
+        as_consumer(&["verify", "--json"]),
+        // A refused login, at debug level too.
+        env.command(&["consume", "--until-idle", "1"])
+            .env("IMGSTREAM_LOG", "debug")
+            .env("IMGSTREAM_KAFKA_DEBUG", "all")
+            .env("KAFKA_SASL_USERNAME", &consumer.name)
+            .env("KAFKA_SASL_PASSWORD", format!("{}x", consumer.password))
+            .output()
+            .unwrap(),
+    ];
+    assert!(runs[0].status.success() && runs[1].status.success());
+    assert_eq!(env.counts().await, (10, 10));
+    let mut scanned = 0;
+    for out in &runs {
+        let text = format!("{}{}", stdout(out), stderr(out));
+        scanned += text.lines().count();
+        for secret in secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("a secret appears in the output: {line}");
+            }
+        }
+    }
+    // The scan read real debug output: librdkafka's own protocol tracing was in it.
+    assert!(scanned > 1000, "only {scanned} lines of output");
+    assert!(
+        stderr(&runs[1]).contains("SASL") && stderr(&runs[1]).contains("librdkafka"),
+        "no librdkafka debug output"
+    );
+}
