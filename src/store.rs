@@ -18,7 +18,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer, AwsCredential};
+use object_store::aws::{
+    AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer, AwsCredentialProvider,
+};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -216,6 +218,7 @@ impl ImageStore {
             .build()
             .map_err(|e| unavailable(e.to_string()))?;
         let store = Arc::new(store);
+        let credentials = store.credentials().clone();
         // Presigned URLs carry the host they were signed for: a public endpoint gets a signer of
         // its own (signing only, it sends nothing).
         let signer = match &settings.public_endpoint {
@@ -234,11 +237,9 @@ impl ImageStore {
             endpoint: settings.endpoint.clone(),
             s3: Some(S3Direct {
                 settings: settings.clone(),
-                credential: Arc::new(AwsCredential {
-                    key_id: settings.access_key.clone(),
-                    secret_key: settings.secret_key.clone(),
-                    token: None,
-                }),
+                // The provider object_store chose (static keys or the AWS chain, which caches and
+                // refreshes): every request, the checksummed PUT too, signs with the same.
+                credentials,
                 http,
                 admin_timeout: timeout * 3,
             }),
@@ -465,11 +466,25 @@ impl ImageStore {
 
 /// The bucket and credentials of `settings`, at `endpoint`, path-style.
 fn s3_builder(settings: &StoreSettings, endpoint: &str) -> AmazonS3Builder {
-    AmazonS3Builder::new()
+    let mut builder = AmazonS3Builder::new();
+    match &settings.aws_chain {
+        // object_store's own reading of the AWS variables (as its `from_env` does, from ours).
+        Some(aws) => {
+            for (key, value) in aws {
+                if let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                    builder = builder.with_config(config_key, value);
+                }
+            }
+        }
+        None => {
+            builder = builder
+                .with_access_key_id(&settings.access_key)
+                .with_secret_access_key(&settings.secret_key);
+        }
+    }
+    builder
         .with_endpoint(endpoint)
         .with_bucket_name(&settings.bucket)
-        .with_access_key_id(&settings.access_key)
-        .with_secret_access_key(&settings.secret_key)
         .with_region(&settings.region)
         .with_virtual_hosted_style_request(false)
 }
@@ -494,7 +509,7 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Clone)]
 struct S3Direct {
     settings: StoreSettings,
-    credential: Arc<AwsCredential>,
+    credentials: AwsCredentialProvider,
     http: reqwest::Client,
     admin_timeout: Duration,
 }
@@ -643,7 +658,15 @@ impl S3Direct {
             .map_err(|e| self.unavailable(e.to_string()))?;
         // The payload is not part of the signature: its checksum header is, and the store checks
         // the bytes against it.
-        AwsAuthorizer::new(&self.credential, "s3", &s.region)
+        let credential =
+            self.credentials
+                .get_credential()
+                .await
+                .map_err(|e| StoreError::Denied {
+                    bucket: s.bucket.clone(),
+                    detail: format!("no credentials from the AWS chain: {}", one_line(&e)),
+                })?;
+        AwsAuthorizer::new(&credential, "s3", &s.region)
             .with_sign_payload(false)
             .try_authorize(&mut signed, None)
             .map_err(|e| self.unavailable(format!("signing request: {e}")))?;
@@ -874,6 +897,7 @@ mod tests {
             secret_key: "s".into(),
             region: "us-east-1".into(),
             ca_file: None,
+            aws_chain: None,
             public_endpoint: None,
         };
         let store = ImageStore::s3(&settings, Duration::from_secs(2)).unwrap();

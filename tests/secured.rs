@@ -409,3 +409,92 @@ async fn no_secret_appears_in_any_output_of_a_secured_run_at_debug_level() {
         "no librdkafka debug output"
     );
 }
+
+/// Temporary credentials for `user` from MinIO's STS (AssumeRole, signed with the user's own
+/// keys): (access key id, secret access key, session token), valid for 15 minutes.
+async fn assume_role(env: &TestEnv, user: &S3User<'_>) -> (String, String, String) {
+    use object_store::aws::{AwsAuthorizer, AwsCredential};
+    let url = format!("{}/", env.settings.store.endpoint);
+    let form = "Action=AssumeRole&Version=2011-06-15&DurationSeconds=900";
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(object_store::client::HttpRequestBody::from(
+            form.as_bytes().to_vec(),
+        ))
+        .unwrap();
+    let credential = AwsCredential {
+        key_id: user.access_key.clone(),
+        secret_key: user.secret_key.clone(),
+        token: None,
+    };
+    AwsAuthorizer::new(&credential, "sts", &env.settings.store.region)
+        .with_sign_payload(true)
+        .try_authorize(&mut request, None)
+        .unwrap();
+    let ca = std::fs::read(stack_ca()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .build()
+        .unwrap();
+    let mut post = client.post(&url).body(form);
+    for (name, value) in request.headers() {
+        post = post.header(name, value);
+    }
+    let answer = post.send().await.unwrap();
+    let status = answer.status();
+    let xml = answer.text().await.unwrap();
+    assert!(status.is_success(), "AssumeRole: {status} {xml}");
+    let field = |name: &str| {
+        let start = xml.find(&format!("<{name}>")).expect(name) + name.len() + 2;
+        let end = xml[start..].find('<').unwrap() + start;
+        xml[start..end].to_string()
+    };
+    (
+        field("AccessKeyId"),
+        field("SecretAccessKey"),
+        field("SessionToken"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumer_stores_with_temporary_credentials_from_the_aws_chain() {
+    let env = secured_env("aws-chain", &[]).await;
+    let mc = Mc::new(&env);
+    let user = S3User::create(
+        &mc,
+        "app",
+        &policy("s3-consumer.json", &env.settings.store.bucket),
+    );
+    let (key_id, secret, token) = assume_role(&env, &user).await;
+    env.produce(12, &[]);
+    // No MINIO_ keys: the AWS variables, session token included, are the chain's first source.
+    let consume = |token: &str| {
+        env.command(&["consume", "--until-idle", "3"])
+            .env_remove("MINIO_ACCESS_KEY")
+            .env_remove("MINIO_SECRET_KEY")
+            .env("AWS_ACCESS_KEY_ID", &key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &secret)
+            .env("AWS_SESSION_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    // The token is what makes these keys valid: without the right one, MinIO refuses them.
+    let refused = consume("not-the-session-token");
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(err.contains("object store denied access"), "{err}");
+    assert!(!err.contains(&secret) && !err.contains(&token), "{err}");
+    assert_eq!(env.counts().await, (0, 0));
+
+    let out = consume(&token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.counts().await, (12, 12));
+    let verify = env.run(&["verify"]);
+    assert!(
+        stdout(&verify).contains("verify: clean"),
+        "{}",
+        stdout(&verify)
+    );
+}

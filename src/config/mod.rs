@@ -78,6 +78,10 @@ pub struct StoreSettings {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// `MINIO_CREDENTIALS=aws`: credentials from the AWS chain (these `AWS_*` settings: keys with
+    /// a session token, web identity / IRSA, the container endpoint, else instance metadata)
+    /// instead of the keys above.
+    pub aws_chain: Option<Vec<(String, String)>>,
     pub region: String,
     /// `MINIO_CA_FILE`: a PEM bundle trusted besides the system's roots (a private CA).
     pub ca_file: Option<PathBuf>,
@@ -95,6 +99,14 @@ impl fmt::Debug for StoreSettings {
             .field("bucket", &self.bucket)
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
+            .field(
+                "aws_chain",
+                // Names only: the values hold secret keys and session tokens.
+                &self
+                    .aws_chain
+                    .as_ref()
+                    .map(|vars| vars.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()),
+            )
             .finish()
     }
 }
@@ -297,6 +309,7 @@ impl Settings {
             bucket,
             access_key: get("MINIO_ACCESS_KEY", "minioadmin"),
             secret_key: get("MINIO_SECRET_KEY", "minioadmin"),
+            aws_chain: aws_chain(vars)?,
             region: get("MINIO_REGION", "us-east-1"),
             ca_file: readable_file(vars, "MINIO_CA_FILE")?,
         };
@@ -477,6 +490,51 @@ fn check_bucket_name(name: &str) -> Result<(), ConfigError> {
 
 /// Accepts `postgres://`, `postgresql://` and the original demo's `postgresql+psycopg://` (any
 /// `postgresql+driver://`), since the driver suffix only meant something to SQLAlchemy.
+/// Where the object store's credentials come from: `MINIO_CREDENTIALS=keys` (MINIO_ACCESS_KEY and
+/// MINIO_SECRET_KEY, the default) or `aws` (the AWS chain, given its `AWS_*` settings). Without
+/// the setting, the chain is chosen when no MINIO key is set and an AWS source is: what a pod
+/// with IRSA or a shell with temporary credentials has.
+fn aws_chain(vars: &HashMap<String, String>) -> Result<Option<Vec<(String, String)>>, ConfigError> {
+    const VAR: &str = "MINIO_CREDENTIALS";
+    let set = |k: &str| vars.get(k).is_some_and(|v| !v.trim().is_empty());
+    let chain = match vars
+        .get(VAR)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("keys") => false,
+        Some("aws") => true,
+        Some("") | None => {
+            !set("MINIO_ACCESS_KEY")
+                && !set("MINIO_SECRET_KEY")
+                && [
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                ]
+                .iter()
+                .any(|k| set(k))
+        }
+        Some(other) => {
+            return Err(invalid(
+                VAR,
+                format!("{other:?} is neither `keys` nor `aws`"),
+            ));
+        }
+    };
+    if !chain {
+        return Ok(None);
+    }
+    let mut aws: Vec<(String, String)> = vars
+        .iter()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    aws.sort();
+    Ok(Some(aws))
+}
+
 pub fn parse_database_url(raw: &str) -> Result<DatabaseUrl, ConfigError> {
     const VAR: &str = "DATABASE_CONNECTION_STRING";
     let example = "expected postgres://user:password@host:port/database";
@@ -590,6 +648,38 @@ pub(crate) mod tests {
         let shown = format!("{s:?} {}", s.database_url);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("s3cr3t-key"), "{shown}");
+    }
+
+    #[test]
+    fn object_store_credentials_come_from_the_aws_chain_only_when_no_minio_key_is_set() {
+        let chain =
+            |pairs: &[(&str, &str)]| Settings::from_vars(&vars(pairs)).unwrap().store.aws_chain;
+        assert_eq!(chain(&[]), None, "the local stack's keys by default");
+        let temporary = [
+            ("AWS_ACCESS_KEY_ID", "ASIA1"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cret"),
+            ("AWS_SESSION_TOKEN", "t0ken"),
+        ];
+        let from_chain = chain(&temporary).expect("an AWS source and no MINIO key");
+        assert_eq!(from_chain.len(), 3);
+        let mut with_keys = temporary.to_vec();
+        with_keys.push(("MINIO_ACCESS_KEY", "k"));
+        assert_eq!(chain(&with_keys), None, "a MINIO key is an explicit choice");
+        assert!(chain(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token")]).is_some());
+        // Instance metadata has no variable of its own: it is asked for by name.
+        assert_eq!(chain(&[("MINIO_CREDENTIALS", "aws")]), Some(vec![]));
+        let mut forced_keys = temporary.to_vec();
+        forced_keys.push(("MINIO_CREDENTIALS", "keys"));
+        assert_eq!(chain(&forced_keys), None);
+        let err = Settings::from_vars(&vars(&[("MINIO_CREDENTIALS", "iam")])).unwrap_err();
+        assert_eq!(err.var, "MINIO_CREDENTIALS");
+        // Debug names the variables, never their values.
+        let shown = format!("{:?}", Settings::from_vars(&vars(&temporary)).unwrap());
+        assert!(shown.contains("AWS_SESSION_TOKEN"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 
     #[test]
