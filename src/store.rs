@@ -482,11 +482,27 @@ fn s3_builder(settings: &StoreSettings, endpoint: &str) -> AmazonS3Builder {
                 .with_secret_access_key(&settings.secret_key);
         }
     }
+    // Virtual-hosted: object_store takes the endpoint with the bucket already in its host.
+    let endpoint = if settings.virtual_hosted {
+        bucket_url(settings, endpoint)
+    } else {
+        endpoint.to_string()
+    };
     builder
         .with_endpoint(endpoint)
         .with_bucket_name(&settings.bucket)
         .with_region(&settings.region)
-        .with_virtual_hosted_style_request(false)
+        .with_virtual_hosted_style_request(settings.virtual_hosted)
+}
+
+/// The bucket's URL at `endpoint`: `https://host/bucket`, or `https://bucket.host` virtual-hosted.
+fn bucket_url(settings: &StoreSettings, endpoint: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, host)) if settings.virtual_hosted => {
+            format!("{scheme}://{}.{host}", settings.bucket)
+        }
+        _ => format!("{endpoint}/{}", settings.bucket),
+    }
 }
 
 fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
@@ -643,8 +659,8 @@ impl S3Direct {
     ) -> Result<S3Answer, StoreError> {
         let s = &self.settings;
         let url = match key {
-            Some(key) => format!("{}/{}/{key}", s.endpoint, s.bucket),
-            None => format!("{}/{}", s.endpoint, s.bucket),
+            Some(key) => format!("{}/{key}", bucket_url(s, &s.endpoint)),
+            None => bucket_url(s, &s.endpoint),
         };
         let mut signed = http::Request::builder().method(method.clone()).uri(&url);
         for (name, value) in headers {
@@ -849,6 +865,39 @@ mod tests {
         assert!(!err.is_transient());
     }
 
+    #[tokio::test]
+    async fn the_bucket_is_in_the_path_or_in_the_host_name() {
+        let mut settings = crate::config::Settings::from_vars(&crate::config::tests::vars(&[
+            (
+                "MINIO_CONNECTION_STRING",
+                "https://s3.eu-west-1.amazonaws.com",
+            ),
+            ("MINIO_BUCKET_NAME", "photos"),
+        ]))
+        .unwrap()
+        .store;
+        let endpoint = settings.endpoint.clone();
+        assert_eq!(
+            bucket_url(&settings, &endpoint),
+            "https://s3.eu-west-1.amazonaws.com/photos"
+        );
+        settings.virtual_hosted = true;
+        assert_eq!(
+            bucket_url(&settings, &endpoint),
+            "https://photos.s3.eu-west-1.amazonaws.com"
+        );
+        // object_store, given the same, addresses objects there too.
+        use object_store::signer::Signer;
+        let store = s3_builder(&settings, &endpoint).build().unwrap();
+        let path = object_store::path::Path::from("images/a.png");
+        let url = store
+            .signed_url(http::Method::GET, &path, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(url.host_str(), Some("photos.s3.eu-west-1.amazonaws.com"));
+        assert_eq!(url.path(), "/images/a.png");
+    }
+
     #[test]
     fn an_s3_error_body_is_described_by_its_code_and_message() {
         let answer = S3Answer {
@@ -898,6 +947,7 @@ mod tests {
             region: "us-east-1".into(),
             ca_file: None,
             aws_chain: None,
+            virtual_hosted: false,
             public_endpoint: None,
         };
         let store = ImageStore::s3(&settings, Duration::from_secs(2)).unwrap();

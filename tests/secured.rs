@@ -139,6 +139,27 @@ async fn a_secured_run_stores_every_record_once_with_identities_that_can_do_noth
         stderr(&verify)
     );
 
+    // The consumer's own check passes; the topic settings its identity may not read are said
+    // to be unchecked, not different.
+    let check = env
+        .command(&["setup", "--check"])
+        .env("KAFKA_SASL_USERNAME", &consumer.name)
+        .env("KAFKA_SASL_PASSWORD", &consumer.password)
+        .env("DATABASE_CONNECTION_STRING", app.url(&env))
+        .env("MINIO_ACCESS_KEY", &s3_consumer.access_key)
+        .env("MINIO_SECRET_KEY", &s3_consumer.secret_key)
+        .output()
+        .unwrap();
+    let listing = stdout(&check);
+    assert!(check.status.success(), "{listing}{}", stderr(&check));
+    assert!(
+        listing.contains(&format!(
+            "unchecked   kafka      topic {}: exists",
+            env.settings.kafka.data_topic
+        )),
+        "{listing}"
+    );
+
     // Kafka refuses the consumer's identity a write to the data topic ...
     let as_consumer: FutureProducer = client_as(&consumer)
         .set("message.timeout.ms", "10000")

@@ -190,8 +190,7 @@ async fn an_env_file_fills_in_unset_settings_and_secrets_are_not_printed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgresql_over_tls_is_verified_against_the_ca_the_connection_string_names() {
     let env = TestEnv::new("pgtls").await;
-    let ca =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack/postgres/tls/ca.crt");
+    let ca = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".stack/tls/ca.crt");
     assert!(
         ca.is_file(),
         "{} is missing: restart the stack (make stack-down stack-up)",

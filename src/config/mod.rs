@@ -82,6 +82,9 @@ pub struct StoreSettings {
     /// a session token, web identity / IRSA, the container endpoint, else instance metadata)
     /// instead of the keys above.
     pub aws_chain: Option<Vec<(String, String)>>,
+    /// `MINIO_VIRTUAL_HOSTED_STYLE=true`: the bucket in the host name (`bucket.s3.…`), as AWS S3
+    /// prefers, instead of in the path (`…/bucket`, what MinIO serves without a domain).
+    pub virtual_hosted: bool,
     pub region: String,
     /// `MINIO_CA_FILE`: a PEM bundle trusted besides the system's roots (a private CA).
     pub ca_file: Option<PathBuf>,
@@ -310,6 +313,16 @@ impl Settings {
             access_key: get("MINIO_ACCESS_KEY", "minioadmin"),
             secret_key: get("MINIO_SECRET_KEY", "minioadmin"),
             aws_chain: aws_chain(vars)?,
+            virtual_hosted: match get("MINIO_VIRTUAL_HOSTED_STYLE", "false").trim() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                other => {
+                    return Err(invalid(
+                        "MINIO_VIRTUAL_HOSTED_STYLE",
+                        format!("{other:?} is neither true nor false"),
+                    ));
+                }
+            },
             region: get("MINIO_REGION", "us-east-1"),
             ca_file: readable_file(vars, "MINIO_CA_FILE")?,
         };
