@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Local MinIO built from source (MinIO ships no community binaries/images any more).
-# Usage: minio.sh install|start|start-tls|stop|status
+# Usage: minio.sh install|start|start-tls|stop|stop-tls|status
 # S3 API http://127.0.0.1:9000, console http://127.0.0.1:9001, credentials minioadmin/minioadmin.
 # start-tls: a second, separate server over HTTPS at https://127.0.0.1:9010 (console :9011), its
 # certificate signed by the stack's CA ($STACK_DIR/tls/ca.crt), same credentials: the secured
@@ -129,8 +129,10 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   start-tls) use_instance tls; start ;;
-  # Both servers; the HTTPS one only reports when it runs (it is not part of the plain stack).
-  stop) stop; use_instance tls; stop ;;
+  # The plain server only (tests stop it for outages); stop-tls for the HTTPS one.
+  stop) stop ;;
+  stop-tls) use_instance tls; stop ;;
+  # The HTTPS server reports only when it runs (it is not part of the plain stack).
   status) rc=0; status || rc=1; use_instance tls; if pid_alive "$PIDFILE"; then status || rc=1; fi; exit "$rc" ;;
-  *) die "usage: minio.sh install|start|start-tls|stop|status" ;;
+  *) die "usage: minio.sh install|start|start-tls|stop|stop-tls|status" ;;
 esac

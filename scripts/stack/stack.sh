@@ -31,6 +31,7 @@ case "${1:-}" in
     rc=0
     # The gallery `make demo` leaves running reads from these services: it goes first.
     stop_pidfile "$STACK_DIR/serve.pid"
+    bash "$HERE/minio.sh" stop-tls || { say "stopping the HTTPS MinIO failed"; rc=1; }
     for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
       bash "$HERE/${SERVICES[i]}.sh" stop || { say "stopping ${SERVICES[i]} failed"; rc=1; }
     done
