@@ -448,3 +448,62 @@ async fn the_consumers_metrics_match_what_the_services_hold() {
         .expect("the consumer did not exit within 300 s");
     assert!(status.success(), "{}", env.read_log("consumer"));
 }
+
+/// The group's position follows the stored records while the consumer runs, not only when it
+/// stops (a consumer killed after a quiet second replays nothing), and a consumer with nothing new
+/// to commit sends no commits: during an outage, commits sent on every poll piled up in
+/// librdkafka and kept a restarted broker's group from completing its rebalance.
+#[tokio::test(flavor = "multi_thread")]
+async fn offsets_are_committed_while_the_consumer_runs_and_only_when_they_moved() {
+    let env = TestEnv::new("midrun-commit").await;
+    let mut consumer = {
+        let log = env.log_path("consumer");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = env
+            .command(&["consume"])
+            .env("IMGSTREAM_KAFKA_DEBUG", "cgrp")
+            .env("IMGSTREAM_LOG", "info,librdkafka=debug")
+            .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .unwrap();
+        common::Spawned::from(child)
+    };
+    env.produce(25, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let lag = loop {
+        let status = env.run(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+        let lag = status["total_lag"].as_i64();
+        if lag == Some(0) || std::time::Instant::now() > deadline {
+            break lag;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(
+        lag,
+        Some(0),
+        "the running consumer never committed what it stored"
+    );
+    assert_eq!(env.counts().await, (25, 25));
+    // Caught up and committed: four quiet seconds send not one more commit.
+    let commits = || {
+        env.read_log("consumer")
+            .lines()
+            .filter(|l| l.contains("OffsetCommit for"))
+            .count()
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = commits();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(before > 0, "no commit seen in the consumer's debug log");
+    assert_eq!(commits(), before, "commits sent with nothing new to commit");
+    assert!(consumer.is_running(), "the consumer stopped");
+    // SIGKILL: no final commit. A second consumer finds nothing left to do.
+    drop(consumer);
+    let out = env.run(&["consume", "--until-idle", "2", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(summary["stored"], 0, "{summary}");
+    assert_eq!(summary["replayed"], 0, "{summary}");
+    assert_eq!(env.counts().await, (25, 25));
+}

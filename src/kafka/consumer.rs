@@ -5,9 +5,7 @@ use crate::config::KafkaSettings;
 use crate::pipeline::Positions;
 use crate::pipeline::ledger::OffsetLedger;
 use bytes::Bytes;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
@@ -17,8 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// Logs rebalances and commits what is done for revoked partitions before
-/// they move to another member; keeps the lag and the group state librdkafka's statistics report.
+/// Logs rebalances and commit answers; keeps the lag and the group state librdkafka's statistics report.
 pub struct GroupContext {
     pub ledger: Arc<OffsetLedger>,
     /// Per owned partition, the lag librdkafka last reported (end offset minus committed).
@@ -98,54 +95,33 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    /// The answer to an asynchronous commit, served while the consumer polls: what went through
-    /// leaves the ledger; what did not stays there and goes with the next commit.
+    /// The answer to librdkafka's own commit of the stored offsets (every
+    /// `auto.commit.interval.ms`, and for partitions being handed over). A refused one is simply
+    /// made again with the next: the stored offsets stay until a commit takes them.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => self.ledger.committed(&positions_of(offsets)),
-            Err(e) => debug!(error = %e, "offset commit not accepted; retried with the next one"),
+            Ok(()) => debug!(partitions = %describe(offsets), "offsets committed"),
+            Err(e) => debug!(error = %e, "offset commit not accepted; the next one carries it"),
         }
     }
 
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // librdkafka commits the offsets stored for these partitions before the group
+                // hands them over (the unassign waits for that commit), so nothing waits here.
                 info!(partitions = %describe(tpl), "partitions revoked");
                 let revoked: Vec<(String, i32)> = tpl
                     .elements()
                     .iter()
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
-                let is_revoked = |tp: &(String, i32)| revoked.contains(tp);
-                let flush = offsets_list(&self.ledger.pending(is_revoked));
-                if flush.count() > 0 {
-                    match consumer.commit(&flush, CommitMode::Sync) {
-                        Ok(()) => {
-                            info!(partitions = %describe(&flush), "committed done offsets before handing partitions over")
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "could not commit before revocation; the new owner replays idempotently")
-                        }
-                    }
-                }
-                // Revoked partitions are no longer ours to commit, whatever happened above.
-                let _ = self.ledger.pending(|tp| !is_revoked(tp));
+                let _ = self.ledger.pending(|tp| !revoked.contains(tp));
             }
             Rebalance::Assign(tpl) => info!(partitions = %describe(tpl), "partitions assigned"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
-}
-
-/// The positions a list carries (entries without an offset are left out).
-pub fn positions_of(tpl: &TopicPartitionList) -> Positions {
-    tpl.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Positions as the list librdkafka commits.
@@ -236,8 +212,14 @@ pub fn group_consumer(
     quiet(&mut config)
         .set("group.id", &kafka.group_id)
         .set("auto.offset.reset", kafka.auto_offset_reset.as_str())
-        // Offsets are committed by the pipeline, only after object and row are durable.
-        .set("enable.auto.commit", "false")
+        // The pipeline stores an offset only once every record below it is durable (object and
+        // row, or dead letter); librdkafka commits what is stored, at most once a second and
+        // before partitions are handed over. Its own store on poll stays off. Committing from
+        // the pipeline instead sent a commit per poll during outages, each one counted by the
+        // unassign that waits for outstanding commits: after a broker restart a member stayed
+        // in wait-incr-unassign-to-complete for good.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         // Cooperative rebalancing: a joining or leaving member does not stop everyone else.
         .set("partition.assignment.strategy", "cooperative-sticky")

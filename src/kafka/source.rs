@@ -232,12 +232,9 @@ impl KafkaSource {
         .unwrap_or_else(|e| Err(Failure::Transient(format!("offset query stopped: {e}"))))
     }
 
-    /// Commits asynchronously: librdkafka answers through `GroupContext::commit_callback` while
-    /// the fetch stage polls. A synchronous commit here once waited forever after a broker restart:
-    /// the group's rebalance needed the fetch stage to poll, and the fetch stage (or the stage it
-    /// waited on) was waiting for the commit. Nothing waits on librdkafka's group now, and a
-    /// commit that is lost (a crash before the answer) only means its records are replayed,
-    /// idempotently.
+    /// Stores the done offsets in librdkafka, which commits them (`auto.commit.interval.ms`,
+    /// and before a revoked partition is handed over). Storing is local and never waits on the
+    /// group; a crash before the next commit only means those records are replayed, idempotently.
     async fn commit_done(&self, done: &Positions) -> Result<Committed, Failure> {
         let ledger = &self.consumer.context().ledger;
         ledger.record(done);
@@ -246,35 +243,32 @@ impl KafkaSource {
         if pending.is_empty() {
             return Ok(Committed::Done);
         }
-        match self
-            .consumer
-            .commit(&offsets_list(&pending), CommitMode::Async)
-        {
-            Ok(()) => Ok(Committed::Done),
-            Err(e) if moved_on(&e) => Ok(Committed::Deferred),
-            // Whatever else failed (the coordinator moving, a timeout) passes with time.
+        match self.consumer.store_offsets(&offsets_list(&pending)) {
+            Ok(()) => {
+                ledger.committed(&pending);
+                Ok(Committed::Done)
+            }
+            // The partitions left this member between our look and the store.
+            Err(e) if moved_on(&e) || e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
+                Ok(Committed::Deferred)
+            }
             Err(e) => Err(Failure::Transient(
                 BrokerError::from_kafka(&e, &self.bootstrap).to_string(),
             )),
         }
     }
 
-    /// The last commit of a run, synchronous and bounded: what is done is committed before the
+    /// The last commit of a run, synchronous and bounded: what is stored is committed before the
     /// process exits, or the next owner replays it.
     async fn commit_before_exit(&self, within: Duration) -> Result<(), Failure> {
-        let ledger = &self.consumer.context().ledger;
-        let owned = self.assignment();
-        let pending = ledger.pending(|tp| owned.contains(tp));
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let (consumer, tpl) = (self.consumer.clone(), offsets_list(&pending));
-        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        self.commit_done(&Positions::new()).await?;
+        let consumer = self.consumer.clone();
+        let commit =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync));
         match tokio::time::timeout(within, commit).await {
-            Ok(Ok(Ok(()))) => {
-                ledger.committed(&pending);
-                Ok(())
-            }
+            Ok(Ok(Ok(()))) => Ok(()),
+            // Nothing stored since the last commit.
+            Ok(Ok(Err(e))) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
             Ok(Ok(Err(e))) => Err(Failure::Transient(
                 BrokerError::from_kafka(&e, &self.bootstrap).to_string(),
             )),

@@ -439,9 +439,21 @@ unsafe extern "C" {
 /// never outlives the topic and bucket the cleanup removes.
 pub struct Spawned(Option<Child>);
 
+impl From<Child> for Spawned {
+    fn from(child: Child) -> Self {
+        Spawned(Some(child))
+    }
+}
+
 impl Spawned {
     pub fn child(&self) -> &Child {
         self.0.as_ref().expect("running")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
     }
 
     pub fn wait(mut self) -> std::process::ExitStatus {
