@@ -20,7 +20,9 @@
 //! 3. **Then dead letters** ([`commit`]), each acknowledged by the broker (acks=all).
 //! 4. **Then offsets** ([`commit`]): per partition, one past the highest offset in the batch.
 //!    Batches reach the commit stage in the order they were fetched, one at a time, so every
-//!    record at or below a committed offset has been stored or dead-lettered (invariant 1).
+//!    record at or below a committed offset has been stored or dead-lettered (invariant 1). The
+//!    Kafka source hands these positions to librdkafka's offset store, which commits them once a
+//!    second and before a revoked partition is handed over; nothing else is ever stored.
 //!
 //! A crash between any two steps leaves work that a restart repeats from the last committed
 //! offset, and every step is idempotent: the object put finds its own bytes, the insert finds its
