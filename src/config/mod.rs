@@ -205,6 +205,52 @@ pub fn load_vars() -> Result<HashMap<String, String>, ConfigError> {
     Ok(vars)
 }
 
+/// Secrets that may come from a file instead (`<NAME>_FILE=/run/secrets/…`, as container
+/// orchestrators mount them), so they need not sit in the environment.
+const SECRET_FILES: [(&str, &str); 6] = [
+    ("KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE"),
+    ("KAFKA_SSL_KEY_PASSWORD", "KAFKA_SSL_KEY_PASSWORD_FILE"),
+    ("MINIO_ACCESS_KEY", "MINIO_ACCESS_KEY_FILE"),
+    ("MINIO_SECRET_KEY", "MINIO_SECRET_KEY_FILE"),
+    (
+        "DATABASE_CONNECTION_STRING",
+        "DATABASE_CONNECTION_STRING_FILE",
+    ),
+    (
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE",
+    ),
+];
+
+/// `vars` with each `<NAME>_FILE` read into `<NAME>` (its last line break dropped). Both set is
+/// a contradiction, reported rather than guessed at.
+fn with_secret_files(
+    vars: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut out = vars.clone();
+    for (name, file_var) in SECRET_FILES {
+        let Some(path) = vars
+            .get(file_var)
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+        else {
+            continue;
+        };
+        if vars.get(name).is_some_and(|v| !v.trim().is_empty()) {
+            return Err(invalid(
+                file_var,
+                format!("both {name} and {file_var} are set; keep one"),
+            ));
+        }
+        let value = std::fs::read_to_string(path)
+            .map_err(|e| invalid(file_var, format!("cannot read {path}: {e}")))?;
+        let value = value.strip_suffix('\n').unwrap_or(&value);
+        let value = value.strip_suffix('\r').unwrap_or(value);
+        out.insert(name.to_string(), value.to_string());
+    }
+    Ok(out)
+}
+
 impl Settings {
     /// Reads the process environment, with `.env` (or `IMGSTREAM_ENV_FILE`) filling in what is unset.
     pub fn load() -> Result<Settings, ConfigError> {
@@ -213,6 +259,7 @@ impl Settings {
 
     /// Builds settings from a variable map; the single place where names meet defaults.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let vars = &with_secret_files(vars)?;
         let get = |name: &str, default: &str| -> String {
             vars.get(name)
                 .map(|v| v.trim().to_string())
@@ -693,6 +740,43 @@ pub(crate) mod tests {
             !shown.contains("s3cret") && !shown.contains("t0ken"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn secrets_can_be_read_from_files_named_by_name_file() {
+        let dir = std::env::temp_dir().join(format!("imgstream-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("minio-secret");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let url = dir.join("db");
+        std::fs::write(&url, "postgres://app:p%40ss@db:5432/imgstream_test").unwrap();
+        let s = Settings::from_vars(&vars(&[
+            ("MINIO_SECRET_KEY_FILE", secret.to_str().unwrap()),
+            ("DATABASE_CONNECTION_STRING_FILE", url.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.store.secret_key, "from-a-file",
+            "the line break is dropped"
+        );
+        assert_eq!(s.database_url.database_name(), "imgstream_test");
+
+        let both = Settings::from_vars(&vars(&[
+            ("MINIO_SECRET_KEY", "inline"),
+            ("MINIO_SECRET_KEY_FILE", secret.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert_eq!(both.var, "MINIO_SECRET_KEY_FILE");
+        let missing =
+            Settings::from_vars(&vars(&[("KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw")]))
+                .unwrap_err();
+        assert_eq!(missing.var, "KAFKA_SASL_PASSWORD_FILE");
+        assert!(
+            missing.message.contains("/nonexistent/pw"),
+            "{}",
+            missing.message
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
