@@ -74,19 +74,22 @@ make_keystore() { # Java's Kafka reads PKCS12 (not an unencrypted PEM key)
     -name kafka -passout "pass:$KEYSTORE_PASSWORD" -out "$KEYSTORE" || die "making the Kafka keystore failed"
 }
 
-# The SCRAM super user: written at format time for new storage, through the brokers for storage
-# formatted before the secured listener existed (remembered in a marker next to the data).
+# The SCRAM super user: written at format time for new storage, and checked through the brokers
+# at every start (storage formatted before the secured listener existed has none; and once, on
+# this machine, the SCRAM-SHA-512 credential was gone after a day of broker restarts).
 SCRAM_ADMIN="SCRAM-SHA-512=[name=$ADMIN_USER,password=$ADMIN_PASSWORD]"
-ensure_scram_admin() { # CLUSTER_DIR
-  [[ -f "$1/scram-admin" ]] && return 0
-  say "adding the SCRAM user $ADMIN_USER"
-  local m # one mechanism per request: the brokers refuse two changes to one user in a request
+ensure_scram_admin() {
+  local have m
+  have="$(kjava kafka.admin.ConfigCommand --bootstrap-server "$(bootstrap "$N")" --describe \
+    --entity-type users --entity-name "$ADMIN_USER" 2>/dev/null)" || die "describing the SCRAM user $ADMIN_USER failed"
   for m in 512 256; do
+    grep -q "SCRAM-SHA-$m=" <<<"$have" && continue
+    say "adding the SCRAM-SHA-$m credential of $ADMIN_USER"
+    # One mechanism per request: the brokers refuse two changes to one user in a request.
     kjava kafka.admin.ConfigCommand --bootstrap-server "$(bootstrap "$N")" --alter --entity-type users \
       --entity-name "$ADMIN_USER" --add-config "SCRAM-SHA-$m=[password=$ADMIN_PASSWORD]" >&2 \
       || die "adding the SCRAM user $ADMIN_USER failed"
   done
-  touch "$1/scram-admin"
 }
 
 write_config() { # NODE_DIR NODE_ID
@@ -131,7 +134,7 @@ node_started() { # NODE_ID LOG
 start() {
   install
   if all_up "$N"; then
-    ensure_scram_admin "$(cluster_dir "$N")"
+    ensure_scram_admin
     say "already running ($N node(s) at $(bootstrap "$N"))"
     return 0
   fi
@@ -158,7 +161,6 @@ start() {
       kjava kafka.tools.StorageTool format -t "$(cat "$cdir/cluster-id")" -c "$dir/server.properties" \
         --add-scram "$SCRAM_ADMIN" --add-scram "${SCRAM_ADMIN/512/256}" >&2 \
         || die "formatting storage in $dir/data failed"
-      touch "$cdir/scram-admin"
     fi
     [[ -f "$dir/kafka.log" ]] && mv "$dir/kafka.log" "$dir/kafka.log.prev" # health check greps this run's log
     say "starting node $i (broker 127.0.0.1:$(broker_port "$i"), controller 127.0.0.1:$(controller_port "$i")); log: $dir/kafka.log"
@@ -177,7 +179,7 @@ start() {
   wait_until 60 "$cdir/node1/kafka.log" kjava org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$(bootstrap "$N")" --list \
     || die "brokers are up but do not answer metadata requests"
-  ensure_scram_admin "$cdir"
+  ensure_scram_admin
   say "up: $N node(s) at $(bootstrap "$N"); SASL_SSL at $(secure_bootstrap "$N") (CA $TLS_DIR/ca.crt)"
 }
 

@@ -259,17 +259,21 @@ impl KafkaUser {
 
 impl Drop for KafkaUser {
     fn drop(&mut self) {
-        let principal = format!("User:{}", self.name);
+        // The resources are the test's own: every ACL on them goes.
         for (kind, name) in &self.resources {
-            let _ = try_kafka_cli(&[
+            let out = try_kafka_cli(&[
                 "org.apache.kafka.tools.AclCommand",
                 "--remove",
                 "--force",
-                "--principal",
-                &principal,
                 kind,
                 name,
             ]);
+            if !out.status.success() {
+                eprintln!(
+                    "removing the ACLs on {kind} {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         let _ = try_kafka_cli(&[
             "kafka.admin.ConfigCommand",
