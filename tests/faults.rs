@@ -231,7 +231,18 @@ async fn a_broker_restart_mid_run_ends_idle_only_when_nothing_is_left() {
     let env = TestEnv::new("brokerbounce").await;
     env.produce(1500, &[]);
     let args = [&CONSUME_SLOWLY[..5], &["--until-idle", "8"]].concat();
-    let consumer = env.spawn(&args, "consumer");
+    // librdkafka's group log, kept for the runs that end stuck (see below).
+    let consumer = env.spawn_with(
+        &args,
+        "consumer",
+        &[
+            ("IMGSTREAM_KAFKA_DEBUG", "cgrp"),
+            (
+                "IMGSTREAM_LOG",
+                "info,librdkafka=debug,rdkafka=warn,sqlx=warn",
+            ),
+        ],
+    );
     wait_for_rows(&env, 40).await;
     assert!(rows(&env).await < 1500, "the run ended before the restart");
     {
@@ -245,7 +256,16 @@ async fn a_broker_restart_mid_run_ends_idle_only_when_nothing_is_left() {
     // stays stuck); the consumer then exits saying so, and what a supervisor does, starting a
     // fresh one, must finish the job exactly.
     if status.is_some_and(|s| !s.success()) && log.contains("out of its consumer group") {
-        eprintln!("the consumer left a stuck group and is restarted, as a supervisor would");
+        // The group log of a stuck run outlives the test's own directory, for diagnosis.
+        let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "stuck-group-{}.log",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+        ));
+        let _ = std::fs::write(&kept, &log);
+        eprintln!(
+            "the consumer left a stuck group and is restarted, as a supervisor would (group log: {})",
+            kept.display()
+        );
         let again = env.spawn(&args, "consumer-restarted");
         wait_ok(again, &env, "consumer-restarted");
     } else {

@@ -159,10 +159,16 @@ impl TestEnv {
 
     /// Starts `imgstream` in the background with its output in a log file (printed on failure).
     pub fn spawn(&self, args: &[&str], log: &str) -> Spawned {
+        self.spawn_with(args, log, &[])
+    }
+
+    /// [`TestEnv::spawn`] with extra environment variables.
+    pub fn spawn_with(&self, args: &[&str], log: &str, extra: &[(&str, &str)]) -> Spawned {
         let path = self.log_path(log);
         let file = std::fs::File::create(&path).expect("log file");
         let child = self
             .command(args)
+            .envs(extra.iter().copied())
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
