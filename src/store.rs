@@ -704,11 +704,12 @@ impl S3Direct {
             match request.send().await {
                 Ok(response) => break response,
                 Err(e) => {
-                    let failure = StoreError::unanswered(&s.endpoint, one_line(&e));
+                    let detail = one_line(&e);
                     // A refused certificate is refused again on any connection.
+                    let failure = StoreError::unanswered(&s.endpoint, detail.clone());
                     if resends < QUICK_RESENDS && !e.is_timeout() && failure.is_transient() {
                         resends += 1;
-                        tracing::debug!(error = %one_line(&e), %url, "resending on a fresh connection");
+                        tracing::debug!(error = %detail, %url, "resending on a fresh connection");
                         continue;
                     }
                     return Err(failure);

@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SECURE_BOOTSTRAP: &str = "127.0.0.1:9192";
@@ -73,6 +74,28 @@ fn producer_identity(env: &TestEnv) -> KafkaUser {
     user
 }
 
+/// `cmd` logged in to Kafka as `user`.
+fn kafka_login<'c>(cmd: &'c mut Command, user: &KafkaUser) -> &'c mut Command {
+    cmd.env("KAFKA_SASL_USERNAME", &user.name)
+        .env("KAFKA_SASL_PASSWORD", &user.password)
+}
+
+/// `imgstream args` as the consumer: its Kafka user, its PostgreSQL role and its S3 key.
+fn as_consumer(
+    env: &TestEnv,
+    args: &[&str],
+    kafka: &KafkaUser,
+    role: &TestRole,
+    s3: &S3User<'_>,
+) -> Command {
+    let mut cmd = env.command(args);
+    kafka_login(&mut cmd, kafka)
+        .env("DATABASE_CONNECTION_STRING", role.url(env))
+        .env("MINIO_ACCESS_KEY", &s3.access_key)
+        .env("MINIO_SECRET_KEY", &s3.secret_key);
+    cmd
+}
+
 /// A raw librdkafka client logged in as `user`, to ask Kafka itself what the identity may do.
 fn client_as(user: &KafkaUser) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -106,25 +129,25 @@ async fn a_secured_run_stores_every_record_once_with_identities_that_can_do_noth
     let bucket = env.settings.store.bucket.clone();
     let s3_consumer = S3User::create(&mc, "app", &policy("s3-consumer.json", &bucket));
 
-    let produced = env
-        .command(&[
+    let produced = kafka_login(
+        &mut env.command(&[
             "produce", "--count", "30", "--width", "64-160", "--height", "48-120",
-        ])
-        .env("KAFKA_SASL_USERNAME", &producer.name)
-        .env("KAFKA_SASL_PASSWORD", &producer.password)
-        .output()
-        .unwrap();
+        ]),
+        &producer,
+    )
+    .output()
+    .unwrap();
     assert!(produced.status.success(), "{}", stderr(&produced));
 
-    let consumed = env
-        .command(&["consume", "--until-idle", "3", "--json"])
-        .env("KAFKA_SASL_USERNAME", &consumer.name)
-        .env("KAFKA_SASL_PASSWORD", &consumer.password)
-        .env("DATABASE_CONNECTION_STRING", app.url(&env))
-        .env("MINIO_ACCESS_KEY", &s3_consumer.access_key)
-        .env("MINIO_SECRET_KEY", &s3_consumer.secret_key)
-        .output()
-        .unwrap();
+    let consumed = as_consumer(
+        &env,
+        &["consume", "--until-idle", "3", "--json"],
+        &consumer,
+        &app,
+        &s3_consumer,
+    )
+    .output()
+    .unwrap();
     assert!(consumed.status.success(), "{}", stderr(&consumed));
     assert_eq!(env.counts().await, (30, 30));
     let verify = env
@@ -141,13 +164,7 @@ async fn a_secured_run_stores_every_record_once_with_identities_that_can_do_noth
 
     // The consumer's own check passes; the topic settings its identity may not read are said
     // to be unchecked, not different.
-    let check = env
-        .command(&["setup", "--check"])
-        .env("KAFKA_SASL_USERNAME", &consumer.name)
-        .env("KAFKA_SASL_PASSWORD", &consumer.password)
-        .env("DATABASE_CONNECTION_STRING", app.url(&env))
-        .env("MINIO_ACCESS_KEY", &s3_consumer.access_key)
-        .env("MINIO_SECRET_KEY", &s3_consumer.secret_key)
+    let check = as_consumer(&env, &["setup", "--check"], &consumer, &app, &s3_consumer)
         .output()
         .unwrap();
     let listing = stdout(&check);
@@ -376,40 +393,29 @@ async fn no_secret_appears_in_any_output_of_a_secured_run_at_debug_level() {
         registry_secret.as_str(),
         KAFKA_ADMIN.1,
     ];
-    let as_consumer = |args: &[&str]| {
-        env.command(args)
-            .env("IMGSTREAM_LOG", "debug")
+    // Every run at debug level, librdkafka's own tracing included.
+    let debug = |mut cmd: Command| {
+        cmd.env("IMGSTREAM_LOG", "debug")
             .env("IMGSTREAM_KAFKA_DEBUG", "all")
-            .env("KAFKA_SASL_USERNAME", &consumer.name)
-            .env("KAFKA_SASL_PASSWORD", &consumer.password)
-            .env("DATABASE_CONNECTION_STRING", app.url(&env))
-            .env("MINIO_ACCESS_KEY", &s3.access_key)
-            .env("MINIO_SECRET_KEY", &s3.secret_key)
             .output()
             .unwrap()
     };
+    let consumer_run = |args: &[&str]| debug(as_consumer(&env, args, &consumer, &app, &s3));
+    let mut produce = env.command(&[
+        "produce", "--count", "10", "--json", "--width", "64", "--height", "48",
+    ]);
+    kafka_login(&mut produce, &producer);
+    let mut refused = env.command(&["consume", "--until-idle", "1"]);
+    kafka_login(&mut refused, &consumer)
+        .env("KAFKA_SASL_PASSWORD", format!("{}x", consumer.password));
     let runs = [
-        env.command(&[
-            "produce", "--count", "10", "--json", "--width", "64", "--height", "48",
-        ])
-        .env("IMGSTREAM_LOG", "debug")
-        .env("IMGSTREAM_KAFKA_DEBUG", "all")
-        .env("KAFKA_SASL_USERNAME", &producer.name)
-        .env("KAFKA_SASL_PASSWORD", &producer.password)
-        .output()
-        .unwrap(),
-        as_consumer(&["consume", "--until-idle", "3", "--json"]),
-        as_consumer(&["setup", "--check"]),
-        as_consumer(&["status", "--json"]),
-        as_consumer(&["verify", "--json"]),
+        debug(produce),
+        consumer_run(&["consume", "--until-idle", "3", "--json"]),
+        consumer_run(&["setup", "--check"]),
+        consumer_run(&["status", "--json"]),
+        consumer_run(&["verify", "--json"]),
         // A refused login, at debug level too.
-        env.command(&["consume", "--until-idle", "1"])
-            .env("IMGSTREAM_LOG", "debug")
-            .env("IMGSTREAM_KAFKA_DEBUG", "all")
-            .env("KAFKA_SASL_USERNAME", &consumer.name)
-            .env("KAFKA_SASL_PASSWORD", format!("{}x", consumer.password))
-            .output()
-            .unwrap(),
+        debug(refused),
     ];
     assert!(runs[0].status.success() && runs[1].status.success());
     assert_eq!(env.counts().await, (10, 10));
