@@ -72,11 +72,7 @@ pub fn source(settings: &Settings) -> Result<KafkaSource, BrokerError> {
             answered
         })
     });
-    Ok(KafkaSource::new(
-        Arc::new(consumer),
-        &kafka.bootstrap_servers,
-        probe,
-    ))
+    KafkaSource::new(Arc::new(consumer), &kafka.bootstrap_servers, probe)
 }
 
 /// Reads the group's committed offsets without joining it.

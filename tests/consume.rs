@@ -507,3 +507,74 @@ async fn offsets_are_committed_while_the_consumer_runs_and_only_when_they_moved(
     assert_eq!(summary["replayed"], 0, "{summary}");
     assert_eq!(env.counts().await, (25, 25));
 }
+
+/// Whether a member's log shows it was given at least one partition.
+fn was_assigned_partitions(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("partitions assigned") && !l.contains("partitions=none"))
+}
+
+/// Members joining and leaving mid-run hand partitions over exactly where they stopped: a member
+/// losing a partition finishes and commits the batches it holds of it first, and one shutting
+/// down commits what it finished. Nobody redoes anybody's work.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_joining_and_leaving_mid_run_redo_no_record() {
+    let env = TestEnv::new("handover").await;
+    env.produce(6000, &[]);
+    // Slow members (small batches, one upload at a time), so that the group changes mid-run.
+    let consume = [
+        "consume",
+        "--batch-size",
+        "5",
+        "--uploads",
+        "1",
+        "--until-idle",
+        "10",
+        "--json",
+    ];
+    let joined = |name: &'static str| {
+        let env = &env;
+        async move {
+            let ok = common::eventually(std::time::Duration::from_secs(60), || async {
+                was_assigned_partitions(&env.read_log(name))
+            })
+            .await;
+            assert!(ok, "{name} got no partitions:\n{}", env.read_log(name));
+        }
+    };
+    let first = env.spawn_apart(&consume, "first", &[]);
+    joined("first").await;
+    let second = env.spawn_apart(&consume, "second", &[]);
+    joined("second").await;
+    let third = env.spawn_apart(&consume, "third", &[]);
+    joined("third").await;
+    let (_, rows) = env.counts().await;
+    assert!(rows < 6000, "the group changed too late to mean anything");
+    common::signal(second.child(), common::SIGTERM);
+    for (name, member) in [("second", second), ("first", first), ("third", third)] {
+        let status = member.wait_within(std::time::Duration::from_secs(300));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} ended with {status:?}:\n{}",
+            env.read_log(name)
+        );
+    }
+    let (mut stored, mut replayed) = (0, 0);
+    for name in ["first", "second", "third"] {
+        let summary: serde_json::Value =
+            serde_json::from_str(env.read_out(name).trim()).expect("consume --json");
+        stored += summary["stored"].as_u64().unwrap();
+        replayed += summary["replayed"].as_u64().unwrap();
+    }
+    assert_eq!(env.counts().await, (6000, 6000));
+    assert_eq!((stored, replayed), (6000, 0));
+    assert!(
+        env.read_log("first")
+            .contains("partitions revoked after their batches were finished"),
+        "the first member never handed a partition over:\n{}",
+        env.read_log("first")
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
+    assert_eq!(status["total_lag"], 0, "{status}");
+}

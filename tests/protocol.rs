@@ -395,27 +395,101 @@ async fn a_fatal_store_failure_stops_the_consumer_with_its_message_and_commits_n
 }
 
 #[tokio::test]
-async fn a_partition_revoked_mid_batch_is_finished_but_not_committed_by_the_old_owner() {
+async fn a_partition_revoked_mid_batch_is_finished_and_committed_before_its_new_owner_starts() {
     let s = Services::new(2);
-    s.publish_images(20, 2);
+    // More than the pipeline holds at once, so the revocation finds records not yet fetched.
+    let records = s.publish_images(400, 2);
     s.images.faults.hold();
-    let (pipeline, _trigger) = s.pipeline(options());
+    // Partition 1 is another member's now, whose work is not done: this run is stopped by hand.
+    let (pipeline, trigger) = s.pipeline(PipelineOptions {
+        until_idle: None,
+        ..options()
+    });
     let revoke_mid_batch = async {
         eventually("uploads are under way", async || {
             s.images.faults.calls() > 0
         })
         .await;
-        s.source.revoke(1);
-        s.images.faults.release();
+        // The uploads move again only once the revocation is waiting for them.
+        let release_soon = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.images.faults.release();
+        };
+        let (drained, ()) = tokio::join!(s.source.revoke(1, Duration::from_secs(5)), release_soon);
+        eventually("partition 0 is committed to its end", async || {
+            s.source.committed().get(&(TOPIC.into(), 0)) == Some(&200)
+        })
+        .await;
+        trigger.trigger();
+        drained
     };
-    let (result, ()) = tokio::join!(pipeline.run(), revoke_mid_batch);
-    assert_eq!(result.unwrap(), StopReason::Idle);
+    let (result, drained) = tokio::join!(pipeline.run(), revoke_mid_batch);
+    assert_eq!(result.unwrap(), StopReason::Shutdown);
+    assert!(drained.unfinished.is_empty(), "{drained:?}");
+    let handed_over_at = drained.finished[&(TOPIC.to_string(), 1)];
+    assert!(
+        (1..200).contains(&handed_over_at),
+        "the revocation came mid-run: {handed_over_at}"
+    );
+    assert_eq!(
+        s.source.committed(),
+        positions(&[(0, 200), (1, handed_over_at)])
+    );
+
+    // The new owner of partition 1 starts where the old one stopped: it redoes nothing.
+    s.source.restart();
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    s.assert_exactly_once(&records, &[(0, 200), (1, 200)]).await;
+    assert_eq!(summary.replayed, 0);
+    assert_eq!(summary.stored, 200 - handed_over_at as u64);
+}
+
+#[tokio::test]
+async fn a_partition_whose_batches_miss_the_handover_deadline_is_left_for_its_new_owner_to_redo() {
+    let s = Services::new(2);
+    let records = s.publish_images(20, 2);
+    s.images.faults.hold();
+    let (pipeline, trigger) = s.pipeline(PipelineOptions {
+        until_idle: None,
+        ..options()
+    });
+    let revoke_mid_batch = async {
+        eventually("uploads are under way", async || {
+            s.images.faults.calls() > 0
+        })
+        .await;
+        let drained = s.source.revoke(1, Duration::from_millis(50)).await;
+        s.images.faults.release();
+        eventually("partition 0 is committed to its end", async || {
+            s.source.committed().get(&(TOPIC.into(), 0)) == Some(&10)
+        })
+        .await;
+        // Let the batches of partition 1 finish too: written, but never committed by this member.
+        eventually("every record is written", async || s.rows() == 20).await;
+        trigger.trigger();
+        drained
+    };
+    let (result, drained) = tokio::join!(pipeline.run(), revoke_mid_batch);
+    assert_eq!(result.unwrap(), StopReason::Shutdown);
+    assert_eq!(drained.unfinished, [(TOPIC.to_string(), 1)]);
 
     let committed = s.source.committed();
     assert_eq!(committed.get(&(TOPIC.into(), 0)), Some(&10));
     assert_eq!(committed.get(&(TOPIC.into(), 1)), None, "{committed:?}");
     // What was in flight for partition 1 was written, idempotently, for its new owner to find.
     assert_eq!(s.objects().await, s.rows());
+    let in_flight = s.rows() as u64 - 10;
+    assert!(in_flight > 0);
+
+    s.source.restart();
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    s.assert_exactly_once(&records, &[(0, 10), (1, 10)]).await;
+    assert_eq!(
+        (summary.replayed, summary.stored),
+        (in_flight, 10 - in_flight)
+    );
 }
 
 #[tokio::test]

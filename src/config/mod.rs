@@ -47,6 +47,9 @@ pub struct KafkaSettings {
     pub client: ClientProperties,
     pub bootstrap_servers: String,
     pub group_id: String,
+    /// Static membership (`group.instance.id`): a member restarted under the same id within the
+    /// session timeout gets its partitions back without a rebalance.
+    pub group_instance_id: Option<String>,
     pub auto_offset_reset: OffsetReset,
     pub data_topic: String,
     pub dlq_topic: String,
@@ -303,10 +306,18 @@ impl Settings {
                 "must differ from KAFKA_DATA_TOPIC",
             ));
         }
+        let group_instance_id = vars
+            .get("KAFKA_GROUP_INSTANCE_ID")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        if let Some(id) = &group_instance_id {
+            check_kafka_name("KAFKA_GROUP_INSTANCE_ID", id, "group instance id")?;
+        }
         let kafka = KafkaSettings {
             client: kafka_security::client_properties(vars)?,
             bootstrap_servers,
             group_id: get("KAFKA_GROUP_ID", "imgstream"),
+            group_instance_id,
             auto_offset_reset,
             data_topic,
             dlq_topic,
@@ -514,6 +525,11 @@ fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
 }
 
 fn check_topic_name(var: &'static str, name: &str) -> Result<(), ConfigError> {
+    check_kafka_name(var, name, "topic name")
+}
+
+/// Kafka's rule for topic names, which group instance ids follow too.
+fn check_kafka_name(var: &'static str, name: &str, what: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 249
         && name
@@ -524,7 +540,7 @@ fn check_topic_name(var: &'static str, name: &str) -> Result<(), ConfigError> {
     } else {
         Err(invalid(
             var,
-            format!("{name:?} is not a valid Kafka topic name (letters, digits, '.', '_', '-')"),
+            format!("{name:?} is not a valid Kafka {what} (letters, digits, '.', '_', '-')"),
         ))
     }
 }
@@ -687,6 +703,7 @@ pub(crate) mod tests {
             ("SCHEMA_REGISTRY_URL", "nope"),
             ("DATABASE_APP_ROLE", "app; DROP TABLE images"),
             ("DATABASE_READER_ROLE", "Reader"),
+            ("KAFKA_GROUP_INSTANCE_ID", "pod 0"),
         ];
         for (var, value) in cases {
             let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();

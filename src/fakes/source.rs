@@ -2,7 +2,8 @@
 
 use super::Faults;
 use crate::domain::Origin;
-use crate::pipeline::ledger::OffsetLedger;
+use crate::pipeline::ledger::{Drained, OffsetLedger};
+use crate::pipeline::ports::next_positions;
 use crate::pipeline::{
     BatchLimits, Committed, Failure, Partition, Polled, Positions, RecordSource,
 };
@@ -34,6 +35,8 @@ struct State {
     commits: Vec<Positions>,
     /// While set, polls return nothing: a member rejoining its group after a broker restart.
     stalled: bool,
+    /// A revocation is waiting for in-flight batches: the member's poll is held meanwhile.
+    handing_over: bool,
 }
 
 impl MemorySource {
@@ -87,10 +90,33 @@ impl MemorySource {
         self.state.lock().expect("source lock").commits.clone()
     }
 
-    /// The group takes `partition` away from this member.
-    pub fn revoke(&self, partition: i32) {
+    /// The group takes `partition` away from this member, as the Kafka source's rebalance
+    /// callback does: polls stop meanwhile, the batches already handed out of the partition get
+    /// up to `within` to finish, the last done position is committed, and the partition goes.
+    pub async fn revoke(&self, partition: i32, within: std::time::Duration) -> Drained {
+        let tp = (self.topic.clone(), partition);
+        self.state.lock().expect("source lock").handing_over = true;
+        let deadline = tokio::time::Instant::now() + within;
+        let drained = loop {
+            if let Some(drained) = self.ledger.try_drain(std::slice::from_ref(&tp)) {
+                break drained;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break self.ledger.abandon(std::slice::from_ref(&tp));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
         let mut state = self.state.lock().expect("source lock");
-        state.owned.remove(&(self.topic.clone(), partition));
+        for (tp, next) in &drained.finished {
+            let at = state.committed.entry(tp.clone()).or_insert(*next);
+            *at = (*at).max(*next);
+        }
+        if !drained.finished.is_empty() {
+            state.commits.push(drained.finished.clone());
+        }
+        state.owned.remove(&tp);
+        state.handing_over = false;
+        drained
     }
 
     /// What a new member sees after a crash: every partition, from its committed offset.
@@ -106,7 +132,8 @@ impl MemorySource {
             state.position.insert(p, at);
             state.owned.insert((self.topic.clone(), p));
         }
-        let _ = self.ledger.pending(|_| false);
+        let all: Vec<Partition> = state.owned.iter().cloned().collect();
+        self.ledger.assigned(&all);
     }
 
     /// While `stalled`, polls return nothing even though records wait.
@@ -121,7 +148,7 @@ impl MemorySource {
 
     fn take(&self, limits: &BatchLimits) -> Vec<Polled> {
         let mut state = self.state.lock().expect("source lock");
-        if state.stalled {
+        if state.stalled || state.handing_over {
             return Vec::new();
         }
         let State {
@@ -163,6 +190,8 @@ impl RecordSource for MemorySource {
             let batch = self.take(&limits);
             if batch.is_empty() {
                 tokio::time::sleep(limits.wait).await;
+            } else {
+                self.ledger.handed(&next_positions(&batch));
             }
             Ok(batch)
         })
@@ -175,9 +204,9 @@ impl RecordSource for MemorySource {
     fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>> {
         let state = self.state.lock().expect("source lock");
         let caught_up = !state.owned.is_empty()
-            && state.owned.iter().all(|tp| {
-                let end = state.log.get(&tp.1).map_or(0, |l| l.len() as i64);
-                state.committed.get(tp).copied().unwrap_or(0) >= end
+            && state.log.iter().all(|(p, records)| {
+                let tp = (self.topic.clone(), *p);
+                state.committed.get(&tp).copied().unwrap_or(0) >= records.len() as i64
             });
         Box::pin(async move { Ok(caught_up) })
     }

@@ -2,10 +2,10 @@
 
 use super::{BrokerError, base_config, quiet};
 use crate::config::KafkaSettings;
-use crate::pipeline::Positions;
 use crate::pipeline::ledger::OffsetLedger;
+use crate::pipeline::{Partition, Positions};
 use bytes::Bytes;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
@@ -105,23 +105,61 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(tpl) => {
-                // librdkafka commits the offsets stored for these partitions before the group
-                // hands them over (the unassign waits for that commit), so nothing waits here.
-                info!(partitions = %describe(tpl), "partitions revoked");
-                let revoked: Vec<(String, i32)> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
-                let _ = self.ledger.pending(|tp| !revoked.contains(tp));
+            Rebalance::Revoke(tpl) => self.hand_over(consumer, tpl),
+            Rebalance::Assign(tpl) => {
+                self.ledger.assigned(&partitions(tpl));
+                info!(partitions = %describe(tpl), "partitions assigned");
             }
-            Rebalance::Assign(tpl) => info!(partitions = %describe(tpl), "partitions assigned"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
+}
+
+/// How long a member finishes the batches of partitions being taken away before it lets them
+/// go. Within it, the new owner starts exactly where this member stopped; past it (an outage
+/// mid-rebalance), the new owner redoes the unfinished records, idempotently. The group waits
+/// for this member meanwhile, up to `max.poll.interval.ms`.
+pub const HANDOVER_DEADLINE: Duration = Duration::from_secs(30);
+
+impl GroupContext {
+    /// Partitions are being taken away: finish what the pipeline holds of them, store their last
+    /// done offsets, and return; librdkafka commits those offsets before it lets the partitions
+    /// go (the unassign waits for that commit). Runs on the fetch thread, inside its poll.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked = partitions(tpl);
+        if consumer.assignment_lost() {
+            // The group already gave them to someone else: a commit would be refused.
+            let _ = self.ledger.abandon(&revoked);
+            warn!(partitions = %describe(tpl), "partitions lost; their new owner replays what was not committed");
+            return;
+        }
+        let started = Instant::now();
+        let drained = self.ledger.drain(&revoked, HANDOVER_DEADLINE);
+        if !drained.finished.is_empty()
+            && let Err(e) = consumer.store_offsets(&offsets_list(&drained.finished))
+        {
+            warn!(error = %e, "could not store the offsets of revoked partitions; their new owner replays from the last commit");
+        }
+        if drained.unfinished.is_empty() {
+            info!(partitions = %describe(tpl), finished_in_ms = started.elapsed().as_millis() as u64, "partitions revoked after their batches were finished");
+        } else {
+            warn!(
+                partitions = %describe(tpl),
+                unfinished = ?drained.unfinished,
+                "partitions revoked with batches still unfinished after {}s; their new owner redoes those records",
+                HANDOVER_DEADLINE.as_secs()
+            );
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 /// Positions as the list librdkafka commits.
@@ -240,6 +278,9 @@ pub fn group_consumer(
         .set("fetch.wait.max.ms", "100")
         // Per-partition lag for the metrics, every 5 s.
         .set("statistics.interval.ms", "5000");
+    if let Some(id) = &kafka.group_instance_id {
+        config.set("group.instance.id", id);
+    }
     config
         .create_with_context(GroupContext::default())
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))

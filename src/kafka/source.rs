@@ -3,6 +3,7 @@
 use super::BrokerError;
 use super::consumer::{GroupConsumer, offsets_list, payload_bytes};
 use crate::domain::Origin;
+use crate::pipeline::ports::next_positions;
 use crate::pipeline::{
     BatchLimits, Committed, Failure, Partition, Polled, Positions, RecordSource,
 };
@@ -15,6 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 /// How long an offset query may take before the answer counts as "not known".
@@ -37,23 +39,44 @@ pub struct KafkaSource {
     consumer: Arc<GroupConsumer>,
     bootstrap: String,
     probe: BrokerProbe,
-    /// Whether a connection problem was already reported, so an outage logs once, not per poll.
-    reconnecting: AtomicBool,
+    /// Batch requests to the fetch thread, each answered on its own channel.
+    fetch_requests: mpsc::Sender<FetchRequest>,
     /// When the brokers were last asked whether they answer, while out of the group.
     membership_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
+type FetchRequest = (BatchLimits, oneshot::Sender<Result<Vec<Polled>, Failure>>);
+
 impl KafkaSource {
     /// A source on a consumer that is already subscribed; `probe` asks the brokers with a fresh
     /// client (blocking).
-    pub fn new(consumer: Arc<GroupConsumer>, bootstrap: &str, probe: BrokerProbe) -> Self {
-        KafkaSource {
+    ///
+    /// Polling happens on a thread of its own: librdkafka runs the rebalance callback inside the
+    /// poll, and that callback waits for the pipeline to finish the batches of the partitions
+    /// being taken away (see [`OffsetLedger::drain`](crate::pipeline::ledger::OffsetLedger::drain)).
+    /// On the pipeline's own runtime that wait would stop the very stages it waits for.
+    pub fn new(
+        consumer: Arc<GroupConsumer>,
+        bootstrap: &str,
+        probe: BrokerProbe,
+    ) -> Result<Self, BrokerError> {
+        let (fetch_requests, requests) = mpsc::channel(1);
+        let fetcher = Fetcher {
+            consumer: consumer.clone(),
+            bootstrap: bootstrap.to_string(),
+            reconnecting: AtomicBool::new(false),
+        };
+        std::thread::Builder::new()
+            .name("kafka-fetch".into())
+            .spawn(move || fetcher.serve(requests))
+            .map_err(|e| BrokerError::Other(format!("cannot start the fetch thread: {e}")))?;
+        Ok(KafkaSource {
             consumer,
             bootstrap: bootstrap.to_string(),
             probe,
-            reconnecting: AtomicBool::new(false),
+            fetch_requests,
             membership_checked: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// Lag of the partitions this member owns: end offset minus position. Blocking (a broker
@@ -83,53 +106,6 @@ impl KafkaSource {
             .filter(|(tp, _)| owned.contains(*tp))
             .map(|(tp, l)| (tp.clone(), *l))
             .collect()
-    }
-
-    fn polled(&self, m: rdkafka::message::BorrowedMessage<'_>) -> Polled {
-        let origin = Origin {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-        };
-        let key = m.key().map(<[u8]>::to_vec);
-        let timestamp_ms = m.timestamp().to_millis();
-        let headers = m.headers().map_or_else(Vec::new, |hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        });
-        let value = m
-            .payload()
-            .is_some()
-            .then(|| payload_bytes(&self.consumer, m));
-        Polled {
-            origin,
-            key,
-            value,
-            headers,
-            timestamp_ms,
-        }
-    }
-
-    /// A consumer error: a missing topic stops the consumer; anything else librdkafka recovers
-    /// from by itself, so it is said once per outage.
-    fn on_error(&self, e: KafkaError) -> Result<(), Failure> {
-        match e.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
-                Err(Failure::Fatal(format!(
-                    "subscribed topic is missing ({e}); run `imgstream setup`"
-                )))
-            }
-            _ => {
-                let err = BrokerError::from_kafka(&e, &self.bootstrap);
-                if !err.is_transient() {
-                    warn!(error = %e, "kafka consumer error");
-                } else if !self.reconnecting.swap(true, Ordering::Relaxed) {
-                    warn!(error = %e, "kafka consumer error; librdkafka is reconnecting");
-                }
-                Ok(())
-            }
-        }
     }
 
     /// A fatal failure once this member has been out of its group for longer than
@@ -177,42 +153,39 @@ impl KafkaSource {
 
     async fn poll_batch(&self, limits: BatchLimits) -> Result<Vec<Polled>, Failure> {
         self.check_membership().await?;
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        let mut deadline = tokio::time::Instant::now() + limits.wait;
-        while batch.len() < limits.max_records && bytes < limits.max_bytes {
-            let received = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = tokio::time::sleep_until(deadline) => break,
-            };
-            match received {
-                Ok(m) => {
-                    if batch.is_empty() {
-                        deadline = tokio::time::Instant::now() + limits.linger;
-                    }
-                    self.reconnecting.store(false, Ordering::Relaxed);
-                    bytes += m.payload_len();
-                    batch.push(self.polled(m));
-                }
-                Err(e) => self.on_error(e)?,
-            }
-        }
-        Ok(batch)
+        let stopped = || Failure::Fatal("the Kafka fetch thread stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.fetch_requests
+            .send((limits, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    /// Committed offsets of the owned partitions against their end offsets. Blocking broker
-    /// calls, so on the blocking pool.
-    async fn owned_caught_up(&self) -> Result<bool, Failure> {
+    /// The group's committed offsets of every partition of the subscribed topic against their
+    /// end offsets: a member is not done while a partition it does not own (one in the middle of
+    /// a hand-over, or whose owner just left) still has work. Blocking broker calls, so on the
+    /// blocking pool.
+    async fn group_caught_up(&self) -> Result<bool, Failure> {
         let consumer = self.consumer.clone();
         let bootstrap = self.bootstrap.clone();
         let failed = move |e: KafkaError| Failure::from(BrokerError::from_kafka(&e, &bootstrap));
         tokio::task::spawn_blocking(move || {
             let owned = consumer.assignment().map_err(&failed)?;
-            if owned.count() == 0 {
+            let Some(topic) = owned.elements().first().map(|e| e.topic().to_string()) else {
                 return Ok(false);
+            };
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), QUERY_TIMEOUT)
+                .map_err(&failed)?;
+            let mut all = rdkafka::TopicPartitionList::new();
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    all.add_partition(t.name(), p.id());
+                }
             }
             let committed = consumer
-                .committed_offsets(owned, QUERY_TIMEOUT)
+                .committed_offsets(all, QUERY_TIMEOUT)
                 .map_err(&failed)?;
             for e in committed.elements() {
                 let (low, high) = consumer
@@ -262,6 +235,7 @@ impl KafkaSource {
     /// process exits, or the next owner replays it.
     async fn commit_before_exit(&self, within: Duration) -> Result<(), Failure> {
         self.commit_done(&Positions::new()).await?;
+        self.consumer.context().ledger.close();
         let consumer = self.consumer.clone();
         let commit =
             tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync));
@@ -278,6 +252,132 @@ impl KafkaSource {
                 within.as_secs()
             ))),
         }
+    }
+}
+
+/// The fetch thread's side: builds batches from the consumer, and runs the rebalance callbacks
+/// that librdkafka calls from inside the poll.
+struct Fetcher {
+    consumer: Arc<GroupConsumer>,
+    bootstrap: String,
+    /// Whether a connection problem was already reported, so an outage logs once, not per poll.
+    reconnecting: AtomicBool,
+}
+
+impl Fetcher {
+    /// Answers batch requests until the source is dropped.
+    fn serve(self, mut requests: mpsc::Receiver<FetchRequest>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                warn!(error = %e, "cannot start the fetch thread's runtime");
+                return;
+            }
+        };
+        runtime.block_on(async {
+            while let Some((limits, reply)) = requests.recv().await {
+                let batch = self.collect(limits).await.map(|b| self.owned_only(b));
+                let handed = batch.as_ref().map(|b| next_positions(b)).ok();
+                // Only a batch the pipeline received is in flight; a refused reply means the
+                // pipeline stopped waiting (shutdown) and these records are read again later.
+                if reply.send(batch).is_ok()
+                    && let Some(handed) = handed
+                {
+                    self.consumer.context().ledger.handed(&handed);
+                }
+            }
+        });
+    }
+
+    /// Records of partitions revoked while the batch filled belong to their new owner.
+    fn owned_only(&self, mut batch: Vec<Polled>) -> Vec<Polled> {
+        if batch.is_empty() {
+            return batch;
+        }
+        let Ok(owned) = self.consumer.assignment() else {
+            return batch;
+        };
+        let owned: HashSet<Partition> = owned
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        batch.retain(|p| owned.contains(&p.partition()));
+        batch
+    }
+
+    fn polled(&self, m: rdkafka::message::BorrowedMessage<'_>) -> Polled {
+        let origin = Origin {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let key = m.key().map(<[u8]>::to_vec);
+        let timestamp_ms = m.timestamp().to_millis();
+        let headers = m.headers().map_or_else(Vec::new, |hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        });
+        let value = m
+            .payload()
+            .is_some()
+            .then(|| payload_bytes(&self.consumer, m));
+        Polled {
+            origin,
+            key,
+            value,
+            headers,
+            timestamp_ms,
+        }
+    }
+
+    /// A consumer error: a missing topic stops the consumer; anything else librdkafka recovers
+    /// from by itself, so it is said once per outage.
+    fn on_error(&self, e: KafkaError) -> Result<(), Failure> {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                Err(Failure::Fatal(format!(
+                    "subscribed topic is missing ({e}); run `imgstream setup`"
+                )))
+            }
+            _ => {
+                let err = BrokerError::from_kafka(&e, &self.bootstrap);
+                if !err.is_transient() {
+                    warn!(error = %e, "kafka consumer error");
+                } else if !self.reconnecting.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, "kafka consumer error; librdkafka is reconnecting");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn collect(&self, limits: BatchLimits) -> Result<Vec<Polled>, Failure> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut deadline = tokio::time::Instant::now() + limits.wait;
+        while batch.len() < limits.max_records && bytes < limits.max_bytes {
+            let received = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match received {
+                Ok(m) => {
+                    if batch.is_empty() {
+                        deadline = tokio::time::Instant::now() + limits.linger;
+                    }
+                    self.reconnecting.store(false, Ordering::Relaxed);
+                    bytes += m.payload_len();
+                    batch.push(self.polled(m));
+                }
+                Err(e) => self.on_error(e)?,
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -304,6 +404,8 @@ fn moved_on(e: &KafkaError) -> bool {
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
+        // Closing revokes every partition: nothing in flight will finish, so no drain waits.
+        self.consumer.context().ledger.close();
         super::close_in_background(self.consumer.clone());
     }
 }
@@ -330,7 +432,7 @@ impl RecordSource for KafkaSource {
     }
 
     fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>> {
-        Box::pin(self.owned_caught_up())
+        Box::pin(self.group_caught_up())
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Failure>> {

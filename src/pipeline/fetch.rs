@@ -1,5 +1,6 @@
 //! Stage 1, fetch: poll batches from the source until idle, the record limit, or shutdown.
 
+use super::ports::next_positions;
 use super::{
     BatchError, BatchLimits, Failure, Pipeline, Polled, PolledBatch, Positions, StopReason,
 };
@@ -80,7 +81,7 @@ impl Pipeline {
                 uploads_running = self.stats.uploads_running.load(Ordering::Relaxed),
                 "batch polled"
             );
-            let positions = next_offsets(&batch);
+            let positions = next_positions(&batch);
             if tx
                 .send(PolledBatch {
                     positions,
@@ -129,14 +130,4 @@ impl Pipeline {
         }
         batch
     }
-}
-
-/// Per partition, one past the highest offset in the batch.
-fn next_offsets(batch: &[Polled]) -> Positions {
-    let mut next = Positions::new();
-    for p in batch {
-        let e = next.entry(p.partition()).or_insert(p.origin.offset + 1);
-        *e = (*e).max(p.origin.offset + 1);
-    }
-    next
 }

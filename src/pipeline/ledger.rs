@@ -1,43 +1,160 @@
-//! Offsets that are done (every record below them stored or dead-lettered) but not yet committed.
+//! Where each partition stands between the source and the commit: how far records were handed to
+//! the pipeline, how far they are done (every record below stored or dead-lettered), and what is
+//! done but not yet committed.
 //!
-//! A commit refused during a rebalance is kept here, retried once the group has settled, and
-//! flushed for revoked partitions before they are handed over. Sources share this one ledger
-//! type, so the Kafka adapter and the in-memory source keep the same rules.
+//! A commit refused during a rebalance is kept here and retried once the group has settled. When
+//! the group takes partitions away, [`OffsetLedger::drain`] waits (up to a deadline) until what
+//! was handed out of them is done, so their last positions are committed before the new owner
+//! starts: it then redoes nothing. Sources share this one ledger type, so the Kafka adapter and
+//! the in-memory source keep the same rules.
 
 use super::ports::{Partition, Positions};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct OffsetLedger {
-    done: Mutex<Positions>,
+    state: Mutex<State>,
+    /// Signalled whenever a position is done, or the ledger is closed.
+    moved: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// One past the last record handed to the pipeline, per partition.
+    handed: Positions,
+    /// One past the last record done, per partition (kept after it is committed).
+    finished: Positions,
+    /// Done but not yet committed.
+    pending: Positions,
+    /// The pipeline has stopped: nothing handed will finish any more.
+    closed: bool,
+}
+
+/// What a drain found for the partitions being handed over.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// The last done position of each partition that had any: what to commit before letting go.
+    pub finished: Positions,
+    /// Partitions whose handed records were not all done by the deadline: their new owner redoes
+    /// those records (idempotently).
+    pub unfinished: Vec<Partition>,
+}
+
+fn raise(map: &mut Positions, positions: &Positions) {
+    for (tp, next) in positions {
+        let e = map.entry(tp.clone()).or_insert(*next);
+        *e = (*e).max(*next);
+    }
 }
 
 impl OffsetLedger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("ledger lock")
+    }
+
+    /// Notes that the records below `positions` were handed to the pipeline.
+    pub fn handed(&self, positions: &Positions) {
+        raise(&mut self.lock().handed, positions);
+    }
+
     /// Records "everything below `next` is done" for each partition; never moves backwards.
     pub fn record(&self, positions: &Positions) {
-        let mut done = self.done.lock().expect("ledger lock");
-        for (tp, next) in positions {
-            let e = done.entry(tp.clone()).or_insert(*next);
-            *e = (*e).max(*next);
-        }
+        let mut state = self.lock();
+        raise(&mut state.pending, positions);
+        raise(&mut state.finished, positions);
+        drop(state);
+        self.moved.notify_all();
     }
 
     /// The pending positions of the partitions `owned` accepts. Entries of partitions we no
     /// longer hold are dropped: their new owner replays from the last commit, idempotently.
     pub fn pending(&self, owned: impl Fn(&Partition) -> bool) -> Positions {
-        let mut done = self.done.lock().expect("ledger lock");
-        done.retain(|tp, _| owned(tp));
-        done.clone()
+        let mut state = self.lock();
+        state.pending.retain(|tp, _| owned(tp));
+        state.pending.clone()
     }
 
     /// Forgets positions once committed (unless they moved on meanwhile).
     pub fn committed(&self, positions: &Positions) {
-        let mut done = self.done.lock().expect("ledger lock");
+        let mut state = self.lock();
         for (tp, at) in positions {
-            if done.get(tp).is_some_and(|current| current <= at) {
-                done.remove(tp);
+            if state.pending.get(tp).is_some_and(|current| current <= at) {
+                state.pending.remove(tp);
             }
         }
+    }
+
+    /// Partitions newly given to this member start with a clean slate.
+    pub fn assigned(&self, partitions: &[Partition]) {
+        let mut state = self.lock();
+        for tp in partitions {
+            state.handed.remove(tp);
+            state.finished.remove(tp);
+            state.pending.remove(tp);
+        }
+    }
+
+    /// The pipeline has stopped: drains stop waiting for work that will never finish.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.moved.notify_all();
+    }
+
+    /// Whether everything handed out of `partitions` is done (or the pipeline has stopped).
+    fn settled(state: &State, partitions: &[Partition]) -> bool {
+        state.closed || partitions.iter().all(|tp| Self::is_settled(state, tp))
+    }
+
+    fn is_settled(state: &State, tp: &Partition) -> bool {
+        match state.handed.get(tp) {
+            None => true,
+            Some(handed) => state.finished.get(tp).is_some_and(|done| done >= handed),
+        }
+    }
+
+    /// Ends this member's hold on `partitions` and says what to commit for them.
+    fn release(state: &mut State, partitions: &[Partition]) -> Drained {
+        let mut drained = Drained::default();
+        for tp in partitions {
+            if !Self::is_settled(state, tp) {
+                drained.unfinished.push(tp.clone());
+            }
+            if let Some(done) = state.finished.remove(tp) {
+                drained.finished.insert(tp.clone(), done);
+            }
+            state.handed.remove(tp);
+            state.pending.remove(tp);
+        }
+        drained
+    }
+
+    /// For partitions being taken away: blocks until every record handed out of them is done,
+    /// or `within` has passed, then forgets them. Called from the group's rebalance callback,
+    /// which runs on a thread of its own while the pipeline goes on finishing its batches.
+    pub fn drain(&self, partitions: &[Partition], within: Duration) -> Drained {
+        let deadline = Instant::now() + within;
+        let mut state = self.lock();
+        while !Self::settled(&state, partitions) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self.moved.wait_timeout(state, left).expect("ledger lock").0;
+        }
+        Self::release(&mut state, partitions)
+    }
+
+    /// [`drain`](Self::drain) without blocking: `None` while records handed out of `partitions`
+    /// are still in flight, else what `drain` would return. For sources that wait asynchronously.
+    pub fn try_drain(&self, partitions: &[Partition]) -> Option<Drained> {
+        let mut state = self.lock();
+        Self::settled(&state, partitions).then(|| Self::release(&mut state, partitions))
+    }
+
+    /// Forgets `partitions` whatever their state: the deadline of an asynchronous drain passed.
+    pub fn abandon(&self, partitions: &[Partition]) -> Drained {
+        Self::release(&mut self.lock(), partitions)
     }
 }
 
@@ -76,5 +193,63 @@ mod tests {
         ledger.record(&at(&[("t", 1, 9)]));
         ledger.committed(&sent);
         assert_eq!(ledger.pending(|_| true), at(&[("t", 1, 9)]));
+    }
+
+    #[test]
+    fn a_drain_waits_until_what_was_handed_out_is_done_then_says_where_to_commit() {
+        let ledger = std::sync::Arc::new(OffsetLedger::default());
+        ledger.handed(&at(&[("t", 0, 20), ("t", 1, 8)]));
+        ledger.record(&at(&[("t", 0, 10)]));
+        let finisher = {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                ledger.record(&at(&[("t", 0, 20), ("t", 1, 8)]));
+            })
+        };
+        let started = Instant::now();
+        let drained = ledger.drain(&[("t".into(), 0)], Duration::from_secs(10));
+        finisher.join().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(
+            drained,
+            Drained {
+                finished: at(&[("t", 0, 20)]),
+                unfinished: vec![]
+            }
+        );
+        // Partition 0 is forgotten; partition 1 is still this member's.
+        assert_eq!(ledger.pending(|_| true), at(&[("t", 1, 8)]));
+    }
+
+    #[test]
+    fn a_drain_past_its_deadline_lets_go_of_what_is_unfinished() {
+        let ledger = OffsetLedger::default();
+        ledger.handed(&at(&[("t", 0, 20)]));
+        ledger.record(&at(&[("t", 0, 10)]));
+        let drained = ledger.drain(&[("t".into(), 0)], Duration::from_millis(30));
+        assert_eq!(drained.finished, at(&[("t", 0, 10)]));
+        assert_eq!(drained.unfinished, vec![("t".to_string(), 0)]);
+        assert_eq!(ledger.pending(|_| true), Positions::new());
+    }
+
+    #[test]
+    fn a_closed_ledger_does_not_wait_for_work_that_will_never_finish() {
+        let ledger = OffsetLedger::default();
+        ledger.handed(&at(&[("t", 0, 20)]));
+        ledger.close();
+        let started = Instant::now();
+        let drained = ledger.drain(&[("t".into(), 0)], Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(drained.finished, Positions::new());
+    }
+
+    #[test]
+    fn partitions_never_handed_out_drain_at_once() {
+        let ledger = OffsetLedger::default();
+        assert_eq!(
+            ledger.try_drain(&[("t".into(), 3)]),
+            Some(Drained::default())
+        );
     }
 }

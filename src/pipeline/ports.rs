@@ -86,6 +86,16 @@ pub struct BatchLimits {
     pub linger: Duration,
 }
 
+/// Per partition, one past the highest offset in `batch`: where a commit of it stands.
+pub fn next_positions(batch: &[Polled]) -> Positions {
+    let mut next = Positions::new();
+    for p in batch {
+        let e = next.entry(p.partition()).or_insert(p.origin.offset + 1);
+        *e = (*e).max(p.origin.offset + 1);
+    }
+    next
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
@@ -108,8 +118,9 @@ pub trait RecordSource: Send + Sync {
     /// earlier call had to defer.
     fn commit<'a>(&'a self, done: &'a Positions) -> BoxFuture<'a, Result<Committed, Failure>>;
 
-    /// Whether this member owns partitions and the group's committed offsets have reached their
-    /// end: nothing is left to do that this member could see.
+    /// Whether this member owns partitions and the group's committed offsets have reached the
+    /// end of every partition of the topic, owned by this member or not: nothing is left to do
+    /// anywhere in the group (a partition between owners counts too).
     fn caught_up(&self) -> BoxFuture<'_, Result<bool, Failure>>;
 
     /// Makes sure what was committed is durable before the run ends (commits may be

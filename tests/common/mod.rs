@@ -176,6 +176,26 @@ impl TestEnv {
         Spawned(Some(child))
     }
 
+    /// [`TestEnv::spawn_with`] with stdout kept apart, in `<log>.out` ([`TestEnv::read_out`]), so
+    /// that a `--json` summary can be read.
+    pub fn spawn_apart(&self, args: &[&str], log: &str, extra: &[(&str, &str)]) -> Spawned {
+        let out = std::fs::File::create(self.log_path(&format!("{log}.out"))).expect("out file");
+        let err = std::fs::File::create(self.log_path(log)).expect("log file");
+        let child = self
+            .command(args)
+            .envs(extra.iter().copied())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn imgstream");
+        Spawned(Some(child))
+    }
+
+    /// What a process from [`TestEnv::spawn_apart`] wrote to stdout.
+    pub fn read_out(&self, log: &str) -> String {
+        self.read_log(&format!("{log}.out"))
+    }
+
     pub fn log_path(&self, log: &str) -> PathBuf {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&self.name);
         std::fs::create_dir_all(&dir).unwrap();
