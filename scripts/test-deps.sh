@@ -3,20 +3,30 @@
 # - headless Chromium and its WebDriver for the browser tests of `imgstream serve`
 #   (tests/browser.rs), from Debian's packages;
 # - MinIO's client `mc`, built with `go install`, to create the least-privilege S3 user and policy
-#   the tests run the consumer with (tests/least_privilege.rs).
+#   the tests run the consumer with (tests/least_privilege.rs);
+# - Toxiproxy's server, built with `go install`, the TCP proxy the network-fault tests put between
+#   imgstream and each service (tests/network.rs).
 SERVICE=test-deps
 source "$(dirname "$0")/stack/common.sh"
 apt_install chromium chromium-driver fonts-dejavu-core
 
-MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
-MC="$CACHE_DIR/bin/mc"
-if [[ ! -x "$MC" || "$(cat "$MC.version" 2>/dev/null)" != "$MC_VERSION" ]]; then
+# go_tool NAME MODULE VERSION: $CACHE_DIR/bin/NAME built once with `go install MODULE@VERSION`.
+go_tool() {
+  local name="$1" module="$2" version="$3" bin="$CACHE_DIR/bin/$1" go t0
+  [[ -x "$bin" && "$(cat "$bin.version" 2>/dev/null)" == "$version" ]] && return 0
   go="$(command -v go || echo /usr/local/go/bin/go)"
-  [[ -x "$go" ]] || die "Go is not installed; building mc needs it"
-  say "building MinIO's mc $MC_VERSION with go install into $MC (first run only)"
+  [[ -x "$go" ]] || die "Go is not installed; building $name needs it"
+  say "building $name ($module@$version) with go install into $bin (first run only)"
   t0=$SECONDS
-  GOTOOLCHAIN=local GOBIN="$CACHE_DIR/bin" "$go" install "github.com/minio/mc@$MC_VERSION" \
-    || die "go install of github.com/minio/mc@$MC_VERSION failed (see output above)"
-  echo "$MC_VERSION" >"$MC.version"
-  say "built $MC in $((SECONDS - t0))s"
-fi
+  local gobin
+  gobin="$(mktemp -d)"
+  GOTOOLCHAIN=local GOBIN="$gobin" "$go" install "$module@$version" \
+    || die "go install of $module@$version failed (see output above)"
+  mkdir -p "$CACHE_DIR/bin"
+  mv "$gobin/$(basename "$module")" "$bin" && rmdir "$gobin"
+  echo "$version" >"$bin.version"
+  say "built $bin in $((SECONDS - t0))s"
+}
+
+go_tool mc github.com/minio/mc v0.0.0-20250313080218-cf909e1063a9
+go_tool toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server v2.12.0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: unit and protocol tests (no services), then integration tests against the running
 # local stack, then the fault tests (which stop and start services, so they run alone, one at a
-# time).
+# time): services stopped and frozen, network faults through Toxiproxy, and a three-broker Kafka
+# cluster (started by its test beside the stack's broker, stopped here afterwards) losing brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-deps.sh
@@ -17,4 +18,6 @@ cargo test --locked --lib --bins --test protocol
 echo "== integration tests"
 cargo test --locked --test setup --test produce --test consume --test dlq --test serve --test browser --test least_privilege --test secured -- --test-threads=2
 echo "== fault tests"
-cargo test --locked --test faults -- --test-threads=1
+stop_replicated_cluster() { KAFKA_BROKERS=3 KAFKA_PORT_BASE=19090 scripts/stack/kafka.sh stop || true; }
+trap stop_replicated_cluster EXIT
+cargo test --locked --test faults --test network --test cluster -- --test-threads=1

@@ -4,8 +4,13 @@
 # Usage: kafka.sh install|start|stop|status
 #        kafka.sh cli <main-class> [args...]   run a Kafka CLI class, e.g.
 #          kafka.sh cli org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
+#        kafka.sh kill-node N       SIGKILL node N (fault tests); `start` brings it back
+#        kafka.sh active-controller print the node id of the active KRaft controller
 # KAFKA_BROKERS=1 (default): one node, broker 127.0.0.1:9092, controller :9093.
 # KAFKA_BROKERS=3: three nodes, brokers :9092/:9094/:9096, controllers :9093/:9095/:9097.
+# KAFKA_PORT_BASE (default 9090) moves every port: with 19090, brokers :19092/:19094/:19096. A
+# cluster on another base runs beside the stack's own, with its own data; the replicated-cluster
+# tests use KAFKA_BROKERS=3 KAFKA_PORT_BASE=19090.
 # Every broker also has a SASL_SSL listener (SCRAM-SHA-256/512, certificate from the stack's CA)
 # at :9192 (:9194/:9196), where ACLs apply (StandardAuthorizer): the secured side of the stack.
 # The plaintext listener stays open to everyone on loopback (its principal, ANONYMOUS, is a super
@@ -24,11 +29,19 @@ LIBS="$CACHE_DIR/kafka/$VERSION-$(sha256sum "$POM" | cut -c1-12)"
 N="${KAFKA_BROKERS:-1}"
 [[ "$N" == 1 || "$N" == 3 ]] || die "KAFKA_BROKERS must be 1 or 3, got '$N'"
 
-# 1-node and 3-node clusters have different quorums, so each keeps its own data.
-cluster_dir() { echo "$STACK_DIR/kafka/cluster-$1"; }
-broker_port() { echo $((9090 + 2 * $1)); }     # node 1 -> 9092, 2 -> 9094, 3 -> 9096
-controller_port() { echo $((9091 + 2 * $1)); } # node 1 -> 9093, 2 -> 9095, 3 -> 9097
-secure_port() { echo $((9190 + 2 * $1)); }     # node 1 -> 9192, 2 -> 9194, 3 -> 9196
+PORT_BASE="${KAFKA_PORT_BASE:-9090}"
+if ! [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE > 65000)); then
+  die "KAFKA_PORT_BASE must be a number from 1024 to 65000, got '$PORT_BASE'"
+fi
+
+# 1-node and 3-node clusters have different quorums, so each keeps its own data; so does each
+# port base.
+cluster_dir() {
+  if [[ "$PORT_BASE" == 9090 ]]; then echo "$STACK_DIR/kafka/cluster-$1"; else echo "$STACK_DIR/kafka/cluster-$1-p$PORT_BASE"; fi
+}
+broker_port() { echo $((PORT_BASE + 2 * $1)); }       # node 1 -> 9092, 2 -> 9094, 3 -> 9096
+controller_port() { echo $((PORT_BASE + 1 + 2 * $1)); } # node 1 -> 9093, 2 -> 9095, 3 -> 9097
+secure_port() { echo $((PORT_BASE + 100 + 2 * $1)); }   # node 1 -> 9192, 2 -> 9194, 3 -> 9196
 ADMIN_USER="admin"
 ADMIN_PASSWORD=admin-secret
 KEYSTORE_PASSWORD=imgstream-keystore
@@ -57,7 +70,7 @@ install() {
   touch "$LIBS.tmp/.complete" && mv "$LIBS.tmp" "$LIBS"
 }
 
-# running_clusters: node counts (1 and/or 3) of clusters with at least one live node.
+# running_clusters: node counts (1 and/or 3) of this port base's clusters with a live node.
 running_clusters() {
   local n f
   for n in 1 3; do
@@ -192,8 +205,10 @@ all_up() { # NODES: every node's process alive, started, and its broker port ope
 }
 
 stop() {
-  local f pids=()
-  for f in "$STACK_DIR"/kafka/cluster-*/node*/kafka.pid; do pid_alive "$f" && pids+=("$f"); done
+  local f n pids=()
+  for n in 1 3; do
+    for f in "$(cluster_dir "$n")"/node*/kafka.pid; do pid_alive "$f" && pids+=("$f"); done
+  done
   ((${#pids[@]})) || { say "not running"; return 0; }
   say "stopping ${#pids[@]} node(s)"
   # Signal all nodes first: a combined node that loses quorum mid-shutdown waits for it.
@@ -213,11 +228,30 @@ status() {
   fi
 }
 
+kill_node() { # NODE_ID: SIGKILL, no clean shutdown (a crashed broker)
+  local pidfile
+  if ! [[ "${1:-}" =~ ^[1-3]$ ]] || (($1 > N)); then die "usage: kill-node <1..$N>"; fi
+  pidfile="$(cluster_dir "$N")/node$1/kafka.pid"
+  pid_alive "$pidfile" || die "node $1 is not running"
+  kill -9 "$(cat "$pidfile")"
+  while pid_alive "$pidfile"; do sleep 0.1; done
+  rm -f "$pidfile"
+  say "killed node $1"
+}
+
+active_controller() {
+  kjava org.apache.kafka.tools.MetadataQuorumCommand --bootstrap-server "$(bootstrap "$N")" \
+    describe --status 2>/dev/null | sed -n 's/^LeaderId:[[:space:]]*\([0-9]*\).*/\1/p' | grep . \
+    || die "the metadata quorum did not name its leader"
+}
+
 case "${1:-}" in
   install) install ;;
+  kill-node) kill_node "${2:-}" ;;
+  active-controller) active_controller ;;
   start) start ;;
   stop) stop ;;
   status) status ;;
   cli) shift; [[ $# -ge 1 ]] || die "usage: kafka.sh cli <main-class> [args...]"; install; kjava "$@" ;;
-  *) die "usage: kafka.sh install|start|stop|status|cli <class> [args...]" ;;
+  *) die "usage: kafka.sh install|start|stop|status|kill-node N|active-controller|cli <class> [args...]" ;;
 esac

@@ -29,8 +29,11 @@
 //! own row. A *zombie* (a consumer that stalled past its session, lost its partitions and woke up)
 //! can only repeat the same idempotent writes; its commit carries a stale generation and is
 //! refused by the group coordinator, so it cannot move the new owner's offsets. Records of a
-//! partition revoked while they were being fetched are left to the new owner ([`fetch`]); a batch
-//! already in flight finishes, but its positions for a revoked partition are not committed.
+//! partition revoked while they were being fetched are left to the new owner ([`fetch`]). Batches
+//! already in flight for a revoked partition are finished, and the source holds the hand-over
+//! until they are ([`ledger::OffsetLedger::drain`], bounded by a deadline): their positions are
+//! committed before the new owner starts, so it redoes nothing. Past the deadline the partition
+//! goes with what is done, and the new owner replays the rest, idempotently.
 //!
 //! Transient failures (a service down, a timeout) are retried with capped backoff while nothing is
 //! committed past the failed record ([`retry`]). The bounded channels between the stages fill up

@@ -524,6 +524,76 @@ async fn scaling(base: &HashMap<String, String>, run: &str, records: usize) -> V
     json!(rows)
 }
 
+/// Records processed more than once while a drain grows from one consumer to four and shrinks
+/// back: members join every few seconds, then leave (SIGTERM) one by one. Every record a member
+/// finds already stored is work redone because of a hand-over.
+async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: usize) -> Value {
+    const STEP: Duration = Duration::from_secs(4);
+    eprintln!("[rebalance] preloading {records} records");
+    let (settings, vars) = case_settings(
+        base,
+        &format!("bench-rebalance-{run}"),
+        "imgstream_bench",
+        8,
+    );
+    fresh_database(&settings).await;
+    setup(&settings).await;
+    let pool = image_pool(16 << 10, ImageFormat::Jpeg, 16);
+    preload(&settings, &pool, records, None).await;
+    let index = wiring::index(&settings).await.unwrap();
+    let spawn = || {
+        Command::new(binary())
+            .args(["consume", "--until-idle", "5", "--json"])
+            .env_clear()
+            .envs(&vars)
+            .env("IMGSTREAM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn consumer")
+    };
+    let started = Instant::now();
+    let mut members = vec![spawn()];
+    let mut stored_at_steps = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(STEP).await;
+        members.push(spawn());
+        stored_at_steps.push(index.count().await.unwrap_or(0));
+    }
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(STEP).await;
+        let leaving = members.pop().unwrap();
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe { libc_kill(leaving.id() as i32, 15) };
+        let out = tokio::task::block_in_place(|| leaving.wait_with_output().unwrap());
+        summaries.push(serde_json::from_slice(&out.stdout).expect("consume --json"));
+        stored_at_steps.push(index.count().await.unwrap_or(0));
+    }
+    let last = members.pop().unwrap();
+    let out = tokio::task::block_in_place(|| last.wait_with_output().unwrap());
+    assert!(out.status.success(), "the last consumer failed");
+    summaries.push(serde_json::from_slice(&out.stdout).expect("consume --json"));
+    let rows = index.count().await.unwrap_or(0);
+    index.close().await;
+    cleanup(&settings).await;
+    let stored: u64 = summaries.iter().map(|s| s.stored).sum();
+    let replayed: u64 = summaries.iter().map(|s| s.replayed).sum();
+    let changed_mid_drain = stored_at_steps
+        .last()
+        .is_some_and(|&n| (n as usize) < records);
+    json!({ "records": records, "partitions": 8, "stored": stored, "rows": rows,
+            "processed_more_than_once": replayed,
+            "processed_more_than_once_share": replayed as f64 / records as f64,
+            "rows_at_each_step": stored_at_steps,
+            "group_changed_mid_drain": changed_mid_drain,
+            "elapsed_secs": started.elapsed().as_secs_f64() })
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
 /// Peak RSS of one consumer draining a 100,000-record backlog of 16 KiB images.
 async fn backlog_rss(base: &HashMap<String, String>, run: &str, records: usize) -> Value {
     eprintln!("[backlog] preloading {records} records");
@@ -589,6 +659,11 @@ async fn main() {
     } else {
         None
     };
+    let rebalance = if only.is_none() || only == Some("rebalance") {
+        Some(rebalance_redo(&base, &run, if quick { 10_000 } else { 30_000 }).await)
+    } else {
+        None
+    };
     let backlog = if only.is_none() && !quick {
         Some(backlog_rss(&base, &run, 100_000).await)
     } else {
@@ -603,6 +678,7 @@ async fn main() {
         "consumer_defaults": { "batch_size": 500, "uploads_in_flight": 32, "object_store_client": "object_store (reqwest)" },
         "cases": results,
         "scaling": scale,
+        "rebalance": rebalance,
         "backlog": backlog,
     });
     print_table(&report);
@@ -673,6 +749,17 @@ fn print_table(r: &Value) {
                 row["images_per_sec"].as_f64().unwrap()
             );
         }
+    }
+    if !r["rebalance"].is_null() {
+        println!(
+            "rebalance 1->4->1: {} of {} records processed more than once ({:.2}%)",
+            r["rebalance"]["processed_more_than_once"],
+            r["rebalance"]["records"],
+            r["rebalance"]["processed_more_than_once_share"]
+                .as_f64()
+                .unwrap()
+                * 100.0
+        );
     }
     if !r["backlog"].is_null() {
         println!(

@@ -1,0 +1,122 @@
+//! Network faults between the consumer and each service, injected by a real proxy (Toxiproxy):
+//! added latency with jitter, a bandwidth cap, connections reset mid-request, a black hole that
+//! swallows every byte for longer than the connect timeout, and a slow close. Records keep coming
+//! meanwhile. Each run ends with exact counts from the services, nothing dead-lettered because of
+//! the network, and the outage logged as an outage.
+
+mod common;
+
+use common::toxiproxy::{Proxy, Toxiproxy};
+use common::{TestEnv, read_topic, stdout};
+use serde_json::json;
+use std::time::Duration;
+
+async fn rows(env: &TestEnv) -> i64 {
+    let index = env.index().await;
+    let n = index.count().await.unwrap_or(-1);
+    index.close().await;
+    n
+}
+
+/// Every fault in turn, each held for a few seconds, with a pause to recover in between.
+async fn through_every_fault(proxy: &Proxy<'_>) {
+    let faults = [
+        ("latency", json!({"latency": 300, "jitter": 200}), 6),
+        // KB/s: a 100 KB image takes over a second.
+        ("bandwidth", json!({"rate": 64}), 6),
+        // Every connection reset 200 ms after it opens: requests cut off mid-way.
+        ("reset_peer", json!({"timeout": 200}), 4),
+        // A black hole: bytes are swallowed and nothing is closed, for longer than the 10 s
+        // connect timeout.
+        ("timeout", json!({"timeout": 0}), 15),
+        ("slow_close", json!({"delay": 3000}), 6),
+    ];
+    for (kind, attributes, secs) in faults {
+        eprintln!("{kind} for {secs}s");
+        proxy.add(kind, attributes).await;
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        proxy.remove(kind).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Produces for a while, consumes with `variable` pointed through the proxy, and runs the faults
+/// mid-run; then checks the services hold each record exactly once.
+async fn run_through_network_faults(label: &str, upstream: &str, variable: &str) {
+    let toxiproxy = Toxiproxy::start().await;
+    let proxy = toxiproxy.proxy(label, "127.0.0.1:0", upstream).await;
+    let env = TestEnv::new(label).await;
+    // The stack's defaults, unless the environment says otherwise.
+    let direct = env
+        .vars
+        .get(variable)
+        .cloned()
+        .unwrap_or_else(|| upstream.to_string());
+    assert!(
+        direct.contains(upstream),
+        "{variable}={direct} is not {upstream}"
+    );
+    let proxied = direct.replace(upstream, &proxy.listen);
+    let producer = env.spawn_apart(
+        &["produce", "--duration", "50s", "--rate", "20", "--json"],
+        "producer",
+        &[],
+    );
+    let mut consumer = env.spawn_apart(
+        &["consume", "--until-idle", "20", "--json"],
+        "consumer",
+        &[(variable, &proxied)],
+    );
+    let started =
+        common::eventually(Duration::from_secs(60), || async { rows(&env).await >= 40 }).await;
+    assert!(started, "nothing stored:\n{}", env.read_log("consumer"));
+
+    through_every_fault(&proxy).await;
+    assert!(
+        consumer.is_running(),
+        "the consumer exited during the faults:\n{}",
+        env.read_log("consumer")
+    );
+    let status = producer.wait_within(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}",
+        env.read_log("producer")
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(env.read_out("producer").trim()).expect("produce --json");
+    let delivered = summary["delivered"].as_u64().unwrap();
+    assert_eq!(summary["generated"], delivered, "{summary}");
+    let status = consumer.wait_within(Duration::from_secs(300));
+    let log = env.read_log("consumer");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "consumer {status:?}:\n{log}"
+    );
+
+    assert_eq!(env.counts().await, (delivered as usize, delivered as i64));
+    assert!(
+        read_topic(&env, &env.settings.kafka.dlq_topic).is_empty(),
+        "records were dead-lettered because of the network:\n{log}"
+    );
+    let verify = env.run(&["verify", "--full"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
+    assert_eq!(status["total_lag"], 0, "{status}");
+    assert!(
+        log.contains("outage started") && log.contains("outage ended"),
+        "the faults were not reported as an outage:\n{log}"
+    );
+    eprintln!("{delivered} records stored exactly once through the network faults");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_faults_between_the_consumer_and_minio_lose_and_double_nothing() {
+    run_through_network_faults("net-s3", "127.0.0.1:9000", "MINIO_CONNECTION_STRING").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_faults_between_the_consumer_and_postgresql_lose_and_double_nothing() {
+    run_through_network_faults("net-pg", "127.0.0.1:5432", "DATABASE_CONNECTION_STRING").await;
+}
