@@ -18,6 +18,10 @@ cargo test --locked --lib --bins --test protocol
 echo "== integration tests"
 cargo test --locked --test setup --test produce --test consume --test dlq --test serve --test browser --test least_privilege --test secured -- --test-threads=2
 echo "== fault tests"
-stop_replicated_cluster() { KAFKA_BROKERS=3 KAFKA_PORT_BASE=19090 scripts/stack/kafka.sh stop || true; }
-trap stop_replicated_cluster EXIT
-cargo test --locked --test faults --test network --test cluster -- --test-threads=1
+# The fault tests' own brokers: the three-node cluster and the broker behind Toxiproxy.
+stop_test_brokers() {
+  KAFKA_BROKERS=3 KAFKA_PORT_BASE=19090 scripts/stack/kafka.sh stop || true
+  KAFKA_PORT_BASE=29090 scripts/stack/kafka.sh stop || true
+}
+trap stop_test_brokers EXIT
+cargo test --locked --test faults --test storage --test network --test cluster -- --test-threads=1

@@ -100,7 +100,12 @@ impl IndexSink for ImageIndex {
         &'a self,
         entries: &'a [IndexEntry],
     ) -> BoxFuture<'a, Result<Vec<Indexed>, Failure>> {
-        Box::pin(async move { self.insert_batch(entries).await.map_err(Failure::from) })
+        Box::pin(async move {
+            match self.insert_batch(entries).await {
+                Ok(indexed) => Ok(indexed),
+                Err(e) => Err(Failure::from(self.explained(e).await)),
+            }
+        })
     }
 }
 
@@ -133,6 +138,32 @@ impl ImageIndex {
 
     fn err(&self, e: sqlx::Error) -> IndexError {
         classify(e, &self.addr, &self.database)
+    }
+
+    /// The pool says only that it timed out waiting for a connection; a connection of our own
+    /// learns why (e.g. PostgreSQL's "too many connections for role"), so that an outage is
+    /// logged with the server's own words.
+    async fn explained(&self, e: IndexError) -> IndexError {
+        let IndexError::Unavailable { detail, .. } = &e else {
+            return e;
+        };
+        if !detail.contains("pool timed out") {
+            return e;
+        }
+        let options = self.pool.connect_options();
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Err(why)) => self.err(why),
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                e
+            }
+            Err(_) => e,
+        }
     }
 
     /// Applies pending migrations; a no-op when up to date.

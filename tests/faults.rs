@@ -360,3 +360,51 @@ async fn readiness_follows_a_minio_outage() {
     wait_ok(consumer, &env, "consumer");
     assert_exactly_once(&env, 400).await;
 }
+
+/// PostgreSQL refusing the consumer's connections ("too many connections for role", SQLSTATE
+/// 53300, the way a full server refuses them) is an outage: logged with PostgreSQL's own message,
+/// retried, and the run completes once connections are allowed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_out_of_connections_is_an_outage_that_heals() {
+    use sqlx::Connection;
+    let app = common::identities::TestRole::create("conns").await;
+    let env = TestEnv::with("pgconns", &[("DATABASE_APP_ROLE", &app.name)]).await;
+    env.produce(600, &[]);
+    let consumer = env.spawn_with(
+        &CONSUME_SLOWLY,
+        "consumer",
+        &[("DATABASE_CONNECTION_STRING", &app.url(&env))],
+    );
+    wait_for_rows(&env, 50).await;
+    let admin_url = env.settings.database_url.with_database("postgres");
+    let mut admin = sqlx::PgConnection::connect(admin_url.expose())
+        .await
+        .unwrap();
+    let limit = |n: i32| format!("ALTER ROLE {} CONNECTION LIMIT {n}", app.name);
+    sqlx::query(&limit(0)).execute(&mut admin).await.unwrap();
+    // The pool's open connections go too, as a restarted server's would.
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&app.name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = rows(&env).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = rows(&env).await;
+    sqlx::query(&limit(-1)).execute(&mut admin).await.unwrap();
+    assert_eq!(
+        during, after,
+        "rows were written while no connection was allowed"
+    );
+    assert!(after < 600, "the outage came after the end of the run");
+
+    wait_ok(consumer, &env, "consumer");
+    assert_exactly_once(&env, 600).await;
+    let log = env.read_log("consumer");
+    assert!(
+        log.contains("outage started") && log.contains("too many connections for role"),
+        "the outage was not logged with PostgreSQL's message:\n{log}"
+    );
+    assert!(log.contains("outage ended"), "{log}");
+}

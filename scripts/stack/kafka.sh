@@ -11,6 +11,9 @@
 # KAFKA_PORT_BASE (default 9090) moves every port: with 19090, brokers :19092/:19094/:19096. A
 # cluster on another base runs beside the stack's own, with its own data; the replicated-cluster
 # tests use KAFKA_BROKERS=3 KAFKA_PORT_BASE=19090.
+# KAFKA_ADVERTISED_PORT_BASE (default: KAFKA_PORT_BASE) is where clients are told to connect on
+# the plaintext listener: the network-fault tests put a proxy there (that proxy must be up before
+# `start`, whose health check connects through it).
 # Every broker also has a SASL_SSL listener (SCRAM-SHA-256/512, certificate from the stack's CA)
 # at :9192 (:9194/:9196), where ACLs apply (StandardAuthorizer): the secured side of the stack.
 # The plaintext listener stays open to everyone on loopback (its principal, ANONYMOUS, is a super
@@ -42,6 +45,8 @@ cluster_dir() {
 broker_port() { echo $((PORT_BASE + 2 * $1)); }       # node 1 -> 9092, 2 -> 9094, 3 -> 9096
 controller_port() { echo $((PORT_BASE + 1 + 2 * $1)); } # node 1 -> 9093, 2 -> 9095, 3 -> 9097
 secure_port() { echo $((PORT_BASE + 100 + 2 * $1)); }   # node 1 -> 9192, 2 -> 9194, 3 -> 9196
+ADVERTISED_BASE="${KAFKA_ADVERTISED_PORT_BASE:-$PORT_BASE}"
+advertised_port() { echo $((ADVERTISED_BASE + 2 * $1)); }
 ADMIN_USER="admin"
 ADMIN_PASSWORD=admin-secret
 KEYSTORE_PASSWORD=imgstream-keystore
@@ -115,7 +120,7 @@ process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$(IFS=,; echo "${voters[*]}")
 listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i"),SASL_SSL://127.0.0.1:$(secure_port "$i")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(broker_port "$i"),SASL_SSL://127.0.0.1:$(secure_port "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(advertised_port "$i"),SASL_SSL://127.0.0.1:$(secure_port "$i")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL

@@ -20,6 +20,12 @@ pub struct GroupContext {
     pub ledger: Arc<OffsetLedger>,
     /// Per owned partition, the lag librdkafka last reported (end offset minus committed).
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Per partition, records at the broker not yet handed to this consumer (end offset minus
+    /// the application's position), and when the statistics said so.
+    pub unread: Mutex<(Instant, BTreeMap<(String, i32), i64>)>,
+    /// The broker that has left requests unanswered longest, if any: (name, requests waiting,
+    /// time since it last sent anything), as of the last statistics.
+    pub silent_broker: Mutex<Option<(String, i64, Duration)>>,
     pub membership: Mutex<Membership>,
 }
 
@@ -28,6 +34,8 @@ impl Default for GroupContext {
         GroupContext {
             ledger: Arc::default(),
             lag: Mutex::default(),
+            unread: Mutex::new((Instant::now(), BTreeMap::new())),
+            silent_broker: Mutex::default(),
             membership: Mutex::new(Membership::new(Instant::now())),
         }
     }
@@ -82,15 +90,41 @@ impl ClientContext for GroupContext {
             );
         }
         let mut lag = BTreeMap::new();
+        let mut unread = BTreeMap::new();
         for (name, topic) in &statistics.topics {
             for (id, p) in &topic.partitions {
                 // Partition -1 is librdkafka's internal one; a negative lag means "not known".
                 if *id >= 0 && p.consumer_lag >= 0 {
                     lag.insert((name.clone(), *id), p.consumer_lag);
                 }
+                if *id >= 0 && p.hi_offset >= 0 && p.app_offset >= 0 {
+                    unread.insert((name.clone(), *id), (p.hi_offset - p.app_offset).max(0));
+                }
             }
         }
+        // A broker that has sent nothing for a while though requests wait for it, or that has
+        // been trying to (re)connect for a while: a black-holed, stalled or refused connection,
+        // which librdkafka reports only when its request timeout passes.
+        let silent = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0)
+            .filter_map(|b| {
+                let waited = if b.state == "UP" {
+                    (b.waitresp_cnt > 0 && b.rxidle > 0).then_some(b.rxidle)
+                } else {
+                    (b.state != "INIT").then_some(b.stateage)
+                }?;
+                Some((
+                    format!("{} ({})", b.name, b.state),
+                    b.waitresp_cnt + b.outbuf_cnt,
+                    Duration::from_micros(waited.max(0) as u64),
+                ))
+            })
+            .max_by_key(|(_, _, idle)| *idle);
         *self.lag.lock().expect("lag lock") = lag;
+        *self.silent_broker.lock().expect("broker lock") = silent;
+        *self.unread.lock().expect("unread lock") = (Instant::now(), unread);
     }
 }
 

@@ -36,8 +36,11 @@ pub fn producer_config(
         )
         // Bounded memory: send() waits (QueueFull) rather than buffering more than this.
         .set("queue.buffering.max.kbytes", "262144")
-        // A record that cannot be delivered within this time is reported as failed, not retried forever.
-        .set("message.timeout.ms", "30000");
+        // A record that cannot be delivered within this time is reported as failed, not retried
+        // forever. Two minutes: at 30 s, records sent while the network to the broker was capped
+        // and then black-holed for 15 s timed out (tests/network.rs); librdkafka retries within
+        // this bound, idempotently.
+        .set("message.timeout.ms", "120000");
     config
 }
 

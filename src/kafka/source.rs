@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// How long an offset query may take before the answer counts as "not known".
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +43,19 @@ pub struct KafkaSource {
     fetch_requests: mpsc::Sender<FetchRequest>,
     /// When the brokers were last asked whether they answer, while out of the group.
     membership_checked: std::sync::Mutex<Option<std::time::Instant>>,
+    stall: std::sync::Mutex<Stall>,
 }
+
+/// When a record last arrived, and since when a stall was reported (if one is).
+struct Stall {
+    last_record: std::time::Instant,
+    reported: Option<std::time::Instant>,
+}
+
+/// How long records may stop arriving, while some wait in the owned partitions, before the
+/// consumer says so. librdkafka itself is silent until its request timeouts pass (a black-holed
+/// connection: 60 s), and a lost session shows only later.
+const STALL_AFTER: Duration = Duration::from_secs(5);
 
 type FetchRequest = (BatchLimits, oneshot::Sender<Result<Vec<Polled>, Failure>>);
 
@@ -76,6 +88,10 @@ impl KafkaSource {
             probe,
             fetch_requests,
             membership_checked: std::sync::Mutex::new(None),
+            stall: std::sync::Mutex::new(Stall {
+                last_record: std::time::Instant::now(),
+                reported: None,
+            }),
         })
     }
 
@@ -159,7 +175,71 @@ impl KafkaSource {
             .send((limits, reply))
             .await
             .map_err(|_| stopped())?;
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        let batch = answer.await.unwrap_or_else(|_| Err(stopped()))?;
+        self.watch_for_stall(batch.is_empty());
+        Ok(batch)
+    }
+
+    /// Records stop coming while the owned partitions have some waiting at the broker (as
+    /// statistics taken since the last record say): the brokers are slow or unreachable. Said once per stall, and again when records
+    /// flow.
+    fn watch_for_stall(&self, empty: bool) {
+        let mut stall = self.stall.lock().expect("stall lock");
+        let now = std::time::Instant::now();
+        if !empty {
+            if stall.reported.take().is_some() {
+                info!(
+                    stalled_secs = now.duration_since(stall.last_record).as_secs(),
+                    "records from kafka are flowing again"
+                );
+            }
+            stall.last_record = now;
+            return;
+        }
+        let quiet = now.duration_since(stall.last_record);
+        if stall.reported.is_some() || quiet < STALL_AFTER {
+            return;
+        }
+        // Only statistics taken after the last record say whether more wait.
+        let context = self.consumer.context();
+        let (taken, unread) = context.unread.lock().expect("unread lock").clone();
+        if taken <= stall.last_record {
+            return;
+        }
+        let owned = self.assignment();
+        let waiting: i64 = unread
+            .iter()
+            .filter(|(tp, _)| owned.contains(*tp))
+            .map(|(_, n)| n)
+            .sum();
+        tracing::debug!(
+            quiet_secs = quiet.as_secs(),
+            waiting,
+            silent = ?context.silent_broker.lock().expect("broker lock"),
+            "quiet: checking for a stall"
+        );
+        let silent = context
+            .silent_broker
+            .lock()
+            .expect("broker lock")
+            .clone()
+            .filter(|(_, _, idle)| *idle >= STALL_AFTER);
+        if let Some((broker, requests, idle)) = silent {
+            warn!(
+                broker = %broker,
+                requests,
+                silent_secs = idle.as_secs(),
+                "no records from kafka: a broker has not answered for a while; the network or the broker is slow or down; waiting for it"
+            );
+            stall.reported = Some(now);
+        } else if waiting > 0 {
+            warn!(
+                quiet_secs = quiet.as_secs(),
+                waiting,
+                "no records from kafka while records wait in this consumer's partitions: the brokers are slow or unreachable; waiting for them"
+            );
+            stall.reported = Some(now);
+        }
     }
 
     /// The group's committed offsets of every partition of the subscribed topic against their

@@ -83,16 +83,7 @@ pub struct Mc {
 
 impl Mc {
     pub fn new(env: &TestEnv) -> Mc {
-        let cache = std::env::var("IMGSTREAM_CACHE_DIR").map_or_else(
-            |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgstream"),
-            PathBuf::from,
-        );
-        let binary = cache.join("bin/mc");
-        assert!(
-            binary.exists(),
-            "{} is missing; run scripts/test-deps.sh",
-            binary.display()
-        );
+        let binary = super::cached_binary("mc");
         let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("mc-{}", env.name));
         let mc = Mc { binary, config };
         let store = &env.settings.store;

@@ -523,6 +523,21 @@ pub fn signal(child: &Child, sig: i32) {
 }
 
 /// A free local port for a server the test starts.
+/// A tool the stack or `scripts/test-deps.sh` built into the cache (`mc`, `minio`, `toxiproxy`).
+pub fn cached_binary(name: &str) -> PathBuf {
+    let cache = std::env::var("IMGSTREAM_CACHE_DIR").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgstream"),
+        PathBuf::from,
+    );
+    let binary = cache.join("bin").join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing; run scripts/test-deps.sh and make stack-up (make test does both)",
+        binary.display()
+    );
+    binary
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

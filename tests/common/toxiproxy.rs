@@ -3,7 +3,6 @@
 
 use super::Spawned;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,22 +13,9 @@ pub struct Toxiproxy {
     _server: Spawned,
 }
 
-fn binary() -> PathBuf {
-    let cache = std::env::var("IMGSTREAM_CACHE_DIR").map_or_else(
-        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/imgstream"),
-        PathBuf::from,
-    );
-    cache.join("bin/toxiproxy")
-}
-
 impl Toxiproxy {
     pub async fn start() -> Toxiproxy {
-        let bin = binary();
-        assert!(
-            bin.exists(),
-            "{} is missing; run scripts/test-deps.sh (make test does)",
-            bin.display()
-        );
+        let bin = super::cached_binary("toxiproxy");
         let port = super::free_port();
         let server = Command::new(&bin)
             .args(["-host", "127.0.0.1", "-port", &port.to_string()])
