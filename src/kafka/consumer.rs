@@ -22,12 +22,18 @@ pub struct GroupContext {
     pub lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Per partition, records at the broker not yet handed to this consumer (end offset minus
     /// the application's position), and when the statistics said so.
-    pub unread: Mutex<(Instant, BTreeMap<(String, i32), i64>)>,
+    pub unread: Mutex<(Instant, PartitionCounts)>,
     /// The broker that has left requests unanswered longest, if any: (name, requests waiting,
     /// time since it last sent anything), as of the last statistics.
-    pub silent_broker: Mutex<Option<(String, i64, Duration)>>,
+    pub silent_broker: Mutex<Option<SilentBroker>>,
     pub membership: Mutex<Membership>,
 }
+
+/// A number per partition.
+pub type PartitionCounts = BTreeMap<(String, i32), i64>;
+
+/// (broker name and state, requests waiting, how long it has been silent).
+pub type SilentBroker = (String, i64, Duration);
 
 impl Default for GroupContext {
     fn default() -> Self {
