@@ -4,7 +4,7 @@ STACK := scripts/stack/stack.sh
 DEMO_COUNT ?= 1000
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo demo-build test stack-up stack-up-secured stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
+.PHONY: soak demo demo-build test stack-up stack-up-secured stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
 
 # The stack first, then the build: on 2 cores, starting the stack (a Go build of MinIO) while
 # imgstream builds made a cold demo slower (713 s against 569 s), as both are CPU-bound.
@@ -56,6 +56,14 @@ unit: deps
 bench: stack-up deps
 	cargo build --release --locked --bins
 	scripts/bench.sh
+
+# Thirty minutes at half the PUT ceiling with consumers killed, joining and leaving, and a MinIO
+# and a PostgreSQL outage; exact counts and the steady consumer's RSS over time (not in `make test`).
+# SOAK_MINUTES=5 for a shorter run.
+SOAK_MINUTES ?= 30
+soak: stack-up deps
+	cargo build --release --locked --bins
+	scripts/bench.sh --soak --minutes $(SOAK_MINUTES)
 
 # `imgstream serve` on an index of 1,000,000 rows: API and gallery p50/p99, cold thumbnails.
 bench-browse: stack-up deps

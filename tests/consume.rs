@@ -578,3 +578,65 @@ async fn members_joining_and_leaving_mid_run_redo_no_record() {
         serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
     assert_eq!(status["total_lag"], 0, "{status}");
 }
+
+/// The partitions a member's log says it was last given.
+fn last_assignment(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned") && !l.contains("partitions=none"))
+        .and_then(|l| l.split("partitions=").nth(1))
+        .map(|p| p.trim().to_string())
+}
+
+/// With static membership (`KAFKA_GROUP_INSTANCE_ID`), a member killed and restarted within the
+/// session timeout takes its partitions back without a rebalance: the other member keeps its own
+/// and sees no revocation or new assignment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_member_restarted_quickly_gets_its_partitions_back_without_a_rebalance() {
+    let env = TestEnv::new("static").await;
+    env.produce(30, &[]);
+    let member = |name: &str| {
+        env.spawn_apart(
+            &["consume", "--until-idle", "60"],
+            name,
+            &[("KAFKA_GROUP_INSTANCE_ID", name)],
+        )
+    };
+    let first = member("first");
+    let second = member("second");
+    let both_assigned = common::eventually(std::time::Duration::from_secs(60), || async {
+        last_assignment(&env.read_log("first")).is_some()
+            && last_assignment(&env.read_log("second")).is_some()
+    })
+    .await;
+    assert!(both_assigned, "{}", env.read_log("second"));
+    let before = last_assignment(&env.read_log("first")).unwrap();
+    let second_log_before = env.read_log("second");
+    common::signal(first.child(), common::SIGKILL);
+    drop(first);
+    // Back well within the 10 s session timeout, under the same instance id.
+    let restarted = env.spawn_apart(
+        &["consume", "--until-idle", "60"],
+        "first-again",
+        &[("KAFKA_GROUP_INSTANCE_ID", "first")],
+    );
+    let back = common::eventually(std::time::Duration::from_secs(30), || async {
+        last_assignment(&env.read_log("first-again")).is_some()
+    })
+    .await;
+    assert!(back, "{}", env.read_log("first-again"));
+    assert_eq!(
+        last_assignment(&env.read_log("first-again")).unwrap(),
+        before
+    );
+    // Past the session timeout: a rebalance would have happened by now if there were one.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let second_log = env.read_log("second");
+    let since = &second_log[second_log_before.len()..];
+    assert!(
+        !since.contains("partitions revoked") && !since.contains("partitions assigned"),
+        "the other member saw a rebalance:\n{since}"
+    );
+    assert_eq!(env.counts().await, (30, 30));
+    drop((restarted, second));
+}

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{SIGCONT, SIGKILL, SIGSTOP, TestEnv, read_topic, signal, stdout};
+use common::runs::{assert_exactly_once, rows, wait_for_rows};
+use common::{SIGCONT, SIGKILL, SIGSTOP, TestEnv, signal, stdout};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -29,26 +30,6 @@ impl Drop for Restart {
     }
 }
 
-async fn rows(env: &TestEnv) -> i64 {
-    match imgstream::index::ImageIndex::connect(&env.settings.database_url, Duration::from_secs(2))
-        .await
-    {
-        Ok(index) => {
-            let n = index.count().await.unwrap_or(-1);
-            index.close().await;
-            n
-        }
-        Err(_) => -1,
-    }
-}
-
-/// Waits until at least `n` rows are indexed: proof that a run is under way before the fault.
-async fn wait_for_rows(env: &TestEnv, n: i64) {
-    let reached =
-        common::eventually(Duration::from_secs(90), || async { rows(env).await >= n }).await;
-    assert!(reached, "never reached {n} rows");
-}
-
 /// Every consumer in these tests ends well within this; one that does not is a hang.
 const EXIT_WITHIN: Duration = Duration::from_secs(300);
 
@@ -60,20 +41,6 @@ fn wait_ok(process: common::Spawned, env: &TestEnv, log: &str) {
         EXIT_WITHIN.as_secs(),
         env.read_log(log)
     );
-}
-
-/// Exactly `n` objects and `n` rows, every checksum right, nothing dead-lettered, nothing left.
-async fn assert_exactly_once(env: &TestEnv, n: usize) {
-    assert_eq!(env.counts().await, (n, n as i64));
-    let verify = env.run(&["verify", "--full"]);
-    assert!(verify.status.success(), "{}", stdout(&verify));
-    assert!(
-        read_topic(env, &format!("{}.dlq", env.name)).is_empty(),
-        "records were dead-lettered"
-    );
-    let status: serde_json::Value =
-        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
-    assert_eq!(status["total_lag"], 0, "{status}");
 }
 
 const CONSUME: [&str; 5] = ["consume", "--batch-size", "20", "--until-idle", "25"];

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{Spawned, TestEnv, read_topic, stdout};
+use common::runs::{assert_exactly_once, rows, wait_for_rows};
+use common::{Spawned, TestEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -97,33 +98,6 @@ impl OwnMinio {
         );
         minio
     }
-}
-
-async fn rows(env: &TestEnv) -> i64 {
-    let index = env.index().await;
-    let n = index.count().await.unwrap_or(-1);
-    index.close().await;
-    n
-}
-
-async fn wait_for_rows(env: &TestEnv, n: i64) {
-    let reached =
-        common::eventually(Duration::from_secs(90), || async { rows(env).await >= n }).await;
-    assert!(reached, "never reached {n} rows");
-}
-
-/// Exactly `n` objects and rows, every checksum right, nothing dead-lettered, nothing left.
-async fn assert_exactly_once(env: &TestEnv, n: usize) {
-    assert_eq!(env.counts().await, (n, n as i64));
-    let verify = env.run(&["verify", "--full"]);
-    assert!(verify.status.success(), "{}", stdout(&verify));
-    assert!(
-        read_topic(env, &env.settings.kafka.dlq_topic).is_empty(),
-        "records were dead-lettered"
-    );
-    let status: serde_json::Value =
-        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
-    assert_eq!(status["total_lag"], 0, "{status}");
 }
 
 const CONSUME_SLOWLY: [&str; 7] = [

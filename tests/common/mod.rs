@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod identities;
+pub mod runs;
 pub mod toxiproxy;
 
 use imgstream::config::Settings;

@@ -9,6 +9,7 @@
 mod browse;
 mod naive;
 mod services;
+mod soak;
 
 use imgstream::config::Settings;
 use imgstream::domain::{ImageFormat, ImageRecord, object_key, sha256_hex};
@@ -627,6 +628,23 @@ async fn main() {
     });
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let started = Instant::now();
+    if args.iter().any(|a| a == "--soak") {
+        let minutes = args
+            .iter()
+            .position(|a| a == "--minutes")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(30);
+        let report = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "machine": services::machine(),
+            "versions": services::versions(),
+            "soak": soak::soak(&base, &run, minutes).await,
+        });
+        println!("{}", serde_json::to_string_pretty(&report["soak"]).unwrap());
+        write_report("soak", &report);
+        return;
+    }
     if args.iter().any(|a| a == "--browse") {
         let rows = args
             .iter()
