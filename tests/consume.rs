@@ -579,13 +579,28 @@ async fn members_joining_and_leaving_mid_run_redo_no_record() {
     assert_eq!(status["total_lag"], 0, "{status}");
 }
 
-/// The partitions a member's log says it was last given.
-fn last_assignment(log: &str) -> Option<String> {
-    log.lines()
-        .rev()
-        .find(|l| l.contains("partitions assigned") && !l.contains("partitions=none"))
-        .and_then(|l| l.split("partitions=").nth(1))
-        .map(|p| p.trim().to_string())
+/// The partitions a member owns as its log tells it: incremental assignments add, revocations
+/// and losses take away.
+fn owned_partitions(log: &str) -> std::collections::BTreeSet<String> {
+    let mut owned = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let Some(list) = line
+            .split("partitions=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            continue;
+        };
+        let partitions = list.split(',').filter(|p| *p != "none").map(String::from);
+        if line.contains("partitions assigned") {
+            owned.extend(partitions);
+        } else if line.contains("partitions revoked") || line.contains("partitions lost") {
+            for p in partitions {
+                owned.remove(&p);
+            }
+        }
+    }
+    owned
 }
 
 /// With static membership (`KAFKA_GROUP_INSTANCE_ID`), a member killed and restarted within the
@@ -604,13 +619,17 @@ async fn a_static_member_restarted_quickly_gets_its_partitions_back_without_a_re
     };
     let first = member("first");
     let second = member("second");
-    let both_assigned = common::eventually(std::time::Duration::from_secs(60), || async {
-        last_assignment(&env.read_log("first")).is_some()
-            && last_assignment(&env.read_log("second")).is_some()
+    // Settled: each owns some of the three partitions, together all of them.
+    let settled = common::eventually(std::time::Duration::from_secs(60), || async {
+        let (a, b) = (
+            owned_partitions(&env.read_log("first")),
+            owned_partitions(&env.read_log("second")),
+        );
+        !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3 && a.is_disjoint(&b)
     })
     .await;
-    assert!(both_assigned, "{}", env.read_log("second"));
-    let before = last_assignment(&env.read_log("first")).unwrap();
+    assert!(settled, "{}", env.read_log("second"));
+    let before = owned_partitions(&env.read_log("first"));
     let second_log_before = env.read_log("second");
     common::signal(first.child(), common::SIGKILL);
     drop(first);
@@ -621,14 +640,11 @@ async fn a_static_member_restarted_quickly_gets_its_partitions_back_without_a_re
         &[("KAFKA_GROUP_INSTANCE_ID", "first")],
     );
     let back = common::eventually(std::time::Duration::from_secs(30), || async {
-        last_assignment(&env.read_log("first-again")).is_some()
+        !owned_partitions(&env.read_log("first-again")).is_empty()
     })
     .await;
     assert!(back, "{}", env.read_log("first-again"));
-    assert_eq!(
-        last_assignment(&env.read_log("first-again")).unwrap(),
-        before
-    );
+    assert_eq!(owned_partitions(&env.read_log("first-again")), before);
     // Past the session timeout: a rebalance would have happened by now if there were one.
     std::thread::sleep(std::time::Duration::from_secs(12));
     let second_log = env.read_log("second");
