@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::runs::{assert_exactly_once, rows, wait_for_rows};
+use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, wait_for_rows};
 use common::{SIGCONT, SIGKILL, SIGSTOP, TestEnv, signal, stdout};
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,18 +44,6 @@ fn wait_ok(process: common::Spawned, env: &TestEnv, log: &str) {
 }
 
 const CONSUME: [&str; 5] = ["consume", "--batch-size", "20", "--until-idle", "25"];
-
-/// A deliberately slow consumer (small batches, two uploads at a time), so that a fault injected
-/// after the first rows lands in the middle of the run and not after its end.
-const CONSUME_SLOWLY: [&str; 7] = [
-    "consume",
-    "--batch-size",
-    "10",
-    "--uploads",
-    "2",
-    "--until-idle",
-    "25",
-];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_once() {

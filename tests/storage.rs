@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::runs::{assert_exactly_once, rows, wait_for_rows};
+use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, wait_for_rows};
 use common::{Spawned, TestEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -99,16 +99,6 @@ impl OwnMinio {
         minio
     }
 }
-
-const CONSUME_SLOWLY: [&str; 7] = [
-    "consume",
-    "--batch-size",
-    "10",
-    "--uploads",
-    "2",
-    "--until-idle",
-    "20",
-];
 
 fn scratch(label: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(

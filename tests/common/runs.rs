@@ -4,6 +4,18 @@
 use super::{TestEnv, read_topic, stdout};
 use std::time::Duration;
 
+/// A deliberately slow consumer (small batches, two uploads at a time), so that a fault injected
+/// after the first rows lands in the middle of the run and not after its end.
+pub const CONSUME_SLOWLY: [&str; 7] = [
+    "consume",
+    "--batch-size",
+    "10",
+    "--uploads",
+    "2",
+    "--until-idle",
+    "25",
+];
+
 /// Rows in the test's index; -1 while PostgreSQL cannot be reached (a fault may be under way).
 pub async fn rows(env: &TestEnv) -> i64 {
     match imgstream::index::ImageIndex::connect(&env.settings.database_url, Duration::from_secs(2))
