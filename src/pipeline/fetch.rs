@@ -1,9 +1,7 @@
 //! Stage 1, fetch: poll batches from the source until idle, the record limit, or shutdown.
 
 use super::ports::next_positions;
-use super::{
-    BatchError, BatchLimits, Failure, Pipeline, Polled, PolledBatch, Positions, StopReason,
-};
+use super::{BatchError, BatchLimits, Failure, Pipeline, PolledBatch, Positions, StopReason};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -45,7 +43,7 @@ impl Pipeline {
                 _ = tx.closed() => return Ok(StopReason::Shutdown),
             };
             let batch = match polled {
-                Ok(batch) => self.without_revoked(batch),
+                Ok(batch) => batch,
                 // The source reconnects by itself; an outage is not idleness.
                 Err(Failure::Transient(e)) => {
                     debug!(error = %e, "poll failed; the source is reconnecting");
@@ -111,23 +109,5 @@ impl Pipeline {
                 false
             }
         }
-    }
-
-    /// A revocation while the batch filled moves those partitions to another member: leave their
-    /// records to it rather than process (and commit) what we no longer own.
-    fn without_revoked(&self, mut batch: Vec<Polled>) -> Vec<Polled> {
-        if batch.is_empty() {
-            return batch;
-        }
-        let owned = self.ports.source.assignment();
-        let before = batch.len();
-        batch.retain(|p| owned.contains(&p.partition()));
-        if batch.len() < before {
-            debug!(
-                dropped = before - batch.len(),
-                "records of revoked partitions left to their new owner"
-            );
-        }
-        batch
     }
 }

@@ -29,7 +29,8 @@
 //! own row. A *zombie* (a consumer that stalled past its session, lost its partitions and woke up)
 //! can only repeat the same idempotent writes; its commit carries a stale generation and is
 //! refused by the group coordinator, so it cannot move the new owner's offsets. Records of a
-//! partition revoked while they were being fetched are left to the new owner ([`fetch`]). Batches
+//! partition revoked while they were being fetched are left to the new owner (the source returns
+//! only owned partitions' records, [`ports::RecordSource::poll`]). Batches
 //! already in flight for a revoked partition are finished, and the source holds the hand-over
 //! until they are ([`ledger::OffsetLedger::drain`], bounded by a deadline): their positions are
 //! committed before the new owner starts, so it redoes nothing. Past the deadline the partition

@@ -107,7 +107,9 @@ pub enum Committed {
 
 /// Where records come from: a consumer group member.
 pub trait RecordSource: Send + Sync {
-    /// A batch of records, possibly empty after `limits.wait`.
+    /// A batch of records, possibly empty after `limits.wait`, only of partitions this member
+    /// owns: records of a partition revoked while the batch filled are left to the new owner,
+    /// and what is returned counts as handed to the pipeline (a revocation waits for it).
     fn poll(&self, limits: BatchLimits) -> BoxFuture<'_, Result<Vec<Polled>, Failure>>;
 
     /// The partitions this member owns right now.

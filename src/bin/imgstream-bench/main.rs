@@ -564,8 +564,7 @@ async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: usiz
     for _ in 0..3 {
         tokio::time::sleep(STEP).await;
         let leaving = members.pop().unwrap();
-        // SAFETY: kill(2) on a child we spawned.
-        unsafe { libc_kill(leaving.id() as i32, 15) };
+        soak::signal(&leaving, 15);
         let out = tokio::task::block_in_place(|| leaving.wait_with_output().unwrap());
         summaries.push(serde_json::from_slice(&out.stdout).expect("consume --json"));
         stored_at_steps.push(index.count().await.unwrap_or(0));
@@ -588,11 +587,6 @@ async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: usiz
             "rows_at_each_step": stored_at_steps,
             "group_changed_mid_drain": changed_mid_drain,
             "elapsed_secs": started.elapsed().as_secs_f64() })
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 /// Peak RSS of one consumer draining a 100,000-record backlog of 16 KiB images.

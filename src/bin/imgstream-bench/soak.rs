@@ -24,7 +24,8 @@ unsafe extern "C" {
     fn kill(pid: i32, signal: i32) -> i32;
 }
 
-fn signal(child: &Child, sig: i32) {
+/// Sends `sig` to a consumer the bench spawned.
+pub fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on a child we spawned.
     unsafe { kill(child.id() as i32, sig) };
 }
