@@ -32,10 +32,15 @@ impl Tmpfs {
         Tmpfs(path.to_path_buf())
     }
 
-    /// The drive disappears: unmounted and its mount point removed.
+    /// The drive disappears: unmounted, and a plain file left where its mount point was. MinIO
+    /// recreates a missing drive directory; on the root filesystem it refuses it ("root-mount"),
+    /// but elsewhere (CI's work directory is another filesystem) it formats and heals it as a
+    /// replacement drive, and the run would never have gone on from three drives. A file cannot
+    /// become a drive, wherever it lies.
     fn pull(&self) {
         unmount(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
+        std::fs::write(&self.0, b"pulled").expect("a file where the pulled drive was");
     }
 }
 
@@ -134,8 +139,7 @@ async fn a_drive_pulled_from_a_four_drive_erasure_set_mid_run_loses_and_doubles_
     // Every object written before and after the loss reads back with its checksum (`verify
     // --full`), from three drives of four.
     assert_exactly_once(&env, 800).await;
-    // The pulled drive is out of the set: "offline", or "root-mount" when MinIO recreated its
-    // directory on the root filesystem and refuses to write there.
+    // The pulled drive is out of the set (MinIO says "offline"); the other three carried the run.
     let states = drive_states(&minio, &dir);
     assert_eq!(
         states.iter().filter(|s| *s == "ok").count(),
