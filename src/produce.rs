@@ -145,6 +145,10 @@ pub async fn produce(
         .register(&value_subject(&settings.kafka.data_topic), &opts.schema)
         .await?;
     let producer = Arc::new(crate::wiring::producer(settings)?);
+    // Best effort: an unreachable broker is reported by the deliveries, as before.
+    if let Err(e) = producer.warm_up(settings.connect_timeout).await {
+        tracing::debug!(error = %e, "producer warm-up failed");
+    }
     let max_image_bytes = settings.limits.max_image_bytes;
     let max_payload = settings.limits.max_message_bytes();
 

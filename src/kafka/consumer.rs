@@ -266,6 +266,7 @@ pub struct FetchSettings {
     pub queued_max_kbytes: u32,
     pub fetch_max_bytes: u32,
     pub max_partition_fetch_bytes: u32,
+    pub fetch_queue_backoff_ms: u32,
 }
 
 impl Default for FetchSettings {
@@ -278,6 +279,11 @@ impl Default for FetchSettings {
             queued_max_kbytes: 64 * 1024,
             fetch_max_bytes: 16 << 20,
             max_partition_fetch_bytes: 4 << 20,
+            // When the queue above is full, librdkafka waits this long before it fetches for a
+            // partition again (default 1000 ms). Large images drain a full queue in well under a
+            // second, and the pipeline then sat with nothing to upload: 2 MiB polls waited 500-800
+            // ms with no upload running. At 10 ms: 102-125 images/s against 75-81 (three runs each).
+            fetch_queue_backoff_ms: 10,
         }
     }
 }
@@ -314,6 +320,10 @@ pub fn group_consumer(
         .set(
             "max.partition.fetch.bytes",
             fetch.max_partition_fetch_bytes.to_string(),
+        )
+        .set(
+            "fetch.queue.backoff.ms",
+            fetch.fetch_queue_backoff_ms.to_string(),
         )
         .set("fetch.wait.max.ms", "100")
         // Per-partition lag for the metrics, every 5 s.

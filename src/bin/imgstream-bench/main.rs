@@ -155,6 +155,8 @@ async fn preload(
         .unwrap();
     let schema = apache_avro::Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
     let producer = wiring::producer(settings).unwrap();
+    // Records are timestamped from here on: the client's start-up is not the pipeline's latency.
+    producer.warm_up(TIMEOUT).await.unwrap();
     let shas: Vec<String> = pool.iter().map(|(_, d)| sha256_hex(d)).collect();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
@@ -419,6 +421,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
     let max = paced_count.to_string();
     let consumer = Command::new(binary())
         .args(["consume", "--max", &max, "--json"])
+        .args(&extra)
         .env_clear()
         .envs(&lat_vars)
         .env("IMGSTREAM_LOG", "warn")
