@@ -190,7 +190,8 @@ struct ConsumeArgs {
     /// Largest batch in MiB of payload (large images fill a batch before --batch-size does)
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     batch_mib: usize,
-    /// Batches uploading at once; with --batch-mib this bounds the image bytes held in memory
+    /// Batches uploading at once, at least (up to twice as many while upload slots are idle);
+    /// with --batch-mib this bounds the image bytes held in memory
     #[arg(long, default_value_t = 3)]
     batches_in_flight: usize,
     /// Serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464

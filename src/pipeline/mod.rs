@@ -85,8 +85,9 @@ pub struct PipelineOptions {
     pub batch_linger: Duration,
     /// Concurrent object uploads.
     pub uploads_in_flight: usize,
-    /// Batches uploading at once in the upload stage; with `batch_max_bytes` this bounds the
-    /// image bytes held in memory.
+    /// Batches uploading at once in the upload stage, at least; up to twice as many while
+    /// upload slots would otherwise sit idle (large images). With `batch_max_bytes` this bounds
+    /// the image bytes held in memory.
     pub batches_in_flight: usize,
     /// Exit after this long without a new record.
     pub until_idle: Option<Duration>,
@@ -115,9 +116,10 @@ impl PipelineOptions {
     /// The most records the pipeline holds at once, polled but not committed: one batch in each
     /// channel and stage, plus the finished batches waiting in order for the commit stage.
     pub fn records_in_flight_bound(&self) -> usize {
-        // fetch (1) + polled channel (1) + check (1) + checked channel (1) + uploading and
-        // waiting (2 × batches_in_flight) + stored channel (1) + commit (1)
-        self.batch_max_records * (6 + 2 * self.batches_in_flight.max(1))
+        // fetch (1) + polled channel (1) + check (1) + checked channel (1) + uploading
+        // (2 × batches_in_flight) + waiting in order (batches_in_flight) + stored channel (1) +
+        // commit (1)
+        self.batch_max_records * (6 + 3 * self.batches_in_flight.max(1))
     }
 }
 

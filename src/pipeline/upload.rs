@@ -1,6 +1,7 @@
-//! Stage 3, upload: each valid image becomes one object, many in flight. Up to
-//! `batches_in_flight` batches upload at once (a semaphore caps uploads overall); finished batches
-//! wait in fetch order for the commit stage, and uploads keep going while they wait.
+//! Stage 3, upload: each valid image becomes one object, many in flight. At least
+//! `batches_in_flight` batches upload at once (a semaphore caps uploads overall), and more join
+//! while upload slots would otherwise sit idle; finished batches wait in fetch order for the
+//! commit stage, and uploads keep going while they wait.
 
 use super::key_order::{KeyOrder, Turn};
 use super::refusal::DeadLetter;
@@ -8,45 +9,71 @@ use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, StoredBatch};
 use crate::domain::{ImageRecord, IndexEntry};
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::debug;
+
+/// Records admitted to the upload stage whose upload has not finished yet; each one that
+/// finishes wakes the stage, which may then admit another batch.
+#[derive(Default)]
+struct Unfinished {
+    records: AtomicUsize,
+    one_finished: Notify,
+}
+
+impl Unfinished {
+    fn finished(&self) {
+        self.records.fetch_sub(1, Ordering::Relaxed);
+        self.one_finished.notify_one();
+    }
+}
 
 impl Pipeline {
     pub(super) async fn upload_stage(
         &self,
-        rx: mpsc::Receiver<CheckedBatch>,
+        mut rx: mpsc::Receiver<CheckedBatch>,
         tx: mpsc::Sender<StoredBatch>,
         uploads: &Semaphore,
     ) -> Result<(), BatchError> {
-        let in_flight = self.opts.batches_in_flight.max(1);
-        let incoming =
-            futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) });
+        let floor = self.opts.batches_in_flight.max(1);
+        let slots = self.opts.uploads_in_flight.max(1);
+        // A batch of large images holds few records (16 MiB makes eight 2 MiB images), and a
+        // batch leaves only when its slowest upload is done: three such batches kept 14-26 of
+        // 32 slots busy. So further batches join while fewer records wait than there are slots,
+        // up to twice the floor (each batch within `batch_max_bytes`: the memory bound).
+        let most_batches = 2 * floor;
         let key_order = KeyOrder::default();
-        let key_order = &key_order;
-        let mut uploading = std::pin::pin!(
-            incoming
-                // Places in line are taken here, as batches arrive in offset order and before any
-                // of their uploads start.
-                .map(|batch| {
-                    let turns = key_order.register(&batch.valid);
-                    self.upload_batch(batch, turns, uploads)
-                })
-                .buffered(in_flight)
-        );
+        let unfinished = Unfinished::default();
+        let mut uploading = FuturesOrdered::new();
         let mut done: VecDeque<StoredBatch> = VecDeque::new();
         let mut input_open = true;
         loop {
-            if !input_open && done.is_empty() {
+            if !input_open && uploading.is_empty() && done.is_empty() {
                 return Ok(());
             }
+            let admit = input_open
+                && (uploading.len() < floor
+                    || (uploading.len() < most_batches
+                        && unfinished.records.load(Ordering::Relaxed) < slots));
             tokio::select! {
-                next = uploading.next(), if input_open && done.len() < in_flight => match next {
-                    Some(batch) => done.push_back(batch?),
+                batch = rx.recv(), if admit => match batch {
+                    Some(batch) => {
+                        // Places in line are taken here, as batches arrive in offset order and
+                        // before any of their uploads start.
+                        let turns = key_order.register(&batch.valid);
+                        unfinished.records.fetch_add(batch.valid.len(), Ordering::Relaxed);
+                        uploading.push_back(self.upload_batch(batch, turns, uploads, &unfinished));
+                    }
                     None => input_open = false,
                 },
+                Some(batch) = uploading.next(), if done.len() < floor => {
+                    done.push_back(batch?);
+                }
+                // An upload finished: there may be room for another batch now.
+                _ = unfinished.one_finished.notified(), if input_open && !admit => {}
                 permit = tx.reserve(), if !done.is_empty() => match permit {
                     Ok(permit) => permit.send(done.pop_front().expect("non-empty")),
                     Err(_) => return Ok(()),
@@ -62,11 +89,12 @@ impl Pipeline {
         batch: CheckedBatch,
         turns: Vec<Turn<'_>>,
         uploads: &Semaphore,
+        unfinished: &Unfinished,
     ) -> Result<StoredBatch, BatchError> {
         let mut letters = batch.letters;
         let (records, started) = (batch.valid.len(), Instant::now());
         let stored = self
-            .put_objects(batch.valid, turns, &mut letters, uploads)
+            .put_objects(batch.valid, turns, &mut letters, uploads, unfinished)
             .await?;
         debug!(records, took = ?started.elapsed(), "batch uploaded");
         Ok(StoredBatch {
@@ -83,6 +111,7 @@ impl Pipeline {
         turns: Vec<Turn<'_>>,
         letters: &mut Vec<DeadLetter>,
         uploads: &Semaphore,
+        unfinished: &Unfinished,
     ) -> Result<Vec<(Polled, IndexEntry)>, BatchError> {
         let images = &self.ports.images;
         let results: Vec<_> = futures::stream::iter(valid.into_iter().zip(turns))
@@ -104,6 +133,7 @@ impl Pipeline {
                 )
                 .await;
                 self.stats.uploads_running.fetch_sub(1, Ordering::Relaxed);
+                unfinished.finished();
                 drop(turn);
                 (polled, record, result)
             })

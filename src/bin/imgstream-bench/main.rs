@@ -216,6 +216,10 @@ fn kafka_ceiling(settings: &Settings, expected: usize) -> (f64, f64) {
             "queued.max.messages.kbytes",
             fetch.queued_max_kbytes.to_string(),
         )
+        .set(
+            "fetch.queue.backoff.ms",
+            fetch.fetch_queue_backoff_ms.to_string(),
+        )
         .set("fetch.max.bytes", fetch.fetch_max_bytes.to_string())
         .set(
             "max.partition.fetch.bytes",
