@@ -194,6 +194,10 @@ struct ConsumeArgs {
     /// with --batch-mib this bounds the image bytes held in memory
     #[arg(long, default_value_t = 3)]
     batches_in_flight: usize,
+    /// How long a batch waits to fill once its first record arrived, in milliseconds: longer
+    /// makes fewer, larger batches; shorter, less latency when records trickle in
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    linger_ms: u64,
     /// Serve /metrics (Prometheus), /healthz and /readyz here, e.g. 127.0.0.1:9464
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -423,6 +427,7 @@ async fn run_consume(settings: &Settings, args: ConsumeArgs) -> Result<ExitCode,
     opts.uploads_in_flight = args.uploads.max(1);
     opts.batch_max_bytes = args.batch_mib.max(1) << 20;
     opts.batches_in_flight = args.batches_in_flight.max(1);
+    opts.batch_linger = Duration::from_millis(args.linger_ms);
     opts.until_idle = args.until_idle.map(Duration::from_secs_f64);
     opts.max_records = args.max;
     let consumer = wiring::consumer(

@@ -103,7 +103,10 @@ impl PipelineOptions {
             batch_max_records: 500,
             batch_max_bytes: 16 << 20,
             poll_wait: Duration::from_secs(1),
-            batch_linger: Duration::from_millis(100),
+            // 100 ms added up to 100 ms to every record arriving at a moderate pace: at half the
+            // ceiling, produce-to-index p99 went from 242 to 157 ms (16 KiB) and p50 from 122 to
+            // 34 ms at 20 ms, with the same drain throughput (a backlog fills batches anyway).
+            batch_linger: Duration::from_millis(20),
             uploads_in_flight: 32,
             batches_in_flight: 3,
             until_idle: None,

@@ -48,6 +48,14 @@ impl CpuDelta {
         self.kafka + self.minio + self.postgres
     }
 
+    pub fn plus(&self, other: &CpuDelta) -> CpuDelta {
+        CpuDelta {
+            kafka: self.kafka + other.kafka,
+            minio: self.minio + other.minio,
+            postgres: self.postgres + other.postgres,
+        }
+    }
+
     pub fn since(&self, before: &CpuDelta) -> CpuDelta {
         CpuDelta {
             kafka: self.kafka - before.kafka,
