@@ -369,6 +369,28 @@ async fn cleanup(settings: &Settings) {
     let _ = wiring::store(settings).unwrap().destroy_bucket().await;
 }
 
+/// Produce-to-index latency per second of production: `[second, records, mean ms, worst ms]`.
+/// A tail is a moment or a steady state, and only the spread over time tells which.
+async fn latency_by_second(settings: &Settings, since: chrono::DateTime<chrono::Utc>) -> Value {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(settings.database_url.expose())
+        .await
+        .unwrap();
+    let rows: Vec<(f64, i64, f64, f64)> = sqlx::query_as(
+        "SELECT extract(epoch FROM date_trunc('second', created_at) - date_trunc('second', $1::timestamptz))::float8,
+                count(*), avg(extract(epoch FROM stored_at - created_at))::float8 * 1000,
+                max(extract(epoch FROM stored_at - created_at))::float8 * 1000
+         FROM images WHERE created_at >= $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(since)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(second, n, mean, worst)| json!([second, n, mean.round(), worst.round()]))
+        .collect()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -488,6 +510,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         .await
         .unwrap();
     index.close().await;
+    let by_second = latency_by_second(&lat_settings, since_records.max(since)).await;
 
     cleanup(&settings).await;
     cleanup(&naive_settings).await;
@@ -520,6 +543,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         "latency": {
             "paced_images_per_sec": paced_rate, "records": latencies.len(),
             "p50_ms": percentile(&latencies, 0.5) * 1000.0, "p99_ms": percentile(&latencies, 0.99) * 1000.0,
+            "by_second": by_second,
         },
         "ratios": {
             "pipeline_over_put_ceiling": pipe_ips / put_ops,
