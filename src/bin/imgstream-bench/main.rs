@@ -73,6 +73,7 @@ const DRAIN_ROUNDS: usize = 3;
 /// One round of a drain: the consumer's summary, the services' CPU meanwhile, and the PUT ceiling
 /// measured on both sides of it.
 struct Round {
+    number: usize,
     summary: RunSummary,
     services: services::CpuDelta,
     put_ops: f64,
@@ -460,14 +461,16 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         ceilings.push(put_ceiling());
         let put = (ceilings[round - 1].0 + ceilings[round].0) / 2.0;
         rounds.push(Round {
+            number: round,
             ratio: s.busy_images_per_sec / put.min(kafka_rps),
             put_ops: put,
             summary: s,
             services: cpu,
         });
     }
-    rounds.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
-    let median = &rounds[rounds.len() / 2];
+    let mut by_ratio: Vec<&Round> = rounds.iter().collect();
+    by_ratio.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    let median = by_ratio[by_ratio.len() / 2];
     let pipe_ips = median.summary.busy_images_per_sec;
     let pipe_mbps = median.summary.busy_mb_per_sec;
     let put_ops = median.put_ops;
@@ -545,7 +548,7 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
             "services_cpu_secs": cpu.to_json(),
             "consumer_cpu_share": consumer_cpu / total_cpu,
             "rounds": rounds.iter().map(|r| json!({
-                "records": r.summary.stored, "images_per_sec": r.summary.busy_images_per_sec,
+                "round": r.number, "records": r.summary.stored, "images_per_sec": r.summary.busy_images_per_sec,
                 "put_objects_per_sec": r.put_ops, "pipeline_over_ceiling": r.ratio,
             })).collect::<Vec<_>>(),
         },
