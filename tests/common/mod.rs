@@ -55,6 +55,9 @@ pub struct TestEnv {
     pub name: String,
     pub vars: HashMap<String, String>,
     pub settings: Settings,
+    /// The database this environment created, on the base server: dropped at the end even when
+    /// a test points `DATABASE_CONNECTION_STRING` elsewhere (a closed port, another role).
+    created_database: imgstream::config::DatabaseUrl,
 }
 
 impl TestEnv {
@@ -130,6 +133,7 @@ impl TestEnv {
             name,
             vars,
             settings,
+            created_database: base.with_database(&database),
         }
     }
 
@@ -244,7 +248,7 @@ impl TestEnv {
                 .await;
         }
         let _ = self.store().destroy_bucket().await;
-        let url = &self.settings.database_url;
+        let url = &self.created_database;
         let maintenance = url.with_database("postgres");
         if let Ok(mut conn) = sqlx::PgConnection::connect(maintenance.expose()).await {
             let _ = sqlx::query(&format!(
@@ -275,6 +279,7 @@ impl Drop for TestEnv {
             name: self.name.clone(),
             vars: self.vars.clone(),
             settings: self.settings.clone(),
+            created_database: self.created_database.clone(),
         };
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
