@@ -522,31 +522,42 @@ async fn fetching_stops_while_uploads_are_stuck_and_resumes_when_they_move() {
     s.assert_exactly_once(&records, &[(0, 400)]).await;
 }
 
+/// Runs a pipeline with every upload held by the store until what was admitted is all there
+/// is; reads `measure` then, releases the store and lets the run finish.
+async fn measure_while_uploads_are_held<T>(
+    s: &Services,
+    opts: PipelineOptions,
+    measure: impl FnOnce(&Pipeline) -> T,
+) -> T {
+    s.images.faults.hold();
+    let (pipeline, _trigger) = s.pipeline(opts);
+    let held_then_released = async {
+        eventually("uploads are under way", async || {
+            s.images.faults.calls() > 0
+        })
+        .await;
+        // Nothing finishes while the store holds every call.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let measured = measure(&pipeline);
+        s.images.faults.release();
+        measured
+    };
+    let (result, measured) = tokio::join!(pipeline.run(), held_then_released);
+    result.unwrap();
+    measured
+}
+
 /// Batches of a few large images would leave most upload slots idle: a batch leaves the upload
 /// stage only when its slowest image is stored.
 #[tokio::test]
 async fn batches_of_few_images_take_up_to_twice_the_batches_in_flight_to_fill_idle_upload_slots() {
     let s = Services::new(1);
     let records = s.publish_images(100, 1);
-    s.images.faults.hold();
     let mut opts = options();
     opts.batch_max_records = 4;
     opts.batches_in_flight = 2;
     opts.uploads_in_flight = 32;
-    let (pipeline, _trigger) = s.pipeline(opts);
-    let stuck_then_released = async {
-        eventually("uploads are under way", async || {
-            s.images.faults.calls() > 0
-        })
-        .await;
-        // Nothing finishes while the store holds every call: what was admitted is all there is.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let uploading = s.images.faults.calls();
-        s.images.faults.release();
-        uploading
-    };
-    let (result, uploading) = tokio::join!(pipeline.run(), stuck_then_released);
-    result.unwrap();
+    let uploading = measure_while_uploads_are_held(&s, opts, |_| s.images.faults.calls()).await;
     // Two batches of four would have kept 8 uploads going; four batches of four keep 16.
     assert_eq!(uploading, 16, "uploads started while the store held them");
     s.assert_exactly_once(&records, &[(0, 100)]).await;
@@ -558,25 +569,17 @@ async fn batches_of_few_images_take_up_to_twice_the_batches_in_flight_to_fill_id
 async fn batches_that_fill_the_upload_slots_keep_to_the_batches_in_flight() {
     let s = Services::new(1);
     let records = s.publish_images(200, 1);
-    s.images.faults.hold();
     let mut opts = options();
     opts.batch_max_records = 20;
     opts.batches_in_flight = 2;
     opts.uploads_in_flight = 8;
-    let (pipeline, _trigger) = s.pipeline(opts);
-    let stats = pipeline.stats();
-    let stuck_then_released = async {
-        eventually("uploads are under way", async || {
-            s.images.faults.calls() > 0
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let polled = stats.polled.load(std::sync::atomic::Ordering::Relaxed);
-        s.images.faults.release();
-        polled
-    };
-    let (result, polled) = tokio::join!(pipeline.run(), stuck_then_released);
-    result.unwrap();
+    let polled = measure_while_uploads_are_held(&s, opts, |pipeline| {
+        pipeline
+            .stats()
+            .polled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
     // Two batches of 20 uploading (8 of them holding the slots), and one batch in each place
     // before the upload stage: the checked channel, the check stage, the polled channel and the
     // fetch stage. Each further batch admitted to the upload stage would add 20.

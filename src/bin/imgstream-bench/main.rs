@@ -717,12 +717,7 @@ async fn main() {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let started = Instant::now();
     if args.iter().any(|a| a == "--soak") {
-        let minutes = args
-            .iter()
-            .position(|a| a == "--minutes")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(30);
+        let minutes = flag_value(&args, "--minutes").unwrap_or(30);
         let report = json!({
             "when": chrono::Utc::now().to_rfc3339(),
             "machine": services::machine(),
@@ -734,12 +729,7 @@ async fn main() {
         return;
     }
     if args.iter().any(|a| a == "--browse") {
-        let rows = args
-            .iter()
-            .position(|a| a == "--rows")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1_000_000);
+        let rows = flag_value(&args, "--rows").unwrap_or(1_000_000);
         let report = json!({
             "when": chrono::Utc::now().to_rfc3339(),
             "machine": services::machine(),
@@ -793,6 +783,12 @@ async fn main() {
 }
 
 /// Writes `bench-results/<kind>-<time>.json` and `bench-results/<kind>-latest.json`.
+/// The value after `flag` on the command line, when it is there and parses.
+fn flag_value<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1)?.parse().ok()
+}
+
 fn write_report(kind: &str, report: &Value) {
     let dir = PathBuf::from("bench-results");
     std::fs::create_dir_all(&dir).unwrap();

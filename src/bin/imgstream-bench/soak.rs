@@ -47,6 +47,21 @@ fn stack(service: &str, verb: &str) {
     assert!(ok, "{service} {verb} failed");
 }
 
+/// Stops `service` for `secs` and starts it again, each step noted in `events`.
+async fn outage(
+    note: impl Fn(&mut Vec<Value>, &str),
+    events: &mut Vec<Value>,
+    service: &str,
+    name: &str,
+    secs: u64,
+) {
+    note(events, &format!("{name} stopped for {secs} s"));
+    stack(service, "stop");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stack(service, "start");
+    note(events, &format!("{name} started again"));
+}
+
 struct Consumers {
     vars: HashMap<String, String>,
     logs: PathBuf,
@@ -175,19 +190,11 @@ pub async fn soak(base: &HashMap<String, String>, run: &str, minutes: u64) -> Va
         }
         if !minio_done && now >= minio_at {
             minio_done = true;
-            note(&mut events, "MinIO stopped for 30 s");
-            stack("minio", "stop");
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            stack("minio", "start");
-            note(&mut events, "MinIO started again");
+            outage(&note, &mut events, "minio", "MinIO", 30).await;
         }
         if !postgres_done && now >= postgres_at {
             postgres_done = true;
-            note(&mut events, "PostgreSQL stopped for 20 s");
-            stack("postgres", "stop");
-            tokio::time::sleep(Duration::from_secs(20)).await;
-            stack("postgres", "start");
-            note(&mut events, "PostgreSQL started again");
+            outage(&note, &mut events, "postgres", "PostgreSQL", 20).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
