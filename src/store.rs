@@ -737,7 +737,7 @@ impl S3Direct {
                 bucket: s.bucket.clone(),
                 endpoint: s.endpoint.clone(),
             }),
-            500.. => Err(self.unavailable(answer.describe())),
+            _ if answer.is_transient() => Err(self.unavailable(answer.describe())),
             _ => Ok(answer),
         }
     }
@@ -769,6 +769,16 @@ impl S3Answer {
         let start = self.error.find(&open)? + open.len();
         let len = self.error[start..].find(&format!("</{name}>"))?;
         Some(&self.error[start..start + len])
+    }
+
+    /// The store could not finish the request this time, for reasons of its own: every 5xx;
+    /// 408 and 429; S3's `RequestTimeout` and `SlowDown`; and MinIO's 499 `ClientDisconnected`,
+    /// which MinIO also answers when an operation of its own was cancelled under a still-open
+    /// request (a lock it lost, seen on a loaded machine mid-rebalance). Every request here is
+    /// idempotent, so each of these is sent again after a backoff, not treated as a refusal.
+    fn is_transient(&self) -> bool {
+        matches!(self.status, 408 | 429 | 499 | 500..)
+            || matches!(self.code(), Some("RequestTimeout" | "SlowDown"))
     }
 
     /// "HTTP 400 InvalidArgument: message", from the status and S3's XML error body.
@@ -915,9 +925,8 @@ mod tests {
         assert_eq!(bare.describe(), "HTTP 503");
     }
 
-    /// A store that answers 200 to every request and echoes no checksum: what an S3-compatible
-    /// server without additional-checksum support does. MinIO cannot be made to behave so.
-    async fn store_ignoring_checksums() -> String {
+    /// A store that gives every request the same `answer`, whole HTTP response included.
+    async fn store_answering(answer: &'static [u8]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -927,21 +936,17 @@ mod tests {
                     let mut buf = vec![0u8; 64 * 1024];
                     // One request per connection; its body is small enough for one read or two.
                     let _ = socket.read(&mut buf).await;
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
+                    let _ = socket.write_all(answer).await;
                 });
             }
         });
         endpoint
     }
 
-    #[tokio::test]
-    async fn a_store_that_does_not_verify_the_checksum_is_a_permanent_error_naming_the_header() {
-        let settings = StoreSettings {
-            endpoint: store_ignoring_checksums().await,
+    /// Settings for a store at `endpoint`.
+    fn settings_at(endpoint: String) -> StoreSettings {
+        StoreSettings {
+            endpoint,
             bucket: "b".into(),
             access_key: "k".into(),
             secret_key: "s".into(),
@@ -950,18 +955,65 @@ mod tests {
             aws_chain: None,
             virtual_hosted: false,
             public_endpoint: None,
-        };
+        }
+    }
+
+    /// What a PUT of a small image to a store giving every request `answer` comes to.
+    async fn put_answered_with(answer: &'static [u8]) -> StoreError {
+        let settings = settings_at(store_answering(answer).await);
         let store = ImageStore::s3(&settings, Duration::from_secs(2)).unwrap();
         let data = Bytes::from_static(b"image bytes");
-        let err = store
+        store
             .put_image("k", data.clone(), "image/png", &sha256_hex(&data))
             .await
-            .unwrap_err();
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_store_that_does_not_verify_the_checksum_is_a_permanent_error_naming_the_header() {
+        // 200 with no checksum echoed: what an S3-compatible server without additional-checksum
+        // support does. MinIO cannot be made to behave so.
+        let err =
+            put_answered_with(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
         assert!(
             matches!(err, StoreError::ChecksumUnsupported { .. }),
             "{err}"
         );
         assert!(!err.is_transient());
         assert!(err.to_string().contains("x-amz-checksum-sha256"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_request_the_store_gave_up_on_is_retried_not_refused() {
+        // MinIO answered this to a PUT in CI, mid-rebalance on a loaded machine; the consumer
+        // took it for a refusal and stopped.
+        let err = put_answered_with(
+            b"HTTP/1.1 499 Client Closed Request\r\ncontent-length: 110\r\nconnection: close\r\n\r\n\
+              <Error><Code>ClientDisconnected</Code><Message>Client disconnected before response was ready</Message></Error>",
+        )
+        .await;
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string().contains("HTTP 499 ClientDisconnected"),
+            "{err}"
+        );
+        let slow = put_answered_with(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 42\r\nconnection: close\r\n\r\n\
+              <Error><Code>RequestTimeout</Code></Error>",
+        )
+        .await;
+        assert!(slow.is_transient(), "{slow}");
+    }
+
+    #[tokio::test]
+    async fn a_request_the_store_refuses_stays_refused() {
+        let err = put_answered_with(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 43\r\nconnection: close\r\n\r\n\
+              <Error><Code>InvalidArgument</Code></Error>",
+        )
+        .await;
+        assert!(matches!(err, StoreError::Refused { .. }), "{err}");
+        assert!(!err.is_transient());
     }
 }
