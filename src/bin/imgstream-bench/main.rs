@@ -152,12 +152,19 @@ async fn setup(settings: &Settings) {
 }
 
 /// Produces `count` records of pooled images with fresh ids; returns records/s.
+/// What producing the records came to: their rate, and how long each waited for its
+/// acknowledgement from Kafka (seconds, sorted): the producer's share of the pipeline's latency.
+struct Preloaded {
+    records_per_sec: f64,
+    ack_secs: Vec<f64>,
+}
+
 async fn preload(
     settings: &Settings,
     pool: &[(ImageSpec, Vec<u8>)],
     count: usize,
     rate: Option<f64>,
-) -> f64 {
+) -> Preloaded {
     let registry = wiring::registry(settings).unwrap();
     let schema_id = registry
         .register(
@@ -173,6 +180,7 @@ async fn preload(
     let shas: Vec<String> = pool.iter().map(|(_, d)| sha256_hex(d)).collect();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
+    let mut ack_secs = Vec::with_capacity(count);
     for i in 0..count {
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
@@ -199,23 +207,27 @@ async fn preload(
             )
             .await
             .unwrap();
-        pending.push(delivery);
+        let enqueued = Instant::now();
+        // A task of its own, so the acknowledgement is timed when it arrives, not when this
+        // loop next looks.
+        pending.push(tokio::spawn(async move {
+            delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+            enqueued.elapsed().as_secs_f64()
+        }));
         while pending.len() > 2000 {
             use futures::StreamExt;
-            pending
-                .next()
-                .await
-                .unwrap()
-                .unwrap()
-                .map_err(|(e, _)| e)
-                .unwrap();
+            ack_secs.push(pending.next().await.unwrap().unwrap());
         }
     }
     use futures::StreamExt;
-    while let Some(d) = pending.next().await {
-        d.unwrap().map_err(|(e, _)| e).unwrap();
+    while let Some(waited) = pending.next().await {
+        ack_secs.push(waited.unwrap());
     }
-    count as f64 / started.elapsed().as_secs_f64()
+    ack_secs.sort_by(f64::total_cmp);
+    Preloaded {
+        records_per_sec: count as f64 / started.elapsed().as_secs_f64(),
+        ack_secs,
+    }
 }
 
 /// Raw consume of the whole topic: records/s and MB/s with no processing at all.
@@ -295,11 +307,41 @@ async fn store_ceiling(
     (puts as f64 / secs, bytes as f64 / secs / 1e6)
 }
 
-/// Writes what earlier steps left in the page cache to disk before a measurement: gigabytes of
-/// write-back from the step before slowed MinIO's writes through the first seconds of the next
-/// (2 MiB produce-to-index latencies of 0.6-0.8 s for four seconds, 0.19 s after).
+/// Lets the disk settle before a measurement, so that it measures this step and not the last:
+/// - waits (up to three minutes) until MinIO has removed the objects earlier steps deleted:
+///   MinIO moves them to its drive's `.minio.sys/tmp/.trash` and removes them later, in the
+///   background. The stack's MinIO, in `BENCH_MINIO_DATA` (default `.stack/minio/data`); a
+///   store elsewhere is not waited for.
+/// - writes what earlier steps left in the page cache to disk: gigabytes of write-back from the
+///   step before slowed MinIO's writes through the first seconds of the next (2 MiB
+///   produce-to-index latencies of 0.6-0.8 s for four seconds, 0.19 s after).
 fn settle_disk() {
+    let data = std::env::var("BENCH_MINIO_DATA").unwrap_or_else(|_| ".stack/minio/data".into());
+    let trash = std::path::Path::new(&data).join(".minio.sys/tmp/.trash");
+    let waiting = Instant::now();
+    let deleted_remain =
+        || std::fs::read_dir(&trash).is_ok_and(|mut entries| entries.next().is_some());
+    while deleted_remain() && waiting.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if waiting.elapsed() > Duration::from_secs(1) {
+        eprintln!(
+            "  waited {:.0}s for MinIO to remove deleted objects{}",
+            waiting.elapsed().as_secs_f64(),
+            if deleted_remain() {
+                " (some remain)"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = Command::new("sync").status();
+}
+
+/// The log filter of the consumers under test: `BENCH_CONSUMER_LOG` (e.g. `info` or
+/// `debug,rdkafka=info`) to see what they did during a slow second; warnings only by default.
+fn consumer_log() -> String {
+    std::env::var("BENCH_CONSUMER_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 /// Runs the real consumer binary until the topic is drained; its summary, plus the CPU that
@@ -317,7 +359,7 @@ fn run_consumers(
                 .args(extra)
                 .env_clear()
                 .envs(vars)
-                .env("IMGSTREAM_LOG", "warn")
+                .env("IMGSTREAM_LOG", consumer_log())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn consumer")
@@ -419,7 +461,9 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
     let image_bytes = pool.iter().map(|(_, d)| d.len()).sum::<usize>() / pool.len();
 
     eprintln!("[{}] preloading {} records", case.label, case.records);
-    let produce_rate = preload(&settings, &pool, case.records, None).await;
+    let produce_rate = preload(&settings, &pool, case.records, None)
+        .await
+        .records_per_sec;
     eprintln!("[{}] ceilings", case.label);
     let (kafka_rps, kafka_mbps) =
         tokio::task::block_in_place(|| kafka_ceiling(&settings, case.records));
@@ -509,13 +553,14 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         .args(&extra)
         .env_clear()
         .envs(&lat_vars)
-        .env("IMGSTREAM_LOG", "warn")
+        .env("IMGSTREAM_LOG", consumer_log())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await; // joined and assigned before the first record
     let since_records = chrono::Utc::now();
-    preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
+    eprintln!("[{}] paced records from {since_records}", case.label);
+    let paced = preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
     consumer.wait_with_output().unwrap();
     let index = wiring::index(&lat_settings).await.unwrap();
     let latencies = index
@@ -556,6 +601,8 @@ async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> V
         "latency": {
             "paced_images_per_sec": paced_rate, "records": latencies.len(),
             "p50_ms": percentile(&latencies, 0.5) * 1000.0, "p99_ms": percentile(&latencies, 0.99) * 1000.0,
+            "produce_ack_p50_ms": percentile(&paced.ack_secs, 0.5) * 1000.0,
+            "produce_ack_p99_ms": percentile(&paced.ack_secs, 0.99) * 1000.0,
             "by_second": by_second,
         },
         "ratios": {
@@ -702,6 +749,13 @@ async fn backlog_rss(base: &HashMap<String, String>, run: &str, records: usize) 
 
 #[tokio::main]
 async fn main() {
+    // The bench's own clients (the producer above all) log only when asked: `BENCH_LOG=debug`.
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only: Option<&str> = args

@@ -198,7 +198,7 @@ pub async fn soak(base: &HashMap<String, String>, run: &str, minutes: u64) -> Va
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let produce_rate = producing.await.unwrap();
+    let produce_rate = producing.await.unwrap().records_per_sec;
     note(&mut events, "production ended");
     let index = wiring::index(&settings).await.unwrap();
     let drained = Instant::now();
