@@ -182,12 +182,12 @@ start() {
     fi
     [[ -f "$dir/kafka.log" ]] && mv "$dir/kafka.log" "$dir/kafka.log.prev" # health check greps this run's log
     say "starting node $i (broker 127.0.0.1:$(broker_port "$i"), controller 127.0.0.1:$(controller_port "$i")); log: $dir/kafka.log"
-    # setsid: detach from our process group so Ctrl-C in the calling shell doesn't kill Kafka.
-    # shellcheck disable=SC2016 # $$ and $@ expand in the child shell
     # The JVM flags Kafka's documentation gives (operations, "Java Version"), with a heap that
     # fits these machines. 16 MiB regions keep a 2 MiB image record out of G1's humongous path:
     # with the default 1 MiB regions, every such produce request forced a young collection
     # (about eight a second while 2 MiB images were produced).
+    # setsid: detach from our process group so Ctrl-C in the calling shell doesn't kill Kafka.
+    # shellcheck disable=SC2016 # $$ and $@ expand in the child shell
     setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/kafka.pid" \
       java -Xmx1g -Xms1g -XX:MetaspaceSize=96m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
       -XX:InitiatingHeapOccupancyPercent=35 -XX:G1HeapRegionSize=16M -XX:MinMetaspaceFreeRatio=50 \

@@ -99,12 +99,12 @@ start() {
     fi
     [[ -f "$LOG" ]] && mv "$LOG" "$LOG.prev"
     say "starting MinIO $RELEASE (API $SCHEME://$API, console $SCHEME://$CONSOLE); log: $LOG"
-    # setsid: detach from our process group so Ctrl-C in the calling shell doesn't kill it.
-    # shellcheck disable=SC2016 # $$ and $@ expand in the child shell
     # Deleted objects go to the drive's .minio.sys/tmp/.trash, which MinIO empties every five
     # minutes by default: the gigabytes a benchmark step deleted were then removed in the middle
     # of a later measurement (33 GB were waiting once). Every ten seconds, they go while the
     # benchmark waits for them (imgstream-bench's settle_disk).
+    # setsid: detach from our process group so Ctrl-C in the calling shell doesn't kill it.
+    # shellcheck disable=SC2016 # $$ and $@ expand in the child shell
     MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin MINIO_UPDATE=off \
       MINIO_API_DELETE_CLEANUP_INTERVAL=10s \
       setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \

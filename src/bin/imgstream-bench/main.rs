@@ -151,7 +151,6 @@ async fn setup(settings: &Settings) {
     assert!(problems.is_empty(), "bench setup failed: {problems:?}");
 }
 
-/// Produces `count` records of pooled images with fresh ids; returns records/s.
 /// What producing the records came to: their rate, and how long each waited for its
 /// acknowledgement from Kafka (seconds, sorted): the producer's share of the pipeline's latency.
 struct Preloaded {
@@ -159,6 +158,7 @@ struct Preloaded {
     ack_secs: Vec<f64>,
 }
 
+/// Produces `count` records of pooled images with fresh ids, at `rate` per second if given.
 async fn preload(
     settings: &Settings,
     pool: &[(ImageSpec, Vec<u8>)],
