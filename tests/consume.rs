@@ -656,3 +656,43 @@ async fn a_static_member_restarted_quickly_gets_its_partitions_back_without_a_re
     assert_eq!(env.counts().await, (30, 30));
     drop((restarted, second));
 }
+
+/// A member stopped by SIGTERM leaves its group on the way out (a LeaveGroup), so the group
+/// hands its partitions on at once, not after the 10 s session timeout. The process used to
+/// exit while its fetch thread was still closing the consumer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_stopped_by_sigterm_leaves_its_group_at_once() {
+    let env = TestEnv::new("leave").await;
+    env.produce(200, &[]);
+    let member = env.spawn_apart(&["consume", "--json"], "member", &[]);
+    let assigned = common::eventually(std::time::Duration::from_secs(60), || async {
+        was_assigned_partitions(&env.read_log("member"))
+    })
+    .await;
+    assert!(assigned, "no partitions:\n{}", env.read_log("member"));
+    common::signal(member.child(), common::SIGTERM);
+    let status = member.wait_within(std::time::Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ended with {status:?}:\n{}",
+        env.read_log("member")
+    );
+    assert_eq!(
+        group_members(&env),
+        0,
+        "the stopped member is still in its group: it did not leave, and the group waits for its session to time out"
+    );
+}
+
+/// How many members the broker counts in the test's consumer group.
+fn group_members(env: &TestEnv) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = &env.settings.kafka;
+    let client: BaseConsumer = imgstream::kafka::base_config(kafka, "test-group-members")
+        .create()
+        .expect("a client");
+    let groups = client
+        .fetch_group_list(Some(&kafka.group_id), std::time::Duration::from_secs(10))
+        .expect("the group's description");
+    groups.groups().iter().map(|g| g.members().len()).sum()
+}

@@ -208,8 +208,13 @@ static CLOSING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
 /// process hung after its work was done. The process waits for these closes a bounded time at
 /// exit ([`wait_for_closes`]).
 pub fn close_in_background<T: Send + 'static>(client: T) {
-    let handle = std::thread::spawn(move || drop(client));
-    CLOSING.lock().expect("closing lock").push(handle);
+    closing(std::thread::spawn(move || drop(client)));
+}
+
+/// A thread that may be the one to drop a client's last handle, and so close it: the process
+/// waits for it at exit like for [`close_in_background`]'s own.
+pub fn closing(thread: std::thread::JoinHandle<()>) {
+    CLOSING.lock().expect("closing lock").push(thread);
 }
 
 /// Waits up to `limit` for the clients being closed; false when some are still closing.

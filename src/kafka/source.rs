@@ -41,6 +41,9 @@ pub struct KafkaSource {
     probe: BrokerProbe,
     /// Batch requests to the fetch thread, each answered on its own channel.
     fetch_requests: mpsc::Sender<FetchRequest>,
+    /// The fetch thread holds the consumer too, and ends once `fetch_requests` closes; it may be
+    /// the last holder, whose drop closes the consumer and leaves the group.
+    fetch_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// When the brokers were last asked whether they answer, while out of the group.
     membership_checked: std::sync::Mutex<Option<std::time::Instant>>,
     stall: std::sync::Mutex<Stall>,
@@ -78,7 +81,7 @@ impl KafkaSource {
             bootstrap: bootstrap.to_string(),
             reconnecting: AtomicBool::new(false),
         };
-        std::thread::Builder::new()
+        let fetch_thread = std::thread::Builder::new()
             .name("kafka-fetch".into())
             .spawn(move || fetcher.serve(requests))
             .map_err(|e| BrokerError::Other(format!("cannot start the fetch thread: {e}")))?;
@@ -87,6 +90,7 @@ impl KafkaSource {
             bootstrap: bootstrap.to_string(),
             probe,
             fetch_requests,
+            fetch_thread: std::sync::Mutex::new(Some(fetch_thread)),
             membership_checked: std::sync::Mutex::new(None),
             stall: std::sync::Mutex::new(Stall {
                 last_record: std::time::Instant::now(),
@@ -487,6 +491,12 @@ impl Drop for KafkaSource {
         // Closing revokes every partition: nothing in flight will finish, so no drain waits.
         self.consumer.context().ledger.close();
         super::close_in_background(self.consumer.clone());
+        // Whichever thread drops the consumer last closes it. Untracked, the fetch thread was
+        // that thread, and the process exited mid-close: the group dropped the member only
+        // after its session timeout, not at once on a LeaveGroup.
+        if let Some(fetch_thread) = self.fetch_thread.lock().expect("fetch thread lock").take() {
+            super::closing(fetch_thread);
+        }
     }
 }
 
