@@ -212,6 +212,20 @@ impl RegistryClient {
         }
     }
 
+    /// Deletes `subject` and every version of it for good (tests and benchmarks clean up with
+    /// this). Soft first, then permanent: the registry refuses a permanent delete of a live
+    /// subject. A subject already gone is not an error.
+    pub async fn delete_subject(&self, subject: &str) -> Result<(), RegistryError> {
+        let url = format!("{}/subjects/{}", self.base, enc(subject));
+        for url in [url.clone(), format!("{url}?permanent=true")] {
+            let resp = self.send(self.http.delete(&url), &url).await?;
+            if !(resp.status().is_success() || resp.status().as_u16() == 404) {
+                return Err(http_error(resp, &url).await);
+            }
+        }
+        Ok(())
+    }
+
     /// Asks whether `schema` may follow the latest version of `subject`.
     pub async fn check_compatibility(
         &self,

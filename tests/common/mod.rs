@@ -258,13 +258,9 @@ impl TestEnv {
             .execute(&mut conn)
             .await;
         }
-        // A permanent delete is refused until the subject is soft-deleted, so both, in order:
-        // with the permanent one alone, every test run left its subject behind.
         let subject = imgstream::schema::value_subject(&self.settings.kafka.data_topic);
-        let subject_url = format!("{}/subjects/{subject}", self.settings.registry_url);
-        let http = reqwest::Client::new();
-        for url in [subject_url.clone(), format!("{subject_url}?permanent=true")] {
-            let _ = http.delete(url).send().await;
+        if let Ok(registry) = imgstream::wiring::registry(&self.settings) {
+            let _ = registry.delete_subject(&subject).await;
         }
     }
 }

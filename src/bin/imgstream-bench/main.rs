@@ -410,15 +410,10 @@ async fn cleanup(settings: &Settings) {
             .await;
     }
     let _ = wiring::store(settings).unwrap().destroy_bucket().await;
-    // Soft, then permanent: the registry refuses a permanent delete of a live subject.
-    let subject_url = format!(
-        "{}/subjects/{}",
-        settings.registry_url,
-        value_subject(&settings.kafka.data_topic)
-    );
-    let http = reqwest::Client::new();
-    for url in [subject_url.clone(), format!("{subject_url}?permanent=true")] {
-        let _ = http.delete(url).send().await;
+    if let Ok(registry) = wiring::registry(settings) {
+        let _ = registry
+            .delete_subject(&value_subject(&settings.kafka.data_topic))
+            .await;
     }
 }
 
