@@ -72,7 +72,12 @@ pub fn source(settings: &Settings) -> Result<KafkaSource, BrokerError> {
             answered
         })
     });
-    KafkaSource::new(Arc::new(consumer), &kafka.bootstrap_servers, probe)
+    KafkaSource::new(
+        Arc::new(consumer),
+        &kafka.bootstrap_servers,
+        kafka.session_timeout,
+        probe,
+    )
 }
 
 /// Reads the group's committed offsets without joining it.

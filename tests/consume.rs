@@ -608,7 +608,8 @@ fn owned_partitions(log: &str) -> std::collections::BTreeSet<String> {
 /// and sees no revocation or new assignment.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_static_member_restarted_quickly_gets_its_partitions_back_without_a_rebalance() {
-    let env = TestEnv::new("static").await;
+    // A 10 s session, so that "past the session timeout" below is a short wait.
+    let env = TestEnv::with("static", &[common::SHORT_SESSION]).await;
     env.produce(30, &[]);
     let member = |name: &str| {
         env.spawn_apart(

@@ -5,7 +5,7 @@
 mod common;
 
 use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, wait_for_rows};
-use common::{SIGCONT, SIGKILL, SIGSTOP, TestEnv, signal, stdout};
+use common::{SHORT_SESSION, SIGCONT, SIGKILL, SIGSTOP, TestEnv, signal, stdout};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -47,7 +47,7 @@ const CONSUME: [&str; 5] = ["consume", "--batch-size", "20", "--until-idle", "25
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_killed_at_several_points_and_restarted_stores_each_record_once() {
-    let env = TestEnv::new("sigkill").await;
+    let env = TestEnv::with("sigkill", &[SHORT_SESSION]).await;
     // Enough records that four short runs cannot drain them all before their kill.
     env.produce(1000, &[]);
     let mut rows_at_kill = Vec::new();
@@ -117,7 +117,7 @@ async fn postgresql_restarted_mid_run_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_of_two_consumers_killed_mid_run_leaves_the_other_to_finish_exactly() {
-    let env = TestEnv::with("twokill", &[("KAFKA_TOPIC_PARTITIONS", "4")]).await;
+    let env = TestEnv::with("twokill", &[("KAFKA_TOPIC_PARTITIONS", "4"), SHORT_SESSION]).await;
     env.produce(500, &[]);
     let a = env.spawn(&CONSUME, "a");
     let b = env.spawn(&CONSUME, "b");
@@ -131,13 +131,13 @@ async fn one_of_two_consumers_killed_mid_run_leaves_the_other_to_finish_exactly(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_frozen_past_its_session_then_resumed_neither_doubles_nor_overwrites() {
-    let env = TestEnv::with("zombie", &[("KAFKA_TOPIC_PARTITIONS", "4")]).await;
+    let env = TestEnv::with("zombie", &[("KAFKA_TOPIC_PARTITIONS", "4"), SHORT_SESSION]).await;
     env.produce(500, &[]);
     let a = env.spawn(&CONSUME, "a");
     let b = env.spawn(&CONSUME, "b");
     wait_for_rows(&env, 60).await;
     signal(a.child(), SIGSTOP);
-    // Past session.timeout.ms (10 s): the group gives a's partitions to b while a is frozen.
+    // Past the session timeout (10 s here): the group gives a's partitions to b while a is frozen.
     tokio::time::sleep(Duration::from_secs(16)).await;
     signal(a.child(), SIGCONT);
     wait_ok(a, &env, "a");

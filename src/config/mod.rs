@@ -50,6 +50,11 @@ pub struct KafkaSettings {
     /// Static membership (`group.instance.id`): a member restarted under the same id within the
     /// session timeout gets its partitions back without a rebalance.
     pub group_instance_id: Option<String>,
+    /// How long the group waits for a silent member before it hands the member's partitions on
+    /// (`session.timeout.ms`). It must outlast a broker's failure detection: until the
+    /// controller fences a dead broker (its `broker.session.timeout.ms`, 9 s by default), a group
+    /// coordinator whose offsets partition had that broker in sync cannot answer heartbeats.
+    pub session_timeout: Duration,
     pub auto_offset_reset: OffsetReset,
     pub data_topic: String,
     pub dlq_topic: String,
@@ -318,6 +323,14 @@ impl Settings {
             bootstrap_servers,
             group_id: get("KAFKA_GROUP_ID", "imgstream"),
             group_instance_id,
+            // Kafka's own default since 3.0 (KIP-735), and librdkafka's; brokers accept
+            // 6 s..=30 min unless configured otherwise.
+            session_timeout: Duration::from_millis(parse_number(
+                "KAFKA_SESSION_TIMEOUT_MS",
+                &get("KAFKA_SESSION_TIMEOUT_MS", "45000"),
+                6_000,
+                1_800_000,
+            )?),
             auto_offset_reset,
             data_topic,
             dlq_topic,
@@ -678,6 +691,7 @@ pub(crate) mod tests {
         assert_eq!(s.store.endpoint, "http://127.0.0.1:9000");
         assert_eq!(s.database_url.database_name(), "imgstream");
         assert_eq!(s.registry_url, "http://127.0.0.1:8081/apis/ccompat/v7");
+        assert_eq!(s.kafka.session_timeout, Duration::from_secs(45));
     }
 
     #[test]
@@ -704,6 +718,7 @@ pub(crate) mod tests {
             ("DATABASE_APP_ROLE", "app; DROP TABLE images"),
             ("DATABASE_READER_ROLE", "Reader"),
             ("KAFKA_GROUP_INSTANCE_ID", "pod 0"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "3000"),
         ];
         for (var, value) in cases {
             let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();

@@ -307,10 +307,20 @@ pub fn group_consumer(
         .set("enable.auto.offset.store", "false")
         // Cooperative rebalancing: a joining or leaving member does not stop everyone else.
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // A dead or frozen member loses its partitions within ~10 s; its late writes are harmless
-        // (create-only objects, idempotent rows) and its late commits are fenced by the generation.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
+        // A dead or frozen member loses its partitions after the session timeout; its late
+        // writes are harmless (create-only objects, idempotent rows) and its late commits are
+        // fenced by the generation. At 10 s, a member lost its session whenever a broker of a
+        // replicated cluster died: its heartbeats went unanswered until the broker was fenced.
+        .set(
+            "session.timeout.ms",
+            kafka.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            heartbeat_interval(kafka.session_timeout)
+                .as_millis()
+                .to_string(),
+        )
         .set("max.poll.interval.ms", "300000")
         .set(
             "queued.max.messages.kbytes",
@@ -334,6 +344,12 @@ pub fn group_consumer(
     config
         .create_with_context(GroupContext::default())
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
+/// A fifth of the session timeout, at most Kafka's default 3 s: several heartbeats may go
+/// unanswered before the session is at risk.
+pub fn heartbeat_interval(session_timeout: Duration) -> Duration {
+    (session_timeout / 5).min(Duration::from_secs(3))
 }
 
 /// A consumer that reads the group's committed offsets and the partitions' watermarks without
@@ -379,6 +395,31 @@ mod tests {
         assert_eq!(
             m.out_longer_than(deadline, start + Duration::from_secs(150)),
             None
+        );
+    }
+
+    #[test]
+    fn heartbeats_come_five_times_a_session_at_most_every_three_seconds() {
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            heartbeat_interval(Duration::from_secs(45)),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn a_member_waits_out_two_session_timeouts_before_giving_up_on_rejoining() {
+        use crate::kafka::source::rejoin_deadline;
+        assert_eq!(
+            rejoin_deadline(Duration::from_secs(10)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            rejoin_deadline(Duration::from_secs(45)),
+            Duration::from_secs(120)
         );
     }
 }

@@ -29,7 +29,13 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// issues #3082 and #3396), so the member never got partitions back. Exiting lets a supervisor
 /// (Kubernetes, systemd, a restart loop) start a fresh member; nothing is lost, since what was
 /// not committed is replayed idempotently.
-pub const REJOIN_DEADLINE: Duration = Duration::from_secs(90);
+///
+/// A member that lost its session rejoins under a new id, and the group waits for its old id to
+/// time out first; a coordinator that moves meanwhile starts that wait again. So the deadline is
+/// twice the session timeout with a margin, and never under 90 s.
+pub fn rejoin_deadline(session_timeout: Duration) -> Duration {
+    (session_timeout * 2 + Duration::from_secs(30)).max(Duration::from_secs(90))
+}
 
 /// Whether the brokers answer a client other than this member's: the member's own client may be
 /// the part that is stuck.
@@ -39,6 +45,8 @@ pub struct KafkaSource {
     consumer: Arc<GroupConsumer>,
     bootstrap: String,
     probe: BrokerProbe,
+    /// See [`rejoin_deadline`].
+    rejoin_deadline: Duration,
     /// Batch requests to the fetch thread, each answered on its own channel.
     fetch_requests: mpsc::Sender<FetchRequest>,
     /// The fetch thread holds the consumer too, and ends once `fetch_requests` closes; it may be
@@ -73,6 +81,7 @@ impl KafkaSource {
     pub fn new(
         consumer: Arc<GroupConsumer>,
         bootstrap: &str,
+        session_timeout: Duration,
         probe: BrokerProbe,
     ) -> Result<Self, BrokerError> {
         let (fetch_requests, requests) = mpsc::channel(1);
@@ -89,6 +98,7 @@ impl KafkaSource {
             consumer,
             bootstrap: bootstrap.to_string(),
             probe,
+            rejoin_deadline: rejoin_deadline(session_timeout),
             fetch_requests,
             fetch_thread: std::sync::Mutex::new(Some(fetch_thread)),
             membership_checked: std::sync::Mutex::new(None),
@@ -129,7 +139,7 @@ impl KafkaSource {
     }
 
     /// A fatal failure once this member has been out of its group for longer than
-    /// [`REJOIN_DEADLINE`] while the brokers answer a fresh client. While they do not, it is an
+    /// its rejoin deadline while the brokers answer a fresh client. While they do not, it is an
     /// outage and the member waits for them, however long. Checked at most every few seconds.
     async fn check_membership(&self) -> Result<(), Failure> {
         let membership = self
@@ -139,7 +149,7 @@ impl KafkaSource {
             .lock()
             .expect("membership lock")
             .clone();
-        let Some(out) = membership.out_longer_than(REJOIN_DEADLINE, std::time::Instant::now())
+        let Some(out) = membership.out_longer_than(self.rejoin_deadline, std::time::Instant::now())
         else {
             return Ok(());
         };

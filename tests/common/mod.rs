@@ -23,6 +23,10 @@ use uuid::Uuid;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// For tests that kill or freeze a consumer and wait for its group to hand the partitions on: a
+/// 10 s session instead of the default 45 s, so the wait is short.
+pub const SHORT_SESSION: (&str, &str) = ("KAFKA_SESSION_TIMEOUT_MS", "10000");
+
 /// The base settings from the environment, with the test-database guard applied.
 fn base_vars() -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = std::env::vars().collect();
