@@ -35,6 +35,7 @@ fn checking(c: &mut Criterion) {
     let limits = Limits {
         max_pixels: 100_000_000,
         max_image_bytes: 64 << 20,
+        ids: Default::default(),
     };
     let mut group = c.benchmark_group("validate");
     group

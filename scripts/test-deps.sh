@@ -30,3 +30,14 @@ go_tool() {
 
 go_tool mc github.com/minio/mc v0.0.0-20250313080218-cf909e1063a9
 go_tool toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server v2.12.0
+
+# A foreign Kafka client, the one most producers in the field use: confluent-kafka-python with its
+# bundled librdkafka (every codec) and its Avro serializer, in a virtualenv of its own. 2.11.1, not
+# newer: 2.16's deserializer calls a registry API that Apicurio lacks. tests/foreign.rs runs it.
+FOREIGN_VENV="$CACHE_DIR/venv-confluent-kafka-2.11.1"
+if [[ ! -x "$FOREIGN_VENV/bin/python" ]] || ! "$FOREIGN_VENV/bin/python" -c 'import confluent_kafka, fastavro' 2>/dev/null; then
+  say "installing confluent-kafka 2.11.1 into $FOREIGN_VENV (first run only)"
+  python3 -m venv "$FOREIGN_VENV" || die "python3 -m venv failed; install python3-venv"
+  "$FOREIGN_VENV/bin/pip" install --quiet "confluent-kafka[avro,schemaregistry]==2.11.1" \
+    || die "pip install of confluent-kafka 2.11.1 failed (see output above)"
+fi

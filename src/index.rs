@@ -78,6 +78,10 @@ pub enum IndexError {
     Tls { addr: String, detail: String },
     #[error("the images table is missing or outdated ({detail}); run `imgstream setup`")]
     NotMigrated { detail: String },
+    /// About the values of the statement, not the database: a value PostgreSQL cannot store
+    /// (class 22), a constraint (class 23), a row too large for an index (54000).
+    #[error("PostgreSQL refused a value of the statement: {detail}")]
+    RowRefused { detail: String },
     #[error("PostgreSQL error: {0}")]
     Other(String),
 }
@@ -103,9 +107,27 @@ impl IndexSink for ImageIndex {
         Box::pin(async move {
             match self.insert_batch(entries).await {
                 Ok(indexed) => Ok(indexed),
+                // One statement writes the whole batch, so one row's refusal fails it all: find
+                // the rows at fault one by one, and write the others.
+                Err(IndexError::RowRefused { .. }) => self.insert_one_by_one(entries).await,
                 Err(e) => Err(Failure::from(self.explained(e).await)),
             }
         })
+    }
+}
+
+impl ImageIndex {
+    /// Each entry in a statement of its own; a row PostgreSQL refuses is that row's outcome.
+    async fn insert_one_by_one(&self, entries: &[IndexEntry]) -> Result<Vec<Indexed>, Failure> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match self.insert_batch(std::slice::from_ref(entry)).await {
+                Ok(mut one) => outcomes.append(&mut one),
+                Err(IndexError::RowRefused { detail }) => outcomes.push(Indexed::Refused(detail)),
+                Err(e) => return Err(Failure::from(self.explained(e).await)),
+            }
+        }
+        Ok(outcomes)
     }
 }
 
@@ -674,6 +696,9 @@ fn classify(e: sqlx::Error, addr: &str, database: &str) -> IndexError {
                     addr: addr.to_string(),
                 },
                 "42P01" | "42703" => IndexError::NotMigrated { detail },
+                c if c.starts_with("22") || c.starts_with("23") || c == "54000" => {
+                    IndexError::RowRefused { detail }
+                }
                 c if c.starts_with("28") => IndexError::Denied {
                     addr: addr.to_string(),
                     detail,

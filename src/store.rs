@@ -64,6 +64,8 @@ pub enum StoreError {
         "object store at {endpoint} stored an image without verifying its x-amz-checksum-sha256 (no checksum in its answer); use an S3 store that supports additional checksums (AWS S3, MinIO)"
     )]
     ChecksumUnsupported { endpoint: String },
+    #[error("no request for {key} can be built from the record ({detail})")]
+    UnbuildableRequest { key: String, detail: String },
     #[error("object store at {endpoint} refused {what} ({detail})")]
     Refused {
         endpoint: String,
@@ -121,6 +123,14 @@ impl ImageSink for ImageStore {
                 }
                 Err(e @ StoreError::ChecksumMismatch { .. }) => {
                     Ok(Put::Refused(Refusal::ChecksumMismatch {
+                        image_id: record.image_id,
+                        detail: e.to_string(),
+                    }))
+                }
+                // A field the request carries (the content type) is not a valid header value:
+                // the record's fault, which no retry changes.
+                Err(e @ StoreError::UnbuildableRequest { .. }) => {
+                    Ok(Put::Refused(Refusal::Unstorable {
                         image_id: record.image_id,
                         detail: e.to_string(),
                     }))
@@ -671,7 +681,10 @@ impl S3Direct {
         }
         let mut signed = signed
             .body(object_store::client::HttpRequestBody::empty())
-            .map_err(|e| self.unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::UnbuildableRequest {
+                key: key.unwrap_or("the bucket").to_string(),
+                detail: e.to_string(),
+            })?;
         // The payload is not part of the signature: its checksum header is, and the store checks
         // the bytes against it.
         let credential =
@@ -967,6 +980,26 @@ mod tests {
             .put_image("k", data.clone(), "image/png", &sha256_hex(&data))
             .await
             .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_content_type_that_is_no_header_value_refuses_the_record_instead_of_waiting() {
+        // Nothing listens there: a request that were sent would be an outage to wait out.
+        let store = ImageStore::s3(
+            &settings_at("http://127.0.0.1:1".into()),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let data = Bytes::from_static(b"image bytes");
+        let err = store
+            .put_image("k", data.clone(), "image/png\n", &sha256_hex(&data))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnbuildableRequest { .. }),
+            "{err}"
+        );
+        assert!(!err.is_transient());
     }
 
     #[tokio::test]

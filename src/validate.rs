@@ -2,6 +2,7 @@
 //! for its dimensions, the pixels are never decoded.
 
 use crate::domain::{ImageFormat, ImageRecord};
+use chrono::{DateTime, Utc};
 use std::io::Cursor;
 use thiserror::Error;
 
@@ -12,6 +13,82 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Largest accepted encoded image.
     pub max_image_bytes: usize,
+    /// What `customer_id` and `source_id` may hold.
+    pub ids: IdRules,
+}
+
+/// The shape of the identifiers a producer chooses (`customer_id`, `source_id`). They reach index
+/// columns and their btree indexes, URLs of `serve` and log lines, so each is bounded at the door:
+/// a NUL byte or an 8,000-character id would otherwise fail the index write and stop the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRules {
+    /// Most characters an id may have. At most [`IdRules::MAX_CHARS`]: an id of that many 4-byte
+    /// characters still fits PostgreSQL's btree entry (2,704 bytes) beside the other key columns.
+    pub max_chars: usize,
+    pub characters: IdCharacters,
+}
+
+impl IdRules {
+    pub const MAX_CHARS: usize = 512;
+}
+
+impl Default for IdRules {
+    fn default() -> Self {
+        IdRules {
+            max_chars: 128,
+            characters: IdCharacters::Printable,
+        }
+    }
+}
+
+/// Which characters an id may hold (`IMGSTREAM_ID_CHARACTERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdCharacters {
+    /// Any Unicode character except control and format characters, without leading or trailing
+    /// whitespace: names in any script, never bytes that break a header, a log line or a column.
+    Printable,
+    /// ASCII letters and digits and `- . _ : @ / + =`: ids that need no quoting anywhere.
+    Ascii,
+}
+
+impl IdCharacters {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdCharacters::Printable => "printable",
+            IdCharacters::Ascii => "ascii",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [IdCharacters::Printable, IdCharacters::Ascii]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
+    fn allows(self, c: char) -> bool {
+        match self {
+            IdCharacters::Printable => !c.is_control() && !is_format_character(c),
+            IdCharacters::Ascii => c.is_ascii_alphanumeric() || "-._:@/+=".contains(c),
+        }
+    }
+}
+
+/// Unicode's format characters (category Cf) that matter here: invisible, and able to make two
+/// ids look alike or reorder text (bidirectional overrides, zero-width characters, BOM).
+fn is_format_character(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+/// Earliest and latest `created_at` accepted: years 1 to 9999, what PostgreSQL's `timestamptz`,
+/// RFC 3339 and every client that reads the index can represent.
+fn created_at_range() -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        DateTime::from_timestamp(-62_135_596_800, 0).expect("0001-01-01 is representable"),
+        DateTime::from_timestamp(253_402_300_799, 0).expect("9999-12-31 is representable"),
+    )
 }
 
 /// Why a record is refused. Every variant is permanent: retrying cannot change the bytes.
@@ -52,6 +129,24 @@ pub enum Invalid {
     MalformedChecksum(String),
     #[error("{field} is empty")]
     MissingField { field: &'static str },
+    #[error("{field} has {chars} characters, above the limit of {limit} (IMGSTREAM_MAX_ID_CHARS)")]
+    FieldTooLong {
+        field: &'static str,
+        chars: usize,
+        limit: usize,
+    },
+    #[error(
+        "{field} holds {found} at character {position}, outside the {allowed} characters allowed (IMGSTREAM_ID_CHARACTERS)"
+    )]
+    ForbiddenCharacter {
+        field: &'static str,
+        /// The character, escaped: it may be a control character.
+        found: String,
+        position: usize,
+        allowed: &'static str,
+    },
+    #[error("created_at {0} is outside years 1 to 9999")]
+    CreatedAtOutOfRange(String),
 }
 
 impl Invalid {
@@ -68,22 +163,27 @@ impl Invalid {
             Invalid::DimensionMismatch { .. } => "dimension-mismatch",
             Invalid::MalformedChecksum(_) => "malformed-checksum",
             Invalid::MissingField { .. } => "missing-field",
+            Invalid::FieldTooLong { .. } => "field-too-long",
+            Invalid::ForbiddenCharacter { .. } => "forbidden-character",
+            Invalid::CreatedAtOutOfRange(_) => "created-at-out-of-range",
         }
     }
 }
 
 /// Accepts a record only if it can be stored and served as what it claims to be.
 pub fn validate(record: &ImageRecord, limits: &Limits) -> Result<ImageFormat, Invalid> {
-    if record.customer_id.trim().is_empty() {
-        return Err(Invalid::MissingField {
-            field: "customer_id",
-        });
+    check_id("customer_id", &record.customer_id, &limits.ids)?;
+    check_id("source_id", &record.source_id, &limits.ids)?;
+    // Exactly one of the canonical types: the value becomes a Content-Type header and an index
+    // column, so nothing else may pass, not even trailing whitespace.
+    let declared = ImageFormat::ALL
+        .into_iter()
+        .find(|f| f.content_type() == record.content_type)
+        .ok_or_else(|| Invalid::UnsupportedContentType(bounded(&record.content_type)))?;
+    let (earliest, latest) = created_at_range();
+    if record.created_at < earliest || record.created_at > latest {
+        return Err(Invalid::CreatedAtOutOfRange(record.created_at.to_string()));
     }
-    if record.source_id.trim().is_empty() {
-        return Err(Invalid::MissingField { field: "source_id" });
-    }
-    let declared = ImageFormat::from_content_type(&record.content_type)
-        .ok_or_else(|| Invalid::UnsupportedContentType(record.content_type.clone()))?;
     let data = &record.data[..];
     if data.is_empty() {
         return Err(Invalid::Empty);
@@ -116,9 +216,61 @@ pub fn validate(record: &ImageRecord, limits: &Limits) -> Result<ImageFormat, In
     // Only the form of the checksum is checked here: the object store hashes the bytes as it
     // persists them and refuses a mismatch (store::put_image), so the image is hashed once.
     if record.sha256.len() != 64 || !record.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Invalid::MalformedChecksum(record.sha256.clone()));
+        return Err(Invalid::MalformedChecksum(bounded(&record.sha256)));
     }
     Ok(declared)
+}
+
+/// An id is present, within its length and made of allowed characters.
+fn check_id(field: &'static str, id: &str, rules: &IdRules) -> Result<(), Invalid> {
+    if id.trim().is_empty() {
+        return Err(Invalid::MissingField { field });
+    }
+    // Counting stops past the limit: an id of millions of characters costs no more than that.
+    let chars = id.chars().take(rules.max_chars + 1).count();
+    if chars > rules.max_chars {
+        return Err(Invalid::FieldTooLong {
+            field,
+            chars: id.chars().count(),
+            limit: rules.max_chars,
+        });
+    }
+    let forbidden = id
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !rules.characters.allows(*c));
+    if let Some((position, c)) = forbidden {
+        return Err(Invalid::ForbiddenCharacter {
+            field,
+            found: c.escape_default().to_string(),
+            position,
+            allowed: rules.characters.name(),
+        });
+    }
+    if id.trim() != id {
+        return Err(Invalid::ForbiddenCharacter {
+            field,
+            found: "leading or trailing whitespace".into(),
+            position: if id.starts_with(char::is_whitespace) {
+                0
+            } else {
+                chars - 1
+            },
+            allowed: rules.characters.name(),
+        });
+    }
+    Ok(())
+}
+
+/// A producer's string quoted in a refusal: escaped (it may hold control characters) and cut
+/// short, so a refusal's reason stays one short line whatever the record holds.
+fn bounded(s: &str) -> String {
+    const QUOTED_CHARS: usize = 80;
+    let mut out: String = s.chars().take(QUOTED_CHARS).collect::<String>();
+    if s.chars().nth(QUOTED_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn check_dimensions(width: u32, height: u32, limits: &Limits) -> Result<(), Invalid> {
@@ -234,6 +386,10 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_pixels: 40_000_000,
         max_image_bytes: 8 << 20,
+        ids: IdRules {
+            max_chars: 128,
+            characters: IdCharacters::Printable,
+        },
     };
 
     fn record_with(format: ImageFormat, width: u32, height: u32) -> ImageRecord {
@@ -430,5 +586,101 @@ mod tests {
             validate(&record, &small).unwrap_err().code(),
             "image-too-large"
         );
+    }
+
+    #[test]
+    fn a_content_type_must_be_exactly_canonical_because_it_becomes_a_header() {
+        for declared in [
+            "image/png\n",
+            "image/png ",
+            " image/png",
+            "IMAGE/PNG",
+            "image/png\0",
+        ] {
+            let mut record = record_with(ImageFormat::Png, 8, 8);
+            record.content_type = declared.into();
+            assert_eq!(
+                validate(&record, &LIMITS).unwrap_err().code(),
+                "unsupported-content-type",
+                "{declared:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_longer_than_the_limit_is_refused_without_counting_all_of_it() {
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.source_id = "s".repeat(8_000);
+        let err = validate(&record, &LIMITS).unwrap_err();
+        assert_eq!(err.code(), "field-too-long");
+        assert!(
+            err.to_string().contains("source_id has 8000 characters"),
+            "{err}"
+        );
+        // At the limit, in any script, it passes.
+        record.source_id = "é".repeat(128);
+        assert_eq!(validate(&record, &LIMITS), Ok(ImageFormat::Png));
+    }
+
+    #[test]
+    fn control_and_invisible_characters_in_an_id_are_refused_and_named() {
+        for (customer, shown) in [
+            ("acme\0corp", "\\u{0}"),
+            ("acme\ncorp", "\\n"),
+            ("acme\u{202E}corp", "\\u{202e}"),
+            ("acme\u{200B}", "\\u{200b}"),
+            ("acme ", "whitespace"),
+        ] {
+            let mut record = record_with(ImageFormat::Png, 8, 8);
+            record.customer_id = customer.into();
+            let err = validate(&record, &LIMITS).unwrap_err();
+            assert_eq!(err.code(), "forbidden-character", "{customer:?}");
+            assert!(err.to_string().contains(shown), "{err} should show {shown}");
+        }
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.customer_id = "Müller & Söhne 東京".into();
+        assert_eq!(validate(&record, &LIMITS), Ok(ImageFormat::Png));
+    }
+
+    #[test]
+    fn ascii_ids_allow_only_characters_that_need_no_quoting() {
+        let ascii = Limits {
+            ids: IdRules {
+                max_chars: 128,
+                characters: IdCharacters::Ascii,
+            },
+            ..LIMITS
+        };
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.customer_id = "tenant-7/site_3:cam@a.b+c=d".into();
+        assert_eq!(validate(&record, &ascii), Ok(ImageFormat::Png));
+        record.customer_id = "Müller".into();
+        assert_eq!(
+            validate(&record, &ascii).unwrap_err().code(),
+            "forbidden-character"
+        );
+    }
+
+    #[test]
+    fn a_creation_time_outside_years_1_to_9999_is_refused() {
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.created_at = DateTime::from_timestamp(253_402_300_800, 0).unwrap();
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "created-at-out-of-range"
+        );
+        record.created_at = DateTime::from_timestamp(-62_135_596_801, 0).unwrap();
+        assert_eq!(
+            validate(&record, &LIMITS).unwrap_err().code(),
+            "created-at-out-of-range"
+        );
+    }
+
+    #[test]
+    fn a_refusal_quotes_a_long_field_only_in_part() {
+        let mut record = record_with(ImageFormat::Png, 8, 8);
+        record.content_type = "x".repeat(100_000);
+        let err = validate(&record, &LIMITS).unwrap_err();
+        assert!(err.to_string().len() < 200, "{}", err.to_string().len());
     }
 }

@@ -13,7 +13,9 @@ use crate::kafka::producer::ImageProducer;
 use crate::kafka::source::KafkaSource;
 use crate::metrics::Metrics;
 use crate::pipeline::{ImageSink, IndexSink, Pipeline, PipelineOptions, Ports};
-use crate::schema::{EncodeError, IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient, RegistryError};
+use crate::schema::{
+    EncodeError, IMAGE_RECORD_SCHEMA, ImageCodec, RegistryClient, RegistryError, value_subject,
+};
 use crate::shutdown::Shutdown;
 use crate::store::{ImageStore, StoreError};
 use crate::validate::Limits;
@@ -32,7 +34,9 @@ pub fn registry(settings: &Settings) -> Result<RegistryClient, RegistryError> {
 /// The decoder for the data topic: our schema as reader, writer schemas from the registry.
 pub fn codec(settings: &Settings) -> Result<ImageCodec, String> {
     let registry = registry(settings).map_err(|e| e.to_string())?;
-    ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(registry)).map_err(|e: EncodeError| e.to_string())
+    let subject = value_subject(&settings.kafka.data_topic);
+    ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(registry), &subject)
+        .map_err(|e: EncodeError| e.to_string())
 }
 
 pub fn store(settings: &Settings) -> Result<ImageStore, StoreError> {
@@ -90,6 +94,7 @@ pub fn limits(settings: &Settings) -> Limits {
     Limits {
         max_pixels: settings.limits.max_pixels,
         max_image_bytes: settings.limits.max_image_bytes,
+        ids: settings.limits.ids,
     }
 }
 

@@ -46,7 +46,9 @@ impl Services {
         let (trigger, shutdown) = Shutdown::new();
         let ports = Ports {
             source: self.source.clone(),
-            codec: Arc::new(ImageCodec::new(IMAGE_RECORD_SCHEMA, self.schemas.clone()).unwrap()),
+            codec: Arc::new(
+                ImageCodec::new(IMAGE_RECORD_SCHEMA, self.schemas.clone(), "images-value").unwrap(),
+            ),
             images: self.images.clone(),
             index: self.index.clone(),
             dead_letters: self.letters.clone(),
@@ -122,6 +124,7 @@ fn options() -> PipelineOptions {
     let mut opts = PipelineOptions::new(Limits {
         max_pixels: 50_000_000,
         max_image_bytes: 10 << 20,
+        ids: Default::default(),
     });
     opts.batch_max_records = 10;
     opts.poll_wait = Duration::from_millis(5);
@@ -235,7 +238,9 @@ async fn offsets_are_committed_in_fetch_order_even_when_a_later_batch_finishes_f
     let (trigger_keep, shutdown) = Shutdown::new();
     let ports = Ports {
         source: s.source.clone(),
-        codec: Arc::new(ImageCodec::new(IMAGE_RECORD_SCHEMA, s.schemas.clone()).unwrap()),
+        codec: Arc::new(
+            ImageCodec::new(IMAGE_RECORD_SCHEMA, s.schemas.clone(), "images-value").unwrap(),
+        ),
         images: slow_sink.clone(),
         index: s.index.clone(),
         dead_letters: s.letters.clone(),
@@ -665,6 +670,49 @@ async fn a_record_with_an_unknown_schema_id_is_dead_lettered() {
     result.unwrap();
     assert_eq!(s.letters.inner.codes(), ["unknown-schema-id"]);
     assert_eq!(s.source.committed(), positions(&[(0, 1)]));
+}
+
+#[tokio::test]
+async fn a_record_whose_writer_schema_belongs_to_another_subject_is_dead_lettered() {
+    let mut s = Services::new(1);
+    // The same contract, registered under some other subject: its id must not be read here.
+    let elsewhere = format!("{} ", IMAGE_RECORD_SCHEMA);
+    s.schemas = Arc::new(
+        MemorySchemas::with(&[(SCHEMA_ID, IMAGE_RECORD_SCHEMA)]).with_foreign(77, &elsewhere),
+    );
+    let mut value = encode(&image(1)).to_vec();
+    value[1..5].copy_from_slice(&77u32.to_be_bytes());
+    s.source.append(0, None, Some(Bytes::from(value)), vec![]);
+    let valid = image(2);
+    s.publish(0, &valid);
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+    assert_eq!(s.letters.inner.codes(), ["foreign-schema-id"]);
+    assert_eq!((s.objects().await, s.rows()), (1, 1));
+    assert_eq!(s.source.committed(), positions(&[(0, 2)]));
+}
+
+#[tokio::test]
+async fn a_row_the_index_refuses_is_dead_lettered_and_the_rest_of_its_batch_indexed() {
+    let s = Services::new(1);
+    let records = s.publish_images(3, 1);
+    s.index.inner.refuse(
+        records[1].image_id,
+        "index row size 8040 exceeds btree version 4 maximum 2704",
+    );
+    let (result, summary) = s.run(options()).await;
+    result.unwrap();
+    assert_eq!(s.letters.inner.codes(), ["index-refused"]);
+    let letter = &s.letters.inner.letters()[0];
+    assert_eq!(letter.origin.offset, 1);
+    assert!(
+        letter.refusal.message().contains("btree"),
+        "{}",
+        letter.refusal
+    );
+    assert_eq!(s.rows(), 2);
+    assert_eq!(s.source.committed(), positions(&[(0, 3)]));
+    assert_eq!(summary.dead_lettered_by_code["index-refused"], 1);
 }
 
 #[tokio::test]

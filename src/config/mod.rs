@@ -3,6 +3,7 @@
 
 mod kafka_security;
 
+use crate::validate::{IdCharacters, IdRules};
 pub use kafka_security::ClientProperties;
 use std::collections::HashMap;
 use std::fmt;
@@ -172,6 +173,9 @@ impl fmt::Debug for DatabaseUrl {
 pub struct LimitSettings {
     pub max_image_bytes: usize,
     pub max_pixels: u64,
+    /// `IMGSTREAM_MAX_ID_CHARS` and `IMGSTREAM_ID_CHARACTERS`: what `customer_id` and `source_id`
+    /// may hold.
+    pub ids: IdRules,
 }
 
 impl LimitSettings {
@@ -425,6 +429,29 @@ impl Settings {
                 1,
                 u64::MAX,
             )?,
+            ids: IdRules {
+                max_chars: parse_number(
+                    "IMGSTREAM_MAX_ID_CHARS",
+                    &get(
+                        "IMGSTREAM_MAX_ID_CHARS",
+                        &IdRules::default().max_chars.to_string(),
+                    ),
+                    1,
+                    IdRules::MAX_CHARS,
+                )?,
+                characters: {
+                    let name = get(
+                        "IMGSTREAM_ID_CHARACTERS",
+                        IdRules::default().characters.name(),
+                    );
+                    IdCharacters::from_name(&name).ok_or_else(|| {
+                        invalid(
+                            "IMGSTREAM_ID_CHARACTERS",
+                            format!("{name:?} is neither \"printable\" nor \"ascii\""),
+                        )
+                    })?
+                },
+            },
         };
 
         Ok(Settings {

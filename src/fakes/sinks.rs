@@ -4,7 +4,7 @@ use crate::domain::IndexEntry;
 use crate::pipeline::{DeadLetter, DeadLetterSink, Failure, IndexSink, Indexed};
 use crate::schema::{RegistryError, SchemaLookup};
 use futures::future::BoxFuture;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use uuid::Uuid;
 
@@ -12,9 +12,20 @@ use uuid::Uuid;
 #[derive(Default)]
 pub struct MemoryIndex {
     rows: Mutex<HashMap<Uuid, IndexEntry>>,
+    /// Ids whose row the database refuses for a value it holds, and its words.
+    refused: Mutex<HashMap<Uuid, String>>,
 }
 
 impl MemoryIndex {
+    /// From now on the row of `image_id` is refused, as PostgreSQL refuses a value it cannot
+    /// store (a NUL byte, an index entry above its size limit).
+    pub fn refuse(&self, image_id: Uuid, detail: &str) {
+        self.refused
+            .lock()
+            .expect("index lock")
+            .insert(image_id, detail.to_string());
+    }
+
     pub fn rows(&self) -> Vec<IndexEntry> {
         let mut rows: Vec<_> = self
             .rows
@@ -45,9 +56,13 @@ impl IndexSink for MemoryIndex {
             // As `INSERT … ON CONFLICT DO NOTHING` then a comparison: the first entry of a new id
             // is inserted, every other one is compared with the row that holds the id.
             let mut rows = self.rows.lock().expect("index lock");
+            let refused = self.refused.lock().expect("index lock");
             let outcomes = entries
                 .iter()
                 .map(|entry| match rows.get(&entry.image_id) {
+                    None if refused.contains_key(&entry.image_id) => {
+                        Indexed::Refused(refused[&entry.image_id].clone())
+                    }
                     None => {
                         rows.insert(entry.image_id, entry.clone());
                         Indexed::Inserted
@@ -87,10 +102,13 @@ impl DeadLetterSink for MemoryDeadLetters {
     }
 }
 
-/// A registry holding a fixed set of schemas; it can be told to answer with an HTTP error.
+/// A registry holding a fixed set of schemas, registered under every subject unless added as
+/// foreign; it can be told to answer with an HTTP error.
 #[derive(Default)]
 pub struct MemorySchemas {
     schemas: HashMap<u32, String>,
+    /// Ids registered under some other subject only.
+    foreign: HashSet<u32>,
     answer_status: Mutex<Option<u16>>,
 }
 
@@ -98,8 +116,16 @@ impl MemorySchemas {
     pub fn with(schemas: &[(u32, &str)]) -> Self {
         MemorySchemas {
             schemas: schemas.iter().map(|(id, s)| (*id, s.to_string())).collect(),
+            foreign: HashSet::new(),
             answer_status: Mutex::new(None),
         }
+    }
+
+    /// Adds a schema registered under another subject than the one a codec reads.
+    pub fn with_foreign(mut self, id: u32, schema: &str) -> Self {
+        self.schemas.insert(id, schema.to_string());
+        self.foreign.insert(id);
+        self
     }
 
     /// From now on every lookup is answered with this HTTP status (e.g. 401, 503).
@@ -129,5 +155,17 @@ impl SchemaLookup for MemorySchemas {
                 what: format!("schema with id {id}"),
             })
         })
+    }
+
+    fn registered_under<'a>(
+        &'a self,
+        _subject: &'a str,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        let ours = self
+            .schemas
+            .iter()
+            .any(|(id, text)| text == schema && !self.foreign.contains(id));
+        Box::pin(async move { Ok(ours) })
     }
 }

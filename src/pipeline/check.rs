@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 /// The writer schema of each id in a batch, or why records with that id are refused.
-type SchemaLookup = BTreeMap<u32, Result<Arc<Writer>, Refusal>>;
+pub type WriterSchemas = BTreeMap<u32, Result<Arc<Writer>, Refusal>>;
 
 impl Pipeline {
     pub(super) async fn check_stage(
@@ -93,13 +93,13 @@ impl Pipeline {
     /// starts, so the only waiting on the registry happens here, with retries. A registry that
     /// refuses us (credentials, a wrong address) stops the consumer: it is not the records' fault,
     /// and dead-lettering them would lose them for a configuration mistake.
-    async fn writer_schemas(&self, batch: &[Polled]) -> Result<SchemaLookup, BatchError> {
+    async fn writer_schemas(&self, batch: &[Polled]) -> Result<WriterSchemas, BatchError> {
         let ids: std::collections::BTreeSet<u32> = batch
             .iter()
             .filter_map(|p| wire::split(p.payload()).ok().map(|(id, _)| id))
             .collect();
         let codec = &self.ports.codec;
-        let mut schemas = SchemaLookup::new();
+        let mut schemas = WriterSchemas::new();
         for id in ids {
             let fetched = retry(
                 &self.stats.outages.registry,
@@ -125,9 +125,11 @@ impl Pipeline {
     }
 }
 
-fn check_one(
+/// One record's verdict, from its bytes alone once its writer schema is known: the record to
+/// store, or why it is refused. Whatever the bytes, this returns (the fuzz tests hold it to that).
+pub fn check_one(
     codec: &ImageCodec,
-    schemas: &SchemaLookup,
+    schemas: &WriterSchemas,
     limits: &Limits,
     polled: &Polled,
 ) -> Result<ImageRecord, Refusal> {

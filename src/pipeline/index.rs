@@ -51,6 +51,14 @@ impl Pipeline {
                         existing,
                     },
                 )),
+                // Its object stays behind without a row: `verify --repair` removes such orphans.
+                Indexed::Refused(detail) => letters.push(DeadLetter::new(
+                    polled,
+                    Refusal::IndexRefused {
+                        image_id: entry.image_id,
+                        detail,
+                    },
+                )),
             }
         }
         Ok(())

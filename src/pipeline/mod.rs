@@ -44,7 +44,7 @@
 //! table, a registry refusing the consumer) stop the consumer with one clear line, before
 //! anything past them is committed.
 
-mod check;
+pub mod check;
 pub mod commit;
 mod fetch;
 mod index;

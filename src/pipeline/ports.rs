@@ -158,6 +158,9 @@ pub enum Indexed {
     AlreadyIndexed,
     /// A row with this id describes a different image.
     Conflict(Box<IndexEntry>),
+    /// The database refused this row for what it holds (a value it cannot store, a constraint);
+    /// the other rows of the batch are written.
+    Refused(String),
 }
 
 /// Where index rows go.

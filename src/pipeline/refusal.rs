@@ -32,6 +32,10 @@ pub enum Refusal {
         image_id: Uuid,
         existing: Box<IndexEntry>,
     },
+    /// The index refused the image's row for a value it holds: a check the door does not make.
+    IndexRefused { image_id: Uuid, detail: String },
+    /// No request to the store can be built from the record's fields.
+    Unstorable { image_id: Uuid, detail: String },
 }
 
 /// The two kinds of refusal, as written to the `imgstream.dlq.class` header.
@@ -67,6 +71,8 @@ impl Refusal {
             Refusal::ChecksumMismatch { .. } => "checksum-mismatch",
             Refusal::ObjectConflict { .. } => "object-conflict",
             Refusal::IndexConflict { .. } => "index-conflict",
+            Refusal::IndexRefused { .. } => "index-refused",
+            Refusal::Unstorable { .. } => "unstorable-record",
         }
     }
 
@@ -82,7 +88,9 @@ impl Refusal {
         match self {
             Refusal::Undecodable { message, .. } => message.clone(),
             Refusal::Invalid { image_id, invalid } => format!("image {image_id}: {invalid}"),
-            Refusal::ChecksumMismatch { image_id, detail } => format!("image {image_id}: {detail}"),
+            Refusal::ChecksumMismatch { image_id, detail }
+            | Refusal::IndexRefused { image_id, detail }
+            | Refusal::Unstorable { image_id, detail } => format!("image {image_id}: {detail}"),
             Refusal::ObjectConflict {
                 image_id,
                 key,

@@ -4,6 +4,7 @@
 //! cached), resolved against our reader schema: a producer that added an optional field does not
 //! break a running consumer.
 
+use super::bounds;
 use super::registry::{RegistryError, SchemaLookup};
 use super::wire::{self, WireError};
 use crate::domain::ImageRecord;
@@ -23,6 +24,10 @@ pub enum DecodeError {
     Wire(#[from] WireError),
     #[error("schema id {0} is not known to the schema registry")]
     UnknownSchema(u32),
+    #[error(
+        "schema id {id} is not registered under subject {subject}: only the topic's own schemas are read"
+    )]
+    ForeignSchema { id: u32, subject: String },
     #[error("cannot fetch schema id {id}: {source}")]
     Registry { id: u32, source: RegistryError },
     #[error("schema id {id} does not parse as Avro: {detail}")]
@@ -44,6 +49,7 @@ impl DecodeError {
             DecodeError::Wire(WireError::TooShort(_)) => "not-wire-format",
             DecodeError::Wire(WireError::BadMagic(_)) => "bad-magic-byte",
             DecodeError::UnknownSchema(_) => "unknown-schema-id",
+            DecodeError::ForeignSchema { .. } => "foreign-schema-id",
             DecodeError::Registry { .. } => "registry-unavailable",
             DecodeError::BadSchema { .. } => "unparseable-schema",
             DecodeError::Avro { .. } => "malformed-avro",
@@ -67,23 +73,32 @@ pub struct Writer {
     pub same_as_reader: bool,
 }
 
-/// Encodes with one schema (the one registered for producing) and decodes with any registered one.
+/// Decodes with any schema registered under one subject (the data topic's value subject).
 pub struct ImageCodec {
     reader: Schema,
     reader_form: String,
     registry: Arc<dyn SchemaLookup>,
+    /// Writer schemas are read only when registered under this subject: any other id could name
+    /// a schema someone registered elsewhere, shaped to make decoding costly.
+    subject: String,
     writers: RwLock<HashMap<u32, Arc<Writer>>>,
 }
 
 impl ImageCodec {
-    /// A codec that reads with `reader_schema` and looks writer schemas up in `registry`.
-    pub fn new(reader_schema: &str, registry: Arc<dyn SchemaLookup>) -> Result<Self, EncodeError> {
+    /// A codec that reads with `reader_schema` and looks writer schemas up in `registry`, among
+    /// those registered under `subject`.
+    pub fn new(
+        reader_schema: &str,
+        registry: Arc<dyn SchemaLookup>,
+        subject: &str,
+    ) -> Result<Self, EncodeError> {
         let reader =
             Schema::parse_str(reader_schema).map_err(|e| EncodeError::Schema(e.to_string()))?;
         Ok(ImageCodec {
             reader_form: reader.canonical_form(),
             reader,
             registry,
+            subject: subject.to_string(),
             writers: RwLock::new(HashMap::new()),
         })
     }
@@ -96,15 +111,29 @@ impl ImageCodec {
         }
     }
 
-    /// The writer schema for an id: from the cache, or once from the registry.
+    /// The writer schema for an id: from the cache, or once from the registry. Only schemas
+    /// registered under the codec's subject are accepted (a refusal is not cached: the schema
+    /// may be registered there later).
     pub async fn writer_schema(&self, id: u32) -> Result<Arc<Writer>, DecodeError> {
         if let Some(s) = self.writers.read().expect("schema cache poisoned").get(&id) {
             return Ok(s.clone());
         }
+        let unavailable = |source| DecodeError::Registry { id, source };
         let text = self.registry.schema_text(id).await.map_err(|e| match e {
             RegistryError::NotFound { .. } => DecodeError::UnknownSchema(id),
-            other => DecodeError::Registry { id, source: other },
+            other => unavailable(other),
         })?;
+        let ours = self
+            .registry
+            .registered_under(&self.subject, &text)
+            .await
+            .map_err(unavailable)?;
+        if !ours {
+            return Err(DecodeError::ForeignSchema {
+                id,
+                subject: self.subject.clone(),
+            });
+        }
         let schema = Schema::parse_str(&text).map_err(|e| DecodeError::BadSchema {
             id,
             detail: e.to_string(),
@@ -136,6 +165,8 @@ impl ImageCodec {
             return fast::decode(payload.slice(wire::HEADER_LEN.min(payload.len())..), id);
         }
         let (_, mut datum) = wire::split(payload)?;
+        let malformed = |detail| DecodeError::Avro { id, detail };
+        bounds::check(&writer.schema, datum).map_err(malformed)?;
         let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, Some(&self.reader))
             .map_err(|e| DecodeError::Avro {
                 id,
@@ -327,12 +358,12 @@ fn record_from_value(value: Value) -> Result<ImageRecord, DecodeError> {
     let image_id = match take("image_id")? {
         Value::Uuid(u) => u,
         Value::String(s) => Uuid::parse_str(&s).map_err(|e| bad("image_id", e))?,
-        other => return Err(bad("image_id", format!("unexpected {other:?}"))),
+        other => return Err(bad("image_id", format!("unexpected {}", kind(&other)))),
     };
     let created_at = match take("created_at")? {
         Value::TimestampMicros(t) | Value::Long(t) => DateTime::<Utc>::from_timestamp_micros(t)
             .ok_or_else(|| bad("created_at", format!("{t} out of range")))?,
-        other => return Err(bad("created_at", format!("unexpected {other:?}"))),
+        other => return Err(bad("created_at", format!("unexpected {}", kind(&other)))),
     };
     Ok(ImageRecord {
         image_id,
@@ -345,7 +376,7 @@ fn record_from_value(value: Value) -> Result<ImageRecord, DecodeError> {
         sha256: string(take("sha256")?, "sha256")?,
         data: match take("data")? {
             Value::Bytes(b) => Bytes::from(b),
-            other => return Err(bad("data", format!("unexpected {other:?}"))),
+            other => return Err(bad("data", format!("unexpected {}", kind(&other)))),
         },
     })
 }
@@ -360,7 +391,10 @@ fn bad(field: &'static str, detail: impl ToString) -> DecodeError {
 fn string(value: Value, field: &'static str) -> Result<String, DecodeError> {
     match value {
         Value::String(s) => Ok(s),
-        other => Err(bad(field, format!("expected a string, got {other:?}"))),
+        other => Err(bad(
+            field,
+            format!("expected a string, got {}", kind(&other)),
+        )),
     }
 }
 
@@ -368,7 +402,27 @@ fn dimension(value: Value, field: &'static str) -> Result<u32, DecodeError> {
     match value {
         Value::Int(n) if n >= 0 => Ok(n as u32),
         Value::Int(n) => Err(bad(field, format!("{n} is negative"))),
-        other => Err(bad(field, format!("expected an int, got {other:?}"))),
+        other => Err(bad(field, format!("expected an int, got {}", kind(&other)))),
+    }
+}
+
+/// What kind of value a field holds, for a refusal: never the value itself, which a writer
+/// controls and which may be megabytes long.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Boolean(_) => "a boolean",
+        Value::Int(_) => "an int",
+        Value::Long(_) => "a long",
+        Value::Float(_) | Value::Double(_) => "a floating-point number",
+        Value::Bytes(_) | Value::Fixed(..) => "bytes",
+        Value::String(_) => "a string",
+        Value::Enum(..) => "an enum symbol",
+        Value::Union(..) => "a union",
+        Value::Array(_) => "an array",
+        Value::Map(_) => "a map",
+        Value::Record(_) => "a record",
+        _ => "a logical-type value",
     }
 }
 
@@ -398,7 +452,7 @@ mod tests {
     fn codec() -> ImageCodec {
         // The registry is never contacted by decode_with.
         let registry = RegistryClient::new("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
-        ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(registry)).unwrap()
+        ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(registry), "images-value").unwrap()
     }
 
     #[test]
@@ -469,5 +523,49 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.code(), "malformed-avro", "cut at {cut}: {err}");
         }
+    }
+
+    /// Our schema with one more field appended: an optional array of longs, empty by default.
+    fn schema_with_tags() -> Schema {
+        let mut v2: serde_json::Value = serde_json::from_str(IMAGE_RECORD_SCHEMA).unwrap();
+        v2["fields"].as_array_mut().unwrap().push(serde_json::json!(
+            {"name": "tags", "type": {"type": "array", "items": "long"}, "default": []}
+        ));
+        Schema::parse_str(&v2.to_string()).unwrap()
+    }
+
+    #[test]
+    fn an_array_claiming_500_million_elements_is_refused_not_allocated() {
+        let v2 = schema_with_tags();
+        let mut bytes = encode(&v2, 43, &sample()).unwrap();
+        // The empty array is the datum's last byte (a block count of 0): claim 500 million longs.
+        assert_eq!(bytes.pop(), Some(0));
+        bytes.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]); // zig-zag 500,000,000
+        bytes.extend_from_slice(&[2, 4, 6, 0]);
+        let codec = codec();
+        let writer = codec.writer(v2);
+        let err = codec
+            .decode_with(&writer, 43, &Bytes::from(bytes))
+            .unwrap_err();
+        assert_eq!(err.code(), "malformed-avro");
+        assert!(err.to_string().contains("65536 elements"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn only_writer_schemas_registered_under_the_topics_subject_are_read() {
+        use crate::fakes::MemorySchemas;
+        let foreign = schema_with_tags().canonical_form();
+        let schemas = MemorySchemas::with(&[(1, IMAGE_RECORD_SCHEMA)]).with_foreign(9, &foreign);
+        let codec =
+            ImageCodec::new(IMAGE_RECORD_SCHEMA, Arc::new(schemas), "images-value").unwrap();
+        assert!(codec.writer_schema(1).await.is_ok());
+        let err = codec
+            .writer_schema(9)
+            .await
+            .err()
+            .expect("foreign id refused");
+        assert_eq!(err.code(), "foreign-schema-id");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("images-value"), "{err}");
     }
 }

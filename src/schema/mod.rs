@@ -1,5 +1,6 @@
 //! The message contract: the Avro schema file, the Confluent wire format, and the registry client.
 
+pub mod bounds;
 pub mod codec;
 pub mod registry;
 pub mod wire;

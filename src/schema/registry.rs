@@ -40,11 +40,28 @@ impl RegistryError {
 pub trait SchemaLookup: Send + Sync {
     /// The schema text registered under a global id.
     fn schema_text(&self, id: u32) -> BoxFuture<'_, Result<String, RegistryError>>;
+
+    /// Whether `schema` is registered under `subject` (as any version).
+    fn registered_under<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>>;
 }
 
 impl SchemaLookup for RegistryClient {
     fn schema_text(&self, id: u32) -> BoxFuture<'_, Result<String, RegistryError>> {
         Box::pin(self.schema_by_id(id))
+    }
+
+    fn registered_under<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        // By content, not by id: a registry that keeps one id per content (Apicurio's default)
+        // and one that keeps one per subject and version both find the schema this way.
+        Box::pin(async move { Ok(self.lookup(subject, schema).await?.is_some()) })
     }
 }
 
