@@ -4,7 +4,9 @@ STACK := scripts/stack/stack.sh
 DEMO_COUNT ?= 1000
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: soak demo demo-build test stack-up stack-up-secured stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
+FUZZ_CASES ?= 200000
+
+.PHONY: fuzz soak demo demo-build test stack-up stack-up-secured stack-down stack-status deps build release fmt lint unit bench bench-browse clean-stack check-deploy
 
 # The stack first, then the build: on 2 cores, starting the stack (a Go build of MinIO) while
 # imgstream builds made a cold demo slower (713 s against 569 s), as both are CPU-bound.
@@ -51,7 +53,12 @@ lint: deps
 
 # Unit and protocol tests: no service needed, seconds once built.
 unit: deps
-	cargo test --locked --lib --bins --test protocol
+	cargo test --locked --lib --bins --test protocol --test fuzz
+
+# The fuzz suite (tests/fuzz.rs) at length: bytes -> wire format -> Avro -> validation -> refusal ->
+# dead letter, FUZZ_CASES cases per generator (a few minutes on 2 cores). `make test` runs 300.
+fuzz: deps
+	IMGSTREAM_FUZZ_CASES=$(FUZZ_CASES) cargo test --release --locked --test fuzz
 
 bench: stack-up deps
 	cargo build --release --locked --bins

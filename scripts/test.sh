@@ -13,8 +13,8 @@ scripts/test-deps.sh
 export DATABASE_CONNECTION_STRING="${IMGSTREAM_TEST_DATABASE_URL:-postgres://imgstream:imgstream@127.0.0.1:5432/imgstream_test}"
 export RUST_BACKTRACE=0
 
-echo "== unit and protocol tests (no services)"
-cargo test --locked --lib --bins --test protocol
+echo "== unit, protocol and fuzz tests (no services; a short fuzz run, \`make fuzz\` for a long one)"
+cargo test --locked --lib --bins --test protocol --test fuzz
 echo "== integration tests"
 cargo test --locked --test setup --test produce --test consume --test dlq --test foreign --test serve --test browser --test least_privilege --test secured -- --test-threads=2
 echo "== fault tests"

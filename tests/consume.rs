@@ -188,6 +188,45 @@ async fn malformed_records_are_dead_lettered_with_their_reason_and_valid_ones_st
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_row_postgresql_refuses_is_that_rows_outcome_and_the_rest_of_its_batch_is_written() {
+    use imgstream::domain::{IndexEntry, Origin};
+    use imgstream::pipeline::{IndexSink, Indexed};
+    let env = TestEnv::new("rowrefused").await;
+    let origin = |offset| Origin {
+        topic: env.name.clone(),
+        partition: 0,
+        offset,
+    };
+    let bucket = &env.settings.store.bucket;
+    let good = [0, 2].map(|i| {
+        IndexEntry::new(
+            &valid_record(i, ImageFormat::Png),
+            &origin(i as i64),
+            bucket,
+        )
+    });
+    // What the door refuses, written past it: PostgreSQL cannot store a NUL byte in text.
+    let mut bad_record = valid_record(1, ImageFormat::Png);
+    bad_record.customer_id = "acme\0corp".into();
+    let bad = IndexEntry::new(&bad_record, &origin(1), bucket);
+    let entries = [good[0].clone(), bad, good[1].clone()];
+
+    let index = env.index().await;
+    let outcomes = index
+        .insert(&entries)
+        .await
+        .expect("a refused row is no failure");
+    assert!(matches!(outcomes[0], Indexed::Inserted), "{outcomes:?}");
+    assert!(
+        matches!(&outcomes[1], Indexed::Refused(why) if why.contains("0x00")),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[2], Indexed::Inserted), "{outcomes:?}");
+    assert_eq!(index.count().await.unwrap(), 2);
+    index.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn minio_refuses_bytes_that_do_not_match_their_sha256_even_as_a_replay() {
     let env = TestEnv::new("corrupt-copy").await;
     let store = env.store();
