@@ -67,6 +67,10 @@ pub enum ProduceError {
     Schema(String),
     #[error("image generation failed: {0}")]
     Generate(String),
+    #[error(
+        "{0}; consumers would dead-letter every image, so nothing is sent (PRODUCER_CUSTOMER_ID)"
+    )]
+    CustomerId(crate::validate::Invalid),
 }
 
 /// One record ready to send.
@@ -138,6 +142,8 @@ pub async fn produce(
 ) -> Result<ProduceSummary, ProduceError> {
     let schema =
         Schema::parse_str(&opts.schema).map_err(|e| ProduceError::Schema(e.to_string()))?;
+    crate::validate::check_id("customer_id", &opts.customer_id, &settings.limits.ids)
+        .map_err(ProduceError::CustomerId)?;
     let registry = crate::wiring::registry(settings)?;
     // Registering is idempotent: the id of an identical schema comes back. An incompatible change
     // is refused here with the registry's reason, before anything is sent.

@@ -222,7 +222,7 @@ pub fn validate(record: &ImageRecord, limits: &Limits) -> Result<ImageFormat, In
 }
 
 /// An id is present, within its length and made of allowed characters.
-fn check_id(field: &'static str, id: &str, rules: &IdRules) -> Result<(), Invalid> {
+pub fn check_id(field: &'static str, id: &str, rules: &IdRules) -> Result<(), Invalid> {
     if id.trim().is_empty() {
         return Err(Invalid::MissingField { field });
     }

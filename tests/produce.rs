@@ -123,6 +123,21 @@ async fn an_image_larger_than_the_topic_allows_is_refused_before_sending() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_customer_id_consumers_would_refuse_stops_the_producer_before_sending() {
+    let env = TestEnv::with("badcustomer", &[("PRODUCER_CUSTOMER_ID", "acme\ncorp")]).await;
+    let out = env.run(&["produce", "--count", "3"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("forbidden-character") || err.contains("customer_id holds \\n"),
+        "{err}"
+    );
+    assert!(err.contains("PRODUCER_CUSTOMER_ID"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(read_topic(&env, &env.name).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_producer_reports_exactly_what_was_delivered() {
     let env = TestEnv::new("sigint").await;
     let child = env
