@@ -6,10 +6,22 @@
 //! letter carries the raised count, and a letter replayed `max_replays` times is not sent again.
 //! Replaying the same letter twice is harmless: the commit protocol stores a record once however
 //! often it arrives.
+//!
+//! "Unchanged" includes a producer's headers under imgstream's namespace, which the letter
+//! carries renamed (see [`crate::pipeline::letter`]): they go back under their own names, even
+//! a forged `imgstream.dlq.code`. That is safe because the data topic's consumer reads no header
+//! at all (it only copies them onto a letter, renaming them again); only readers of the
+//! dead-letter topic give `imgstream.dlq.*` a meaning.
+//!
+//! A letter that carries a reference instead of its value (`imgstream.dlq.omitted`) is not
+//! replayed: sending it would put an empty or partial record on the data topic. It is reported,
+//! with where the original is, and the command fails.
 
 use crate::config::Settings;
 use crate::kafka::dlq::{StoredLetter, headers, read_letters};
 use crate::kafka::{BrokerError, off_thread};
+use crate::pipeline::RecordHeader;
+use crate::pipeline::letter::{bounded_reason, bounded_text, original_key};
 use crate::wiring;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,6 +34,9 @@ pub struct Selection {
     /// Letters dead-lettered at or after this time.
     pub since: Option<DateTime<Utc>>,
 }
+
+/// The longest key a listing shows, in bytes.
+const SHOWN_KEY_BYTES: usize = 256;
 
 /// One dead letter, as a person reads it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -36,6 +51,11 @@ pub struct Letter {
     pub dead_lettered_at: Option<DateTime<Utc>>,
     pub key: Option<String>,
     pub replays: u32,
+    /// What the letter leaves out of the original (`value`, `headers`, `key`), if anything; then
+    /// the original value's size and sha256 stand in for it.
+    pub omitted: Option<String>,
+    pub original_value_size: Option<u64>,
+    pub original_value_sha256: Option<String>,
 }
 
 impl Letter {
@@ -46,7 +66,9 @@ impl Letter {
             dlq_offset: l.offset,
             code: header(headers::CODE),
             class: header(headers::CLASS),
-            reason: header(headers::REASON),
+            // Bounded here too: letters written before reasons were bounded, and keys, are
+            // as long as a producer made them, and both are shown on a terminal and a page.
+            reason: bounded_reason(header(headers::REASON)),
             original: format!(
                 "{}/{}@{}",
                 header(headers::ORIGINAL_TOPIC),
@@ -61,9 +83,19 @@ impl Letter {
             key: l
                 .key
                 .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
+                .map(|k| bounded_text(String::from_utf8_lossy(k).into_owned(), SHOWN_KEY_BYTES)),
             replays: replays(l),
+            omitted: l.header(headers::OMITTED).filter(|o| !o.is_empty()),
+            original_value_size: l
+                .header(headers::ORIGINAL_VALUE_SIZE)
+                .and_then(|n| n.parse().ok()),
+            original_value_sha256: l.header(headers::ORIGINAL_VALUE_SHA256),
         }
+    }
+
+    /// Whether the letter holds the whole original record, so that it can be sent back.
+    pub fn replayable(&self) -> bool {
+        self.omitted.is_none()
     }
 
     fn selected(&self, selection: &Selection) -> bool {
@@ -97,6 +129,8 @@ pub struct ReplayReport {
     pub replayed: Vec<Letter>,
     /// Letters already replayed `max_replays` times: left in the dead-letter topic.
     pub held_back: Vec<Letter>,
+    /// Letters that carry a reference instead of the original value: nothing to send.
+    pub not_replayable: Vec<Letter>,
 }
 
 /// The dead-letter topic's letters: all, or the last `last` of each partition.
@@ -169,6 +203,7 @@ pub async fn replay(
         selected: selected.len(),
         replayed: Vec::new(),
         held_back: Vec::new(),
+        not_replayable: Vec::new(),
     };
     let producer = if dry_run {
         None
@@ -176,6 +211,10 @@ pub async fn replay(
         Some(wiring::producer(settings)?)
     };
     for (stored, letter) in selected {
+        if !letter.replayable() {
+            report.not_replayable.push(letter);
+            continue;
+        }
         if letter.replays >= max_replays {
             report.held_back.push(letter);
             continue;
@@ -194,16 +233,18 @@ pub async fn replay(
     Ok(report)
 }
 
-/// The original record's headers, with the replay count raised by one.
-fn replay_headers(letter: &StoredLetter) -> Vec<(String, Option<Vec<u8>>)> {
+/// The original record's headers under their original names, with the replay count raised by
+/// one.
+fn replay_headers(letter: &StoredLetter) -> Vec<RecordHeader> {
     let count = replays(letter) + 1;
     letter
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with(headers::PREFIX) && k != headers::REPLAY_COUNT)
-        .cloned()
+        .filter_map(|(k, v)| original_key(k).map(|k| (k, v)))
+        .filter(|(k, _)| *k != headers::REPLAY_COUNT.as_bytes())
+        .map(|(k, v)| (k.to_vec(), v.clone()))
         .chain([(
-            headers::REPLAY_COUNT.to_string(),
+            headers::REPLAY_COUNT.as_bytes().to_vec(),
             Some(count.to_string().into_bytes()),
         )])
         .collect()
@@ -214,10 +255,9 @@ mod tests {
     use super::*;
 
     fn stored(code: &str, at: &str, extra: &[(&str, &str)]) -> StoredLetter {
-        let mut hs: Vec<(String, Option<Vec<u8>>)> =
-            vec![("trace-id".into(), Some(b"t1".to_vec()))];
+        let mut hs: Vec<RecordHeader> = vec![(b"trace-id".to_vec(), Some(b"t1".to_vec()))];
         for (k, v) in extra {
-            hs.push((k.to_string(), Some(v.as_bytes().to_vec())));
+            hs.push((k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())));
         }
         for (k, v) in [
             (headers::CODE, code),
@@ -228,7 +268,7 @@ mod tests {
             (headers::ORIGINAL_OFFSET, "41"),
             (headers::DEAD_LETTERED_AT, at),
         ] {
-            hs.push((k.to_string(), Some(v.as_bytes().to_vec())));
+            hs.push((k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())));
         }
         StoredLetter {
             partition: 0,
@@ -275,8 +315,11 @@ mod tests {
         assert_eq!(
             first,
             vec![
-                ("trace-id".to_string(), Some(b"t1".to_vec())),
-                (headers::REPLAY_COUNT.to_string(), Some(b"1".to_vec())),
+                (b"trace-id".to_vec(), Some(b"t1".to_vec())),
+                (
+                    headers::REPLAY_COUNT.as_bytes().to_vec(),
+                    Some(b"1".to_vec())
+                ),
             ]
         );
         let again = replay_headers(&stored(
@@ -286,8 +329,69 @@ mod tests {
         ));
         assert_eq!(
             again[1],
-            (headers::REPLAY_COUNT.to_string(), Some(b"2".to_vec()))
+            (
+                headers::REPLAY_COUNT.as_bytes().to_vec(),
+                Some(b"2".to_vec())
+            )
         );
         assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn a_letter_shows_our_verdict_even_when_the_producers_header_of_that_name_came_first() {
+        // As written before producers' headers were renamed: theirs first, ours after.
+        let letter = Letter::from_stored(&stored(
+            "bad-field",
+            "2026-11-26T10:00:00Z",
+            &[
+                (headers::CODE, "ok"),
+                (headers::ORIGINAL_TOPIC, "elsewhere"),
+            ],
+        ));
+        assert_eq!(letter.code, "bad-field");
+        assert_eq!(letter.original, "images/2@41");
+    }
+
+    #[test]
+    fn a_replay_restores_renamed_producer_headers_under_their_own_names() {
+        let mut letter = stored("bad-field", "2026-11-26T10:00:00Z", &[]);
+        letter.headers.insert(
+            1,
+            (
+                [headers::RENAMED.as_bytes(), headers::CODE.as_bytes()].concat(),
+                Some(b"ok".to_vec()),
+            ),
+        );
+        letter.headers.insert(2, (vec![0xff, b'k'], None));
+        assert_eq!(
+            replay_headers(&letter),
+            vec![
+                (b"trace-id".to_vec(), Some(b"t1".to_vec())),
+                (headers::CODE.as_bytes().to_vec(), Some(b"ok".to_vec())),
+                (vec![0xff, b'k'], None),
+                (
+                    headers::REPLAY_COUNT.as_bytes().to_vec(),
+                    Some(b"1".to_vec())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_letter_that_omits_its_value_is_not_replayable_and_says_what_stands_in() {
+        let letter = Letter::from_stored(&stored(
+            "bad-field",
+            "2026-11-26T10:00:00Z",
+            &[
+                (headers::OMITTED, "value"),
+                (headers::ORIGINAL_VALUE_SIZE, "1048000"),
+                (headers::ORIGINAL_VALUE_SHA256, "ab"),
+            ],
+        ));
+        assert!(!letter.replayable());
+        assert_eq!(letter.original_value_size, Some(1_048_000));
+        assert_eq!(letter.original_value_sha256.as_deref(), Some("ab"));
+        let whole = Letter::from_stored(&stored("bad-field", "2026-11-26T10:00:00Z", &[]));
+        assert!(whole.replayable());
     }
 }

@@ -620,8 +620,12 @@ async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<ExitCode, S
             }
             for l in &listing.letters {
                 let at = l.dead_lettered_at.map_or("-".into(), |t| t.to_rfc3339());
+                let omitted = l
+                    .omitted
+                    .as_ref()
+                    .map_or(String::new(), |o| format!("  [{o} omitted]"));
                 println!(
-                    "{}@{}  {at}  {}  from {}  replays {}: {}",
+                    "{}@{}  {at}  {}  from {}  replays {}{omitted}: {}",
                     listing.topic, l.dlq_offset, l.code, l.original, l.replays, l.reason
                 );
             }
@@ -657,7 +661,26 @@ async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<ExitCode, S
                     );
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            // Letters without their value cannot be replayed from the dead-letter topic: said
+            // on stderr, and the command fails, so a script does not take a partial replay for
+            // a whole one.
+            for l in &report.not_replayable {
+                eprintln!(
+                    "not replayed: {} from {}: the dead letter carries a reference, not the record ({} omitted; value {} bytes, sha256 {}); the original is at {} while the data topic retains it",
+                    l.code,
+                    l.original,
+                    l.omitted.as_deref().unwrap_or("-"),
+                    l.original_value_size
+                        .map_or("-".to_string(), |n| n.to_string()),
+                    l.original_value_sha256.as_deref().unwrap_or("-"),
+                    l.original
+                );
+            }
+            Ok(if report.not_replayable.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

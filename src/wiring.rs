@@ -6,7 +6,7 @@
 use crate::config::Settings;
 use crate::index::{ImageIndex, IndexError};
 use crate::kafka::BrokerError;
-use crate::kafka::admin::TopicAdmin;
+use crate::kafka::admin::{TopicAdmin, dlq_topic_spec};
 use crate::kafka::consumer::{FetchSettings, group_consumer, offsets_reader as offsets_reader_for};
 use crate::kafka::dlq::DeadLetterWriter;
 use crate::kafka::producer::ImageProducer;
@@ -21,6 +21,7 @@ use crate::store::{ImageStore, StoreError};
 use crate::validate::Limits;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::sync::Arc;
+use tracing::{info, warn};
 
 pub fn registry(settings: &Settings) -> Result<RegistryClient, RegistryError> {
     RegistryClient::with_access(
@@ -55,8 +56,38 @@ pub fn producer(settings: &Settings) -> Result<ImageProducer, BrokerError> {
     ImageProducer::new(&settings.kafka, &settings.limits)
 }
 
-pub fn dead_letters(settings: &Settings) -> Result<DeadLetterWriter, BrokerError> {
-    DeadLetterWriter::new(&settings.kafka, &settings.limits)
+/// The dead-letter writer, its letter budget from the DLQ topic's `max.message.bytes` as the
+/// broker has it: an operator may have changed it since `setup`. An identity that may not
+/// describe topic configs (the application identity needs no DescribeConfigs ACL) cannot read
+/// it; the value `setup` writes stands in, and the writer still falls back to a letter's
+/// reference if the broker refuses it as too large.
+pub async fn dead_letters(settings: &Settings) -> Result<DeadLetterWriter, BrokerError> {
+    let configured = dlq_topic_spec(&settings.kafka, &settings.limits)
+        .configs
+        .get("max.message.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(settings.limits.max_message_bytes());
+    let topic = &settings.kafka.dlq_topic;
+    let read = match topic_admin(settings) {
+        Ok(admin) => admin.topic_configs(topic).await,
+        Err(e) => Err(e),
+    };
+    let max_message_bytes = match read.map(|c| c.get("max.message.bytes").cloned()) {
+        Ok(Some(value)) => value.parse().unwrap_or(configured),
+        Ok(None) => {
+            info!(
+                "the configuration of {topic} is hidden from this identity; dead letters are sized for max.message.bytes {configured}, as setup writes it"
+            );
+            configured
+        }
+        Err(e) => {
+            warn!(
+                "cannot read max.message.bytes of {topic} ({e}); dead letters are sized for {configured}, as setup writes it"
+            );
+            configured
+        }
+    };
+    DeadLetterWriter::new(&settings.kafka, &settings.limits, max_message_bytes)
 }
 
 /// A member of the consumer group, subscribed to the data topic.
@@ -130,7 +161,7 @@ pub async fn consumer(
         codec: Arc::new(codec(settings)?),
         images,
         index,
-        dead_letters: Arc::new(dead_letters(settings).map_err(|e| e.to_string())?),
+        dead_letters: Arc::new(dead_letters(settings).await.map_err(|e| e.to_string())?),
     };
     let pipeline = Pipeline::new(ports, opts, shutdown);
     if let Some(m) = &mut metrics {

@@ -6,9 +6,11 @@ use bytes::Bytes;
 use imgstream::domain::{ImageFormat, ImageRecord, object_key, sha256_hex};
 use imgstream::fakes::{Flaky, MemoryDeadLetters, MemoryIndex, MemorySchemas, MemorySource};
 use imgstream::generate::{ImageSpec, render};
+use imgstream::pipeline::letter::{MAX_REASON_BYTES, headers};
 use imgstream::pipeline::retry::Backoff;
 use imgstream::pipeline::{
-    Failure, Pipeline, PipelineError, PipelineOptions, Ports, Positions, RunSummary, StopReason,
+    Failure, Pipeline, PipelineError, PipelineOptions, Ports, Positions, RecordHeader, RunSummary,
+    StopReason,
 };
 use imgstream::schema::{IMAGE_RECORD_SCHEMA, ImageCodec, codec};
 use imgstream::shutdown::{Shutdown, ShutdownTrigger};
@@ -39,6 +41,16 @@ impl Services {
             index: Arc::new(Flaky::new(MemoryIndex::default())),
             letters: Arc::new(Flaky::new(MemoryDeadLetters::default())),
             schemas: Arc::new(MemorySchemas::with(&[(SCHEMA_ID, IMAGE_RECORD_SCHEMA)])),
+        }
+    }
+
+    /// The same services, with a dead-letter topic that takes records up to `max_message_bytes`.
+    fn with_dead_letter_limit(partitions: i32, max_message_bytes: usize) -> Self {
+        Services {
+            letters: Arc::new(Flaky::new(MemoryDeadLetters::with_max_message_bytes(
+                max_message_bytes,
+            ))),
+            ..Services::new(partitions)
         }
     }
 
@@ -80,7 +92,7 @@ impl Services {
             Some(record.source_id.as_bytes()),
             Some(encode(record)),
             vec![(
-                "trace-id".into(),
+                b"trace-id".to_vec(),
                 Some(record.image_id.to_string().into_bytes()),
             )],
         );
@@ -719,8 +731,8 @@ async fn a_row_the_index_refuses_is_dead_lettered_and_the_rest_of_its_batch_inde
 async fn a_tombstone_is_dead_lettered_with_a_null_value_and_its_original_headers() {
     let s = Services::new(1);
     let headers = vec![
-        ("trace-id".to_string(), Some(b"abc".to_vec())),
-        ("empty".to_string(), None),
+        (b"trace-id".to_vec(), Some(b"abc".to_vec())),
+        (b"empty".to_vec(), None),
     ];
     s.source.append(0, Some(b"cam-1"), None, headers.clone());
     s.source.append(
@@ -802,4 +814,90 @@ async fn a_fatal_failure_stops_a_long_running_consumer_even_when_nothing_more_ar
         .expect("the pipeline stopped on its own");
     assert!(result.unwrap_err().to_string().contains("imgstream setup"));
     assert!(s.source.committed().is_empty());
+}
+
+/// A record as large as the dead-letter topic takes, refused with a reason that quotes its
+/// longest field: its letter carries a reference instead of the value, and the record behind it
+/// is stored.
+#[tokio::test]
+async fn a_refused_record_too_large_for_its_letter_is_dead_lettered_as_a_reference() {
+    const TOPIC_LIMIT: usize = 64 * 1024;
+    let s = Services::with_dead_letter_limit(1, TOPIC_LIMIT);
+    let mut long_field = image(1);
+    long_field.sha256 = "z".repeat(TOPIC_LIMIT - 2048);
+    let value = encode(&long_field);
+    s.source
+        .append(0, Some(b"cam-1"), Some(value.clone()), vec![]);
+    let valid = image(2);
+    s.publish(0, &valid);
+
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+
+    assert_eq!(s.letters.inner.codes(), ["malformed-checksum"]);
+    let written = &s.letters.inner.written()[0];
+    assert!(written.size() < TOPIC_LIMIT, "{} bytes", written.size());
+    assert_eq!(written.value, None);
+    assert_eq!(written.header(headers::OMITTED).as_deref(), Some("value"));
+    assert_eq!(
+        written.header(headers::ORIGINAL_VALUE_SIZE),
+        Some(value.len().to_string())
+    );
+    assert_eq!(
+        written.header(headers::ORIGINAL_VALUE_SHA256),
+        Some(sha256_hex(&value))
+    );
+    assert_eq!(
+        written.header(headers::ORIGINAL_OFFSET).as_deref(),
+        Some("0")
+    );
+    assert!(written.header(headers::REASON).unwrap().len() <= MAX_REASON_BYTES);
+    assert_eq!(s.rows(), 1);
+    assert_eq!(s.source.committed(), positions(&[(0, 2)]));
+}
+
+/// What a letter says about why and where from is imgstream's, whatever the producer's headers
+/// claim; the producer's headers are kept, renamed, keys that are not UTF-8 included.
+#[tokio::test]
+async fn a_producers_forged_verdict_headers_are_renamed_on_its_letter() {
+    let s = Services::new(1);
+    let forged: Vec<RecordHeader> = vec![
+        (headers::CODE.as_bytes().to_vec(), Some(b"ok".to_vec())),
+        (
+            headers::ORIGINAL_TOPIC.as_bytes().to_vec(),
+            Some(b"elsewhere".to_vec()),
+        ),
+        (vec![0xff, 0xfe, b'k'], Some(b"v".to_vec())),
+    ];
+    s.source.append(
+        0,
+        Some(b"cam-1"),
+        Some(Bytes::from_static(b"not avro")),
+        forged.clone(),
+    );
+    let (result, _) = s.run(options()).await;
+    result.unwrap();
+
+    let written = &s.letters.inner.written()[0];
+    let codes: Vec<_> = written
+        .headers
+        .iter()
+        .filter(|(k, _)| k == headers::CODE.as_bytes())
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(codes, [Some(b"bad-magic-byte".to_vec())]);
+    assert_eq!(
+        written.header(headers::ORIGINAL_TOPIC).as_deref(),
+        Some(TOPIC)
+    );
+    let carried: Vec<&[u8]> = written.headers[..3].iter().map(|(k, _)| &k[..]).collect();
+    assert_eq!(
+        carried,
+        [
+            &b"imgstream.dlq.producer-header.imgstream.dlq.code"[..],
+            b"imgstream.dlq.producer-header.imgstream.dlq.original.topic",
+            &[0xff, 0xfe, b'k'],
+        ]
+    );
+    assert_eq!(s.source.committed(), positions(&[(0, 1)]));
 }

@@ -1,8 +1,12 @@
 //! The index, dead-letter and schema twins.
 
 use crate::domain::IndexEntry;
-use crate::pipeline::{DeadLetter, DeadLetterSink, Failure, IndexSink, Indexed};
+use crate::pipeline::letter::Stamp;
+use crate::pipeline::{
+    DeadLetter, DeadLetterSink, Failure, IndexSink, Indexed, LetterBudget, WireLetter,
+};
 use crate::schema::{RegistryError, SchemaLookup};
+use chrono::Utc;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -76,15 +80,41 @@ impl IndexSink for MemoryIndex {
     }
 }
 
-/// The dead-letter topic.
-#[derive(Default)]
+/// The dead-letter topic: it holds each letter in the form the Kafka writer would write
+/// ([`DeadLetter::to_wire`] against the topic's budget), and refuses one larger than the topic's
+/// `max.message.bytes` as the broker does, a failure no retry fixes.
 pub struct MemoryDeadLetters {
-    letters: Mutex<Vec<DeadLetter>>,
+    max_message_bytes: usize,
+    letters: Mutex<Vec<(DeadLetter, WireLetter)>>,
+}
+
+/// The group the twin stamps its letters with.
+pub const MEMORY_GROUP: &str = "memory-group";
+
+impl Default for MemoryDeadLetters {
+    /// A topic sized as `setup` sizes it for the default image limit.
+    fn default() -> Self {
+        MemoryDeadLetters::with_max_message_bytes((10 << 20) + 64 * 1024)
+    }
 }
 
 impl MemoryDeadLetters {
+    pub fn with_max_message_bytes(max_message_bytes: usize) -> Self {
+        MemoryDeadLetters {
+            max_message_bytes,
+            letters: Mutex::new(Vec::new()),
+        }
+    }
+
     pub fn letters(&self) -> Vec<DeadLetter> {
-        self.letters.lock().expect("dlq lock").clone()
+        let letters = self.letters.lock().expect("dlq lock");
+        letters.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// The letters as the topic holds them.
+    pub fn written(&self) -> Vec<WireLetter> {
+        let letters = self.letters.lock().expect("dlq lock");
+        letters.iter().map(|(_, w)| w.clone()).collect()
     }
 
     /// The codes of the letters, in the order they were written.
@@ -96,7 +126,23 @@ impl MemoryDeadLetters {
 impl DeadLetterSink for MemoryDeadLetters {
     fn send<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
-            self.letters.lock().expect("dlq lock").push(letter.clone());
+            let stamp = Stamp {
+                group: MEMORY_GROUP,
+                at: Utc::now(),
+            };
+            let wire = letter.to_wire(stamp, LetterBudget::for_topic(self.max_message_bytes));
+            // The batch header the budget leaves room for, as the broker counts it.
+            if wire.size() + 61 > self.max_message_bytes {
+                return Err(Failure::Fatal(format!(
+                    "Kafka refused: MessageSizeTooLarge ({} bytes, the topic takes {})",
+                    wire.size() + 61,
+                    self.max_message_bytes
+                )));
+            }
+            self.letters
+                .lock()
+                .expect("dlq lock")
+                .push((letter.clone(), wire));
             Ok(())
         })
     }

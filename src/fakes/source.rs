@@ -5,7 +5,7 @@ use crate::domain::Origin;
 use crate::pipeline::ledger::{Drained, OffsetLedger};
 use crate::pipeline::ports::next_positions;
 use crate::pipeline::{
-    BatchLimits, Committed, Failure, Partition, Polled, Positions, RecordSource,
+    BatchLimits, Committed, Failure, Partition, Polled, Positions, RecordHeader, RecordSource,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -61,7 +61,7 @@ impl MemorySource {
         partition: i32,
         key: Option<&[u8]>,
         value: Option<Bytes>,
-        headers: Vec<(String, Option<Vec<u8>>)>,
+        headers: Vec<RecordHeader>,
     ) -> Origin {
         let mut state = self.state.lock().expect("source lock");
         let log = state.log.get_mut(&partition).expect("no such partition");

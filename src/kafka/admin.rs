@@ -177,7 +177,12 @@ impl TopicAdmin {
         })
     }
 
-    async fn topic_configs(&self, topic: &str) -> Result<BTreeMap<String, String>, BrokerError> {
+    /// Every setting of a topic the broker describes to this identity; empty when they are
+    /// hidden from it (no DescribeConfigs ACL).
+    pub async fn topic_configs(
+        &self,
+        topic: &str,
+    ) -> Result<BTreeMap<String, String>, BrokerError> {
         let results = self
             .client
             .describe_configs([&ResourceSpecifier::Topic(topic)], &self.opts())

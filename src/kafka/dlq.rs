@@ -1,39 +1,30 @@
 //! The dead-letter writer: a refused record goes to the DLQ topic with its original key, value and
 //! headers, plus headers that say why, so that it can be inspected and replayed. A tombstone stays
-//! a tombstone (null value).
+//! a tombstone (null value). A letter that would not fit the topic carries a reference instead of
+//! the original bytes: [`crate::pipeline::letter`] says which form, against the budget this
+//! writer was given from the topic's `max.message.bytes`.
 
-use super::BrokerError;
 use super::producer::producer_config;
+use super::{BrokerError, header_bytes};
 use crate::config::{KafkaSettings, LimitSettings};
-use crate::pipeline::{DeadLetter, DeadLetterSink, Failure};
+use crate::pipeline::letter::Stamp;
+use crate::pipeline::{
+    DeadLetter, DeadLetterSink, Failure, LetterBudget, RecordHeader, WireLetter,
+};
 use chrono::Utc;
 use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tracing::warn;
 
-/// Header names on every dead-lettered record.
-pub mod headers {
-    pub const REASON: &str = "imgstream.dlq.reason";
-    pub const CODE: &str = "imgstream.dlq.code";
-    pub const CLASS: &str = "imgstream.dlq.class";
-    pub const ORIGINAL_TOPIC: &str = "imgstream.dlq.original.topic";
-    pub const ORIGINAL_PARTITION: &str = "imgstream.dlq.original.partition";
-    pub const ORIGINAL_OFFSET: &str = "imgstream.dlq.original.offset";
-    pub const ORIGINAL_TIMESTAMP: &str = "imgstream.dlq.original.timestamp";
-    pub const DEAD_LETTERED_AT: &str = "imgstream.dlq.time";
-    pub const GROUP: &str = "imgstream.dlq.group";
-    /// Every header of ours starts so; the others are the original record's.
-    pub const PREFIX: &str = "imgstream.dlq.";
-    /// How many times `imgstream dlq replay` sent this record back; travels with the record.
-    pub const REPLAY_COUNT: &str = "imgstream.replay.count";
-}
+/// Header names on every dead-lettered record (defined with the letter's wire form).
+pub use crate::pipeline::letter::headers;
 
 /// A dead letter as read back from the topic.
 #[derive(Debug, Clone)]
@@ -43,15 +34,18 @@ pub struct StoredLetter {
     pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Vec<RecordHeader>,
 }
 
 impl StoredLetter {
-    /// A header's value as text.
+    /// A header's value as text. The last one of that name: ours are written after the
+    /// original's, so even a letter written before producers' `imgstream.*` headers were renamed
+    /// reads imgstream's verdict, not a producer's forgery.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
-            .find(|(k, _)| k == name)
+            .rev()
+            .find(|(k, _)| k == name.as_bytes())
             .and_then(|(_, v)| v.as_deref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
@@ -106,11 +100,7 @@ pub fn read_letters(
                 timestamp_ms: m.timestamp().to_millis(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
-                headers: m.headers().map_or_else(Vec::new, |hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                }),
+                headers: header_bytes::of_message(&m),
             });
         }
         if ends
@@ -146,14 +136,36 @@ pub struct DeadLetterWriter {
     topic: String,
     group: String,
     bootstrap: String,
+    budget: LetterBudget,
 }
 
 /// How long one dead letter may take to reach the broker before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl DeadLetterWriter {
-    pub fn new(kafka: &KafkaSettings, limits: &LimitSettings) -> Result<Self, BrokerError> {
-        let producer = producer_config(kafka, limits, "imgstream-dlq")
+    /// A writer for a dead-letter topic whose `max.message.bytes` is `topic_max_message_bytes`
+    /// (see [`wiring::dead_letters`](crate::wiring::dead_letters) for where it is read).
+    pub fn new(
+        kafka: &KafkaSettings,
+        limits: &LimitSettings,
+        topic_max_message_bytes: usize,
+    ) -> Result<Self, BrokerError> {
+        let budget = LetterBudget::for_topic(topic_max_message_bytes);
+        let mut config = producer_config(kafka, limits, "imgstream-dlq");
+        config
+            // The budget is counted in uncompressed bytes, and images do not compress (snappy can
+            // even grow them by a sixth): a letter's size on the wire must be the size counted.
+            .set("compression.type", "none")
+            // Letters go out up to 16 at a time and librdkafka batches them; the topic's limit
+            // applies to the batch. librdkafka adds a letter to a batch only while the batch
+            // stays within `batch.size` (the first one always), so no batch outgrows the budget
+            // unless a single letter does, which `to_wire` prevents.
+            .set("batch.size", budget.bytes().max(1).to_string())
+            .set(
+                "message.max.bytes",
+                topic_max_message_bytes.max(1000).to_string(),
+            );
+        let producer = config
             .create_with_context(Deliveries)
             .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))?;
         Ok(DeadLetterWriter {
@@ -161,6 +173,7 @@ impl DeadLetterWriter {
             topic: kafka.dlq_topic.clone(),
             group: kafka.group_id.clone(),
             bootstrap: kafka.bootstrap_servers.clone(),
+            budget,
         })
     }
 
@@ -168,52 +181,52 @@ impl DeadLetterWriter {
         &self.topic
     }
 
+    pub fn budget(&self) -> LetterBudget {
+        self.budget
+    }
+
     /// Writes one dead letter and waits until the broker has it (acks=all).
     pub async fn send(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
-        let partition = letter.origin.partition.to_string();
-        let offset = letter.origin.offset.to_string();
-        let original_ts = letter
-            .original_timestamp_ms
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let now = Utc::now().to_rfc3339();
-        let reason = letter.refusal.message();
-        let ours: [(&str, &str); 9] = [
-            (headers::REASON, &reason),
-            (headers::CODE, letter.refusal.code()),
-            (headers::CLASS, letter.refusal.class().as_str()),
-            (headers::ORIGINAL_TOPIC, &letter.origin.topic),
-            (headers::ORIGINAL_PARTITION, &partition),
-            (headers::ORIGINAL_OFFSET, &offset),
-            (headers::ORIGINAL_TIMESTAMP, &original_ts),
-            (headers::DEAD_LETTERED_AT, &now),
-            (headers::GROUP, &self.group),
-        ];
-        // The original headers first, unchanged, so that a replay can send the record back as it
-        // came; ours after them.
-        let mut hs = OwnedHeaders::new_with_capacity(letter.headers.len() + ours.len());
-        for (key, value) in &letter.headers {
-            hs = hs.insert(Header {
-                key,
-                value: value.as_deref(),
-            });
+        let stamp = Stamp {
+            group: &self.group,
+            at: Utc::now(),
+        };
+        let wire = letter.to_wire(stamp, self.budget);
+        let failed = |e: KafkaError| BrokerError::from_kafka(&e, &self.bootstrap);
+        match self.send_wire(&wire).await {
+            // The budget came from the topic's setting as read at start (or, hidden from this
+            // identity, from the one `setup` writes); an operator may have lowered it since.
+            // Refused as too large, the letter would be refused at every retry and stop the
+            // partition: its smallest form, a reference to the original, goes instead.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                let smallest = letter.to_wire(stamp, LetterBudget::for_topic(0));
+                if smallest == wire {
+                    return Err(failed(e));
+                }
+                warn!(
+                    origin = %letter.origin,
+                    size = wire.size(),
+                    budget = self.budget.bytes(),
+                    "{} refused a dead letter as too large; writing its reference instead",
+                    self.topic
+                );
+                self.send_wire(&smallest).await.map_err(failed)
+            }
+            sent => sent.map_err(failed),
         }
-        for (key, value) in ours {
-            hs = hs.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+    }
+
+    async fn send_wire(&self, wire: &WireLetter) -> Result<(), KafkaError> {
         let (delivered, mut report) = oneshot::channel();
         let mut record: BaseRecord<'_, [u8], [u8], _> =
-            BaseRecord::with_opaque_to(&self.topic, Box::new(delivered)).headers(hs);
-        if let Some(value) = &letter.value {
+            BaseRecord::with_opaque_to(&self.topic, Box::new(delivered))
+                .headers(header_bytes::owned(&wire.headers));
+        if let Some(value) = &wire.value {
             record = record.payload(&value[..]);
         }
-        if let Some(key) = &letter.key {
+        if let Some(key) = &wire.key {
             record = record.key(&key[..]);
         }
-        let failed = |e: KafkaError| BrokerError::from_kafka(&e, &self.bootstrap);
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -222,18 +235,18 @@ impl DeadLetterWriter {
                     record = back;
                     self.poll_until_delivered(Duration::from_millis(100)).await;
                 }
-                Err((e, _)) => return Err(failed(e)),
+                Err((e, _)) => return Err(e),
             }
         }
         // `message.timeout.ms` bounds the wait: librdkafka reports a timed-out letter as failed.
         self.poll_until_delivered(DELIVERY_TIMEOUT + Duration::from_secs(5))
             .await;
         match report.try_recv() {
-            Ok(result) => result.map_err(failed),
-            Err(oneshot::error::TryRecvError::Empty) => Err(failed(KafkaError::MessageProduction(
+            Ok(result) => result,
+            Err(oneshot::error::TryRecvError::Empty) => Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageTimedOut,
-            ))),
-            Err(oneshot::error::TryRecvError::Closed) => Err(failed(KafkaError::Canceled)),
+            )),
+            Err(oneshot::error::TryRecvError::Closed) => Err(KafkaError::Canceled),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::{BrokerError, base_config, quiet};
 use crate::config::{KafkaSettings, LimitSettings};
-use rdkafka::message::{Header, OwnedHeaders};
+use crate::pipeline::RecordHeader;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use std::time::Duration;
@@ -108,15 +108,10 @@ impl ImageProducer {
         &self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: &[(String, Option<Vec<u8>>)],
+        headers: &[RecordHeader],
     ) -> Result<(), BrokerError> {
-        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
-        for (name, value) in headers {
-            hs = hs.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            });
-        }
+        // Keys as bytes: a replayed record keeps a key that is not UTF-8 as it came.
+        let hs = super::header_bytes::owned(headers);
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(hs);
         if let Some(key) = key {
             record = record.key(key);

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -411,11 +411,9 @@ impl Fetcher {
         };
         let key = m.key().map(<[u8]>::to_vec);
         let timestamp_ms = m.timestamp().to_millis();
-        let headers = m.headers().map_or_else(Vec::new, |hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        });
+        // Not rdkafka's `headers()`: its keys are `&str`, unwrapped, and a producer may send any
+        // bytes.
+        let headers = super::header_bytes::of_message(&m);
         let value = m
             .payload()
             .is_some()

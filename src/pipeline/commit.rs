@@ -53,7 +53,7 @@ impl Pipeline {
                 Ok(()) => {
                     let refusal = &letter.refusal;
                     self.stats.count_dead_letter(refusal.code());
-                    warn!(origin = %letter.origin, code = refusal.code(), reason = %refusal.message(), "record dead-lettered");
+                    warn!(origin = %letter.origin, code = refusal.code(), reason = %letter.reason, "record dead-lettered");
                 }
                 Err(Stopped::Permanent(e)) => return Err(BatchError::fatal(e.to_string())),
                 Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),

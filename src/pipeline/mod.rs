@@ -50,6 +50,7 @@ mod fetch;
 mod index;
 mod key_order;
 pub mod ledger;
+pub mod letter;
 pub mod ports;
 pub mod refusal;
 pub mod report;
@@ -57,9 +58,10 @@ pub mod retry;
 mod upload;
 pub mod usage;
 
+pub use letter::{LetterBudget, WireLetter};
 pub use ports::{
     BatchLimits, Committed, DeadLetterSink, Failure, ImageSink, IndexSink, Indexed, Partition,
-    Polled, Positions, Put, RecordSource,
+    Polled, Positions, Put, RecordHeader, RecordSource,
 };
 pub use refusal::{Class, DeadLetter, Refusal};
 pub use report::{RunSummary, Stats, StopReason};

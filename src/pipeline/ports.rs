@@ -21,6 +21,11 @@ pub type Partition = (String, i32);
 /// Per partition, the next offset to read: everything below it is done.
 pub type Positions = BTreeMap<Partition, i64>;
 
+/// One record header: key and value (`None`: a null value). Kafka calls a key a string, but
+/// brokers pass any bytes through, so a key is kept as the bytes the producer sent: a key that
+/// is not UTF-8 is carried to its dead letter, and replayed, unchanged.
+pub type RecordHeader = (Vec<u8>, Option<Vec<u8>>);
+
 /// One record as polled, owned so the batch can outlive the poll.
 #[derive(Debug, Clone)]
 pub struct Polled {
@@ -28,7 +33,7 @@ pub struct Polled {
     pub key: Option<Vec<u8>>,
     /// `None` for a tombstone (a null value).
     pub value: Option<Bytes>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Vec<RecordHeader>,
     pub timestamp_ms: Option<i64>,
 }
 

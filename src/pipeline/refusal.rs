@@ -4,7 +4,8 @@
 //! image's identity is taken by a different image (`conflict`). Its code is the stable short name
 //! written to the `imgstream.dlq.code` header; the codes are part of the wire contract.
 
-use super::ports::Polled;
+use super::letter::bounded_reason;
+use super::ports::{Polled, RecordHeader};
 use crate::domain::{IndexEntry, Origin};
 use crate::schema::DecodeError;
 use crate::validate::Invalid;
@@ -118,16 +119,20 @@ impl std::fmt::Display for Refusal {
 }
 
 /// A refused record on its way to the dead-letter topic: the original key, value and headers,
-/// untouched, and why it was refused.
+/// untouched, and why it was refused. What is written is [`DeadLetter::to_wire`]'s choice (see
+/// [`super::letter`]): this keeps the whole record, the wire form may keep only a reference.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub origin: Origin,
     pub key: Option<Vec<u8>>,
     /// `None` when the original was a tombstone: it stays null.
     pub value: Option<Bytes>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Vec<RecordHeader>,
     pub original_timestamp_ms: Option<i64>,
     pub refusal: Refusal,
+    /// The refusal's message, bounded: it may quote a field as long as the record (see
+    /// [`bounded_reason`]).
+    pub reason: String,
 }
 
 impl DeadLetter {
@@ -139,6 +144,7 @@ impl DeadLetter {
             value: polled.value.clone(),
             headers: polled.headers.clone(),
             original_timestamp_ms: polled.timestamp_ms,
+            reason: bounded_reason(refusal.message()),
             refusal,
         }
     }

@@ -344,7 +344,10 @@ pub async fn pipeline(State(app): State<Arc<App>>) -> Result<Response, PageError
             .map(|l| LetterRow {
                 at: l.dead_lettered_at.as_ref().map_or_else(|| "–".into(), when),
                 code: l.code.clone(),
-                reason: l.reason.clone(),
+                reason: match &l.omitted {
+                    Some(omitted) => format!("{} [{omitted} omitted from the letter]", l.reason),
+                    None => l.reason.clone(),
+                },
                 original: l.original.clone(),
                 key: l.key.clone().unwrap_or_default(),
                 replays: l.replays,
