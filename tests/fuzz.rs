@@ -17,6 +17,7 @@ use imgstream::fakes::MemorySchemas;
 use imgstream::generate::{ImageSpec, render};
 use imgstream::pipeline::DeadLetter;
 use imgstream::pipeline::check::{WriterSchemas, check_one};
+use imgstream::pipeline::letter::{LetterBudget, Stamp, headers};
 use imgstream::pipeline::ports::Polled;
 use imgstream::schema::{IMAGE_RECORD_SCHEMA, ImageCodec, codec};
 use imgstream::validate::Limits;
@@ -167,14 +168,30 @@ fn check_value(value: Vec<u8>) -> Result<(), TestCaseError> {
                 &message[..200]
             );
             let letter = DeadLetter::new(&polled, refusal);
-            check_letter_fits(&letter)?;
+            check_letter_fits(&letter, size + 64)?;
         }
     }
     Ok(())
 }
 
-/// A letter carries the refusal's code and a bounded reason, beside the original bytes.
-fn check_letter_fits(letter: &DeadLetter) -> Result<(), TestCaseError> {
+/// The letter fits a dead-letter topic that takes what the data topic takes: at least the record
+/// that arrived, and never less than the smallest limit `setup` writes (1 KiB images + 64 KiB).
+fn check_letter_fits(letter: &DeadLetter, record_size: usize) -> Result<(), TestCaseError> {
+    let topic_limit = (record_size + LetterBudget::HEADROOM).max(1024 + (64 << 10));
+    let budget = LetterBudget::for_topic(topic_limit);
+    let stamp = Stamp {
+        group: "fuzz-group",
+        at: chrono::Utc::now(),
+    };
+    let wire = letter.to_wire(stamp, budget);
+    prop_assert!(
+        wire.size() <= budget.bytes(),
+        "a letter of {} bytes for a budget of {}",
+        wire.size(),
+        budget.bytes()
+    );
+    let written_code = wire.header(headers::CODE);
+    prop_assert_eq!(written_code.as_deref(), Some(letter.refusal.code()));
     let code = letter.refusal.code();
     prop_assert!(
         !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
@@ -304,6 +321,24 @@ proptest! {
         let (schema, id) = if newer { (&c.newer, NEWER) } else { (&c.ours, OURS) };
         let encoded = codec::encode(schema, id, &record).unwrap();
         check_value(apply(encoded, &mutations))?;
+    }
+
+    #[test]
+    fn a_record_near_its_topics_limit_quoting_a_long_field_gets_a_letter_that_fits(
+        seed in 0u64..64,
+        field in 0usize..3,
+        length in (64usize << 10)..(512 << 10),
+        fill in any::<char>(),
+    ) {
+        let c = checker();
+        let mut record = valid_record(seed);
+        let long: String = std::iter::repeat_n(fill, length / fill.len_utf8()).collect();
+        match field {
+            0 => record.content_type = long,
+            1 => record.sha256 = long,
+            _ => record.source_id = long,
+        }
+        check_value(codec::encode(&c.ours, OURS, &record).unwrap())?;
     }
 
     #[test]
