@@ -18,6 +18,49 @@ pub fn redact_url(url: &str) -> String {
 /// becomes `scheme://***@host`. Text without a URL carrying userinfo comes back unchanged and
 /// unallocated, so every log line can afford the pass.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    match redact_urls(text) {
+        Cow::Borrowed(text) => redact_authorities(text),
+        Cow::Owned(text) => Cow::Owned(redact_authorities(&text).into_owned()),
+    }
+}
+
+/// Userinfo in running text without a scheme in front: hyper's debug lines name a pooled
+/// connection by its authority, `("https", user:secret@host:9000)`. A `name:password@` there
+/// has its password masked; an `@` without a `:` before it (an e-mail address) is left alone.
+fn redact_authorities(text: &str) -> Cow<'_, str> {
+    let userinfo_char = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '-' | '.' | '_' | '~' | '%' | '!' | '$' | '&' | '*' | '+' | '=' | ':'
+            )
+    };
+    let mut out = String::new();
+    let mut done = 0;
+    for (at, _) in text.match_indices('@') {
+        let start = text[..at]
+            .rfind(|c: char| !userinfo_char(c))
+            .map_or(0, |i| {
+                i + text[i..].chars().next().map_or(1, char::len_utf8)
+            });
+        let Some(colon) = text[start..at].find(':').map(|i| start + i) else {
+            continue;
+        };
+        if colon + 1 >= at || text[colon + 1..at] == *MASK || colon < done {
+            continue;
+        }
+        out.push_str(&text[done..colon + 1]);
+        out.push_str(MASK);
+        done = at;
+    }
+    if done == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[done..]);
+    Cow::Owned(out)
+}
+
+fn redact_urls(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     // Everything before `done` has been copied to `out` (or needs no change).
     let mut done = 0;
@@ -86,6 +129,11 @@ mod tests {
              https://v:***@b/y failed; see http://c/z"
         );
         assert_eq!(redact("\"http://u:three@a\""), "\"http://u:***@a\"");
+        // hyper names pooled connections by their authority, without a scheme.
+        assert_eq!(
+            redact("pooling idle connection for (\"https\", proxy:four@127.0.0.1:9010)"),
+            "pooling idle connection for (\"https\", proxy:***@127.0.0.1:9010)"
+        );
     }
 
     #[test]
