@@ -4,14 +4,14 @@ use crate::config::Settings;
 use crate::domain::sha256_hex;
 use crate::index::{ImageIndex, IndexError};
 use crate::kafka::{BrokerError, off_thread};
-use crate::store::{ImageStore, StoreError};
-use chrono::{Duration as Age, Utc};
+use crate::store::{FetchedObject, ImageStore, StoreError, StoredObject};
+use chrono::{DateTime, Duration as Age, Utc};
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -178,6 +178,13 @@ pub struct VerifyReport {
     pub orphans_removed: Vec<String>,
     /// Orphans left alone because they are younger than the grace period (a write in flight).
     pub orphans_too_young: Vec<String>,
+    /// Orphans a consumer indexed while repair ran (a replay): left alone, or written back
+    /// after their delete. They are orphans no longer.
+    pub orphans_indexed_meanwhile: Vec<String>,
+    /// Orphans deleted and then written back, because repair could not tell that no consumer
+    /// was about to index them: the group did not finish what was on the topic within
+    /// [`SETTLE_LIMIT`], or its offsets could not be read.
+    pub orphans_kept_unsettled: Vec<String>,
     pub partitions: Vec<PartitionStatus>,
 }
 
@@ -186,16 +193,16 @@ impl VerifyReport {
         self.missing_objects.is_empty()
             && self.size_mismatches.is_empty()
             && self.checksum_mismatches.is_empty()
-            && self.orphan_objects.len() == self.orphans_removed.len()
+            && self.orphan_objects.len()
+                == self.orphans_removed.len() + self.orphans_indexed_meanwhile.len()
     }
 }
 
 /// Object reads `verify` keeps in flight while it checks checksums.
 const VERIFY_READS_IN_FLIGHT: usize = 16;
 
-/// Audits bucket against index. With `repair`, removes orphans older than `grace` — longer than
-/// any write in flight, because the protocol writes the object before its row and a consumer may
-/// be between the two right now.
+/// Audits bucket against index. With `repair`, removes orphans older than `grace` (see
+/// [`repair_orphans`] for why that alone is not enough).
 pub async fn verify(
     settings: &Settings,
     store: &ImageStore,
@@ -264,19 +271,7 @@ pub async fn verify(
     report.checksum_mismatches = mismatches.into_iter().flatten().collect();
 
     if let Some(grace) = repair {
-        let cutoff = Utc::now() - Age::from_std(grace).unwrap_or(Age::MAX);
-        let modified: BTreeMap<&str, _> = objects
-            .iter()
-            .map(|o| (o.key.as_str(), o.last_modified))
-            .collect();
-        for key in report.orphan_objects.clone() {
-            if modified.get(key.as_str()).is_some_and(|m| *m < cutoff) {
-                store.delete(&key).await?;
-                report.orphans_removed.push(key);
-            } else {
-                report.orphans_too_young.push(key);
-            }
-        }
+        repair_orphans(settings, store, index, &objects, grace, &mut report).await?;
     }
 
     let topic = &settings.kafka.data_topic;
@@ -285,4 +280,227 @@ pub async fn verify(
         report.partitions = partition_statuses(offsets, &positions);
     }
     Ok(report)
+}
+
+/// Orphan bytes `repair` holds at once: each deleted orphan is kept until it is known to stay
+/// deleted, so that a delete a consumer raced can be undone.
+const REPAIR_CHUNK_BYTES: u64 = 256 << 20;
+
+/// How long `repair` waits after its deletes for the consumer group to finish every record that
+/// was on the topic then. A batch's uploads, insert and commit take seconds; a group that has not
+/// caught up in two minutes may be stuck mid-batch, and the deletes are undone.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Removes the orphans older than `grace` by the store's clock, and never one a consumer indexes.
+///
+/// The protocol writes an object before its row, so a consumer between the two leaves a young
+/// orphan for a moment: the grace period covers that. It does not cover a replay: a consumer
+/// re-reading a record whose object was written long ago (a crash between put and insert, a
+/// group reset) finds the old object in place and indexes it, however old it is. And a batch's
+/// rows are inserted after all its uploads, so the window between finding the object and
+/// indexing it is as long as the batch takes. So each orphan is
+/// 1. read whole and its age taken again (it may have been rewritten since the listing),
+/// 2. checked against the index just before its delete, and deleted only if no row names it;
+/// 3. once the deletes are done, repair waits until the group has committed every record that
+///    was on the topic then (or has no member left): a row a consumer was about to insert is in
+///    the index by then. Every deleted orphan that has a row now is written back, byte for byte.
+///    If the group does not settle, every deleted orphan is written back.
+///
+/// Step 3 is what makes the guarantee: a consumer that found an object before its delete
+/// inserts the row before it commits, and repair looks after that commit.
+async fn repair_orphans(
+    settings: &Settings,
+    store: &ImageStore,
+    index: &ImageIndex,
+    objects: &[StoredObject],
+    grace: Duration,
+    report: &mut VerifyReport,
+) -> Result<(), AuditError> {
+    // Listed modification times are the store's; so is the time they are compared with. A
+    // grace period too long to subtract leaves every orphan young.
+    let now = store.clock().await?;
+    let cutoff = Age::from_std(grace)
+        .ok()
+        .and_then(|grace| now.checked_sub_signed(grace));
+    let is_old = |modified: DateTime<Utc>| cutoff.is_some_and(|c| modified < c);
+    let listed: HashMap<&str, &StoredObject> =
+        objects.iter().map(|o| (o.key.as_str(), o)).collect();
+    let mut chunk: Vec<&StoredObject> = Vec::new();
+    let mut chunk_bytes = 0;
+    for key in report.orphan_objects.clone() {
+        match listed.get(key.as_str()) {
+            Some(o) if is_old(o.last_modified) => {
+                if !chunk.is_empty() && chunk_bytes + o.size > REPAIR_CHUNK_BYTES {
+                    repair_chunk(settings, store, index, &chunk, &is_old, report).await?;
+                    (chunk, chunk_bytes) = (Vec::new(), 0);
+                }
+                chunk_bytes += o.size;
+                chunk.push(o);
+            }
+            _ => report.orphans_too_young.push(key),
+        }
+    }
+    if !chunk.is_empty() {
+        repair_chunk(settings, store, index, &chunk, &is_old, report).await?;
+    }
+    Ok(())
+}
+
+/// A deleted orphan, held until it is known to stay deleted.
+struct Deleted {
+    key: String,
+    object: FetchedObject,
+}
+
+/// Steps 1-3 of [`repair_orphans`] for orphans whose bytes fit in memory together.
+async fn repair_chunk(
+    settings: &Settings,
+    store: &ImageStore,
+    index: &ImageIndex,
+    orphans: &[&StoredObject],
+    is_old: &impl Fn(DateTime<Utc>) -> bool,
+    report: &mut VerifyReport,
+) -> Result<(), AuditError> {
+    let bucket = store.bucket();
+    let mut deleted = Vec::new();
+    // An error stops the deletes, but what was deleted is still settled and, if need be, written
+    // back before the error is reported.
+    let mut failed = None;
+    for orphan in orphans {
+        let key = &orphan.key;
+        let object = match store.fetch(key).await {
+            Ok(object) => object,
+            // Gone since the listing: someone else's delete, nothing to repair.
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => {
+                failed = Some(e.into());
+                break;
+            }
+        };
+        if !is_old(object.last_modified) {
+            report.orphans_too_young.push(key.clone());
+            continue;
+        }
+        match index.indexed_keys(bucket, std::slice::from_ref(key)).await {
+            Ok(rows) if !rows.is_empty() => {
+                report.orphans_indexed_meanwhile.push(key.clone());
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failed = Some(e.into());
+                break;
+            }
+        }
+        if let Err(e) = store.delete(key).await {
+            failed = Some(e.into());
+            break;
+        }
+        deleted.push(Deleted {
+            key: key.clone(),
+            object,
+        });
+    }
+    if !deleted.is_empty() {
+        let settled = settle(settings).await;
+        if !settled {
+            tracing::warn!(
+                group = %settings.kafka.group_id,
+                limit_secs = SETTLE_LIMIT.as_secs(),
+                "the consumer group did not finish the records on the topic in time; deleted orphans are written back"
+            );
+        }
+        let keys: Vec<String> = deleted.iter().map(|d| d.key.clone()).collect();
+        // Without an answer from the index, every delete is undone: any of them may be raced.
+        let indexed = index.indexed_keys(bucket, &keys).await;
+        for d in deleted {
+            let indexed_now = indexed.as_ref().map_or(true, |rows| rows.contains(&d.key));
+            if settled && !indexed_now {
+                report.orphans_removed.push(d.key);
+                continue;
+            }
+            write_back(store, &d).await?;
+            if indexed_now && indexed.is_ok() {
+                report.orphans_indexed_meanwhile.push(d.key);
+            } else {
+                report.orphans_kept_unsettled.push(d.key);
+            }
+        }
+        indexed?;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Writes a deleted orphan back as it was. A consumer may have written it already (its replay
+/// came after the delete): then the store holds the same bytes, and that is success.
+async fn write_back(store: &ImageStore, d: &Deleted) -> Result<(), StoreError> {
+    let content_type = d
+        .object
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let sha256 = sha256_hex(&d.object.bytes);
+    store
+        .put_image(&d.key, d.object.bytes.clone(), content_type, &sha256)
+        .await?;
+    tracing::info!(key = %d.key, "orphan written back: a consumer indexed it during repair");
+    Ok(())
+}
+
+/// Waits until no batch that was in flight when it was called can still insert a row: the
+/// group has committed up to the end the data topic had then, or has no member left. False
+/// after [`SETTLE_LIMIT`], or when Kafka cannot say.
+async fn settle(settings: &Settings) -> bool {
+    let settings = settings.clone();
+    off_thread(move || settle_blocking(&settings))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the consumer group's progress");
+            false
+        })
+}
+
+fn settle_blocking(settings: &Settings) -> Result<bool, BrokerError> {
+    let topic = &settings.kafka.data_topic;
+    let bootstrap = &settings.kafka.bootstrap_servers;
+    let timeout = settings.connect_timeout;
+    let ends = group_offsets(settings, topic)?;
+    let consumer = crate::wiring::offsets_reader(settings)?;
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for end in &ends {
+            tpl.add_partition(topic, end.partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| BrokerError::from_kafka(&e, bootstrap))?;
+        let caught_up = ends.iter().all(|end| {
+            let at = committed
+                .find_partition(topic, end.partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            // Nothing to consume (an empty partition, or one retention emptied) counts as done.
+            at.unwrap_or(end.low).max(end.low) >= end.high
+        });
+        if caught_up {
+            return Ok(true);
+        }
+        // A group without members has no batch in flight: a member that left mid-batch stopped.
+        let groups = consumer
+            .fetch_group_list(Some(&settings.kafka.group_id), timeout)
+            .map_err(|e| BrokerError::from_kafka(&e, bootstrap))?;
+        if groups.groups().iter().all(|g| g.members().is_empty()) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

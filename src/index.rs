@@ -344,6 +344,27 @@ impl ImageIndex {
             .map_err(|e| self.err(e))
     }
 
+    /// Which of `keys` have a row in `bucket` now: `verify --repair` asks this just before it
+    /// deletes an orphan, and again after, since a consumer may index one meanwhile.
+    pub async fn indexed_keys(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>, IndexError> {
+        if keys.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT object_key FROM images WHERE bucket = $1 AND object_key = ANY($2)",
+        )
+        .bind(bucket)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn count_in_bucket(&self, bucket: &str) -> Result<i64, IndexError> {
         sqlx::query_scalar("SELECT count(*) FROM images WHERE bucket = $1")
             .bind(bucket)

@@ -214,7 +214,7 @@ struct VerifyArgs {
     /// Recompute the sha256 of every object
     #[arg(long)]
     full: bool,
-    /// Delete orphan objects older than --grace
+    /// Delete orphan objects older than --grace (by the store's clock) that no consumer indexes
     #[arg(long)]
     repair: bool,
     /// Orphans younger than this may be a write in flight and are left alone (e.g. 15m)
@@ -290,7 +290,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactingWriter(std::io::stderr()));
     if std::env::var("IMGSTREAM_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
     } else {
@@ -299,6 +299,24 @@ fn init_logging() {
             .with_ansi(std::io::stderr().is_terminal())
             .compact()
             .init();
+    }
+}
+
+/// Log lines without the credentials of any URL in them. Our own messages mask URLs where they
+/// name them; this catches what libraries log at debug level (the URLs they send to). The
+/// formatter hands over one whole event per write, so no URL is split across two calls.
+struct RedactingWriter(std::io::Stderr);
+
+impl std::io::Write for RedactingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(imgstream::config::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -320,7 +338,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("imgstream: {message}");
+            eprintln!("imgstream: {}", imgstream::config::redact(&message));
             ExitCode::FAILURE
         }
     };
@@ -353,7 +371,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 async fn run_setup(settings: &Settings, schema: &str, check: bool) -> Result<ExitCode, String> {
     let items = setup::run(settings, schema, check).await;
     for item in &items {
-        println!("{item}");
+        // Each item masks the URLs it names; this is the last check before the terminal.
+        println!("{}", imgstream::config::redact(&item.to_string()));
     }
     let problems = items.iter().filter(|i| i.state.is_problem()).count();
     if problems == 0 {
@@ -539,7 +558,7 @@ async fn run_verify(settings: &Settings, args: VerifyArgs) -> Result<ExitCode, S
             "objects {} · rows {} · checksums checked {}",
             report.objects, report.rows, report.checksums_checked
         );
-        let lists: [(&str, &Vec<String>); 6] = [
+        let lists: [(&str, &Vec<String>); 8] = [
             ("missing object", &report.missing_objects),
             ("orphan object", &report.orphan_objects),
             ("size mismatch", &report.size_mismatches),
@@ -548,6 +567,14 @@ async fn run_verify(settings: &Settings, args: VerifyArgs) -> Result<ExitCode, S
             (
                 "orphan kept (younger than grace)",
                 &report.orphans_too_young,
+            ),
+            (
+                "orphan kept (a consumer indexed it during repair)",
+                &report.orphans_indexed_meanwhile,
+            ),
+            (
+                "orphan kept (the consumer group did not settle)",
+                &report.orphans_kept_unsettled,
             ),
         ];
         for (label, items) in lists {

@@ -282,7 +282,8 @@ async fn bucket(settings: &Settings, check_only: bool) -> Item {
         service: "minio",
         name: format!(
             "bucket {} at {}",
-            settings.store.bucket, settings.store.endpoint
+            settings.store.bucket,
+            crate::config::redact_url(&settings.store.endpoint)
         ),
         state,
     };

@@ -9,7 +9,7 @@
 //! covers the last hop too, and the object keeps its checksum for later audits. This is the one
 //! place an image's integrity is checked; the consumer does not hash images itself.
 
-use crate::config::StoreSettings;
+use crate::config::{StoreSettings, redact, redact_url};
 use crate::domain::{ImageRecord, object_key, sha256_hex};
 use crate::pipeline::{Failure, ImageSink, Put, Refusal};
 use base64::Engine;
@@ -82,7 +82,8 @@ impl StoreError {
     /// A request that got no answer: a certificate the client refuses is a setting to fix, not
     /// an outage to wait out.
     fn unanswered(endpoint: &str, detail: String) -> StoreError {
-        let endpoint = endpoint.to_string();
+        let endpoint = redact_url(endpoint);
+        let detail = redact(&detail).into_owned();
         if detail.contains("invalid peer certificate") || detail.contains("InvalidCertificate") {
             StoreError::Tls { endpoint, detail }
         } else {
@@ -161,6 +162,14 @@ pub struct StoredObject {
     pub last_modified: DateTime<Utc>,
 }
 
+/// One object read whole, with what the store says about it now.
+#[derive(Debug, Clone)]
+pub struct FetchedObject {
+    pub bytes: Bytes,
+    pub last_modified: DateTime<Utc>,
+    pub content_type: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct ImageStore {
     inner: Arc<dyn ObjectStore>,
@@ -175,21 +184,23 @@ pub struct ImageStore {
 impl ImageStore {
     /// A store backed by S3/MinIO.
     pub fn s3(settings: &StoreSettings, timeout: Duration) -> Result<Self, StoreError> {
+        // The endpoint as messages name it: credentials in the URL never reach a message.
+        let shown = redact_url(&settings.endpoint);
         let unavailable = |detail: String| StoreError::Unavailable {
-            endpoint: settings.endpoint.clone(),
-            detail,
+            endpoint: shown.clone(),
+            detail: redact(&detail).into_owned(),
         };
         // HTTPS trusts the system's roots, plus a private CA when MINIO_CA_FILE names one.
         let ca_pem = match &settings.ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| StoreError::Refused {
-                endpoint: settings.endpoint.clone(),
+                endpoint: shown.clone(),
                 what: format!("the CA file {}", path.display()),
                 detail: e.to_string(),
             })?),
             None => None,
         };
         let bad_ca = |e: String| StoreError::Refused {
-            endpoint: settings.endpoint.clone(),
+            endpoint: shown.clone(),
             what: "MINIO_CA_FILE".into(),
             detail: format!("not a PEM certificate bundle: {e}"),
         };
@@ -244,7 +255,7 @@ impl ImageStore {
             signer: Some(signer),
             inner: store,
             bucket: settings.bucket.clone(),
-            endpoint: settings.endpoint.clone(),
+            endpoint: shown.clone(),
             s3: Some(S3Direct {
                 settings: settings.clone(),
                 // The provider object_store chose (static keys or the AWS chain, which caches and
@@ -285,23 +296,32 @@ impl ImageStore {
             declared: sha256.to_string(),
             detail: "not 64 hex digits".into(),
         })?;
-        let written = match &self.s3 {
-            Some(s3) => {
-                s3.put_object(key, data.clone(), content_type, &digest)
-                    .await?
+        let mut vanished = 0;
+        let existing = loop {
+            let written = match &self.s3 {
+                Some(s3) => {
+                    s3.put_object(key, data.clone(), content_type, &digest)
+                        .await?
+                }
+                None => {
+                    self.put_in_memory(key, data.clone(), content_type, sha256)
+                        .await?
+                }
+            };
+            if written {
+                return Ok(PutOutcome::Created);
             }
-            None => {
-                self.put_in_memory(key, data.clone(), content_type, sha256)
-                    .await?
+            // The store refused the write for the existing key before it hashed the body, so the
+            // bytes are checked here; only replays pay for it.
+            check_bytes(key, &data, sha256)?;
+            match self.stored_sha256(key).await {
+                Ok(existing) => break existing,
+                // Deleted between the refused write and this read: `verify --repair` removing an
+                // orphan this replay is about to index. Write it again.
+                Err(StoreError::NotFound { .. }) if vanished < 3 => vanished += 1,
+                Err(e) => return Err(e),
             }
         };
-        if written {
-            return Ok(PutOutcome::Created);
-        }
-        // The store refused the write for the existing key before it hashed the body, so the
-        // bytes are checked here; only replays pay for it.
-        check_bytes(key, &data, sha256)?;
-        let existing = self.stored_sha256(key).await?;
         if existing.eq_ignore_ascii_case(sha256) {
             Ok(PutOutcome::AlreadyStored)
         } else {
@@ -358,6 +378,36 @@ impl ImageStore {
             .await
             .map_err(|e| self.classify(e, key))?;
         result.bytes().await.map_err(|e| self.classify(e, key))
+    }
+
+    /// `key`'s bytes with its current modification time and content type.
+    pub async fn fetch(&self, key: &str) -> Result<FetchedObject, StoreError> {
+        let result = self
+            .inner
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| self.classify(e, key))?;
+        let last_modified = result.meta.last_modified;
+        let content_type = result
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string());
+        let bytes = result.bytes().await.map_err(|e| self.classify(e, key))?;
+        Ok(FetchedObject {
+            bytes,
+            last_modified,
+            content_type,
+        })
+    }
+
+    /// The time by the store's clock: the `Date` of its answer to a HEAD of the bucket. Object
+    /// ages are judged by this, not by our own clock: the modification times the store lists
+    /// are its own, and the two clocks may disagree by more than any grace period.
+    pub async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        match &self.s3 {
+            Some(s3) => s3.clock().await,
+            None => Ok(Utc::now()),
+        }
     }
 
     /// A URL that lets anyone holding it GET `key` until `ttl` has passed; with `download_as`, the
@@ -515,6 +565,7 @@ fn bucket_url(settings: &StoreSettings, endpoint: &str) -> String {
     }
 }
 
+/// An error and its causes on one line, without the credentials of any URL they quote.
 fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     // Wrapped errors often repeat their source's text; keep each piece of text once.
     let mut line = e.to_string();
@@ -526,7 +577,7 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = c.source();
     }
-    line.replace('\n', " ")
+    redact(&line.replace('\n', " ")).into_owned()
 }
 
 /// Signed S3 requests that `object_store` does not offer: a write carrying a checksum the caller
@@ -540,10 +591,11 @@ struct S3Direct {
     admin_timeout: Duration,
 }
 
-/// An S3 answer: status, the checksum header when there is one, and the error body.
+/// An S3 answer: status, the checksum and date headers when there are any, and the error body.
 struct S3Answer {
     status: u16,
     checksum: Option<http::HeaderValue>,
+    date: Option<http::HeaderValue>,
     error: String,
 }
 
@@ -580,7 +632,7 @@ impl S3Direct {
                 Ok(true)
             }
             200 => Err(StoreError::ChecksumUnsupported {
-                endpoint: self.settings.endpoint.clone(),
+                endpoint: self.shown_endpoint(),
             }),
             412 => Ok(false),
             400 if matches!(
@@ -625,6 +677,22 @@ impl S3Direct {
             404 => Ok(false),
             _ => Err(self.refused(&answer, "HEAD bucket")),
         }
+    }
+
+    async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
+        let answer = self.send(http::Method::HEAD, None, &[], None).await?;
+        if answer.status != 200 {
+            return Err(self.refused(&answer, "HEAD bucket"));
+        }
+        let date = answer.date.as_ref().and_then(|v| v.to_str().ok());
+        date.and_then(parse_http_date).ok_or_else(|| StoreError::Refused {
+            endpoint: self.shown_endpoint(),
+            what: "HEAD bucket".into(),
+            detail: format!(
+                "its answer carries no readable Date header ({date:?}), so object ages cannot be \
+                 judged by the store's clock"
+            ),
+        })
     }
 
     async fn create_bucket(&self) -> Result<bool, StoreError> {
@@ -722,7 +790,11 @@ impl S3Direct {
                     let failure = StoreError::unanswered(&s.endpoint, detail.clone());
                     if resends < QUICK_RESENDS && !e.is_timeout() && failure.is_transient() {
                         resends += 1;
-                        tracing::debug!(error = %detail, %url, "resending on a fresh connection");
+                        tracing::debug!(
+                            error = %redact(&detail),
+                            url = %redact(&url),
+                            "resending on a fresh connection"
+                        );
                         continue;
                     }
                     return Err(failure);
@@ -731,6 +803,7 @@ impl S3Direct {
         };
         let status = response.status().as_u16();
         let checksum = response.headers().get(CHECKSUM_SHA256).cloned();
+        let date = response.headers().get(http::header::DATE).cloned();
         let error = if status >= 300 {
             response.text().await.unwrap_or_default()
         } else {
@@ -739,6 +812,7 @@ impl S3Direct {
         let answer = S3Answer {
             status,
             checksum,
+            date,
             error,
         };
         match status {
@@ -748,23 +822,28 @@ impl S3Direct {
             }),
             404 if answer.code() == Some("NoSuchBucket") => Err(StoreError::NoBucket {
                 bucket: s.bucket.clone(),
-                endpoint: s.endpoint.clone(),
+                endpoint: self.shown_endpoint(),
             }),
             _ if answer.is_transient() => Err(self.unavailable(answer.describe())),
             _ => Ok(answer),
         }
     }
 
+    /// The endpoint as messages name it, without credentials.
+    fn shown_endpoint(&self) -> String {
+        redact_url(&self.settings.endpoint)
+    }
+
     fn unavailable(&self, detail: String) -> StoreError {
         StoreError::Unavailable {
-            endpoint: self.settings.endpoint.clone(),
-            detail,
+            endpoint: self.shown_endpoint(),
+            detail: redact(&detail).into_owned(),
         }
     }
 
     fn refused(&self, answer: &S3Answer, what: &str) -> StoreError {
         StoreError::Refused {
-            endpoint: self.settings.endpoint.clone(),
+            endpoint: self.shown_endpoint(),
             what: what.to_string(),
             detail: answer.describe(),
         }
@@ -802,6 +881,13 @@ impl S3Answer {
             _ => format!("HTTP {}", self.status),
         }
     }
+}
+
+/// An HTTP `Date` (`Tue, 15 Nov 1994 08:12:31 GMT`, RFC 9110's IMF-fixdate).
+fn parse_http_date(date: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc2822(date)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
 }
 
 /// Hashes `data` and refuses it when it is not what `sha256` declares.
@@ -927,15 +1013,24 @@ mod tests {
         let answer = S3Answer {
             status: 400,
             checksum: None,
+            date: None,
             error: "<?xml version=\"1.0\"?><Error><Code>InvalidArgument</Code><Message>Bad thing.</Message></Error>".into(),
         };
         assert_eq!(answer.describe(), "HTTP 400 InvalidArgument: Bad thing.");
         let bare = S3Answer {
             status: 503,
             checksum: None,
+            date: None,
             error: String::new(),
         };
         assert_eq!(bare.describe(), "HTTP 503");
+    }
+
+    #[test]
+    fn the_stores_date_header_is_read_as_utc() {
+        let date = parse_http_date("Tue, 15 Nov 1994 08:12:31 GMT").unwrap();
+        assert_eq!(date.to_rfc3339(), "1994-11-15T08:12:31+00:00");
+        assert_eq!(parse_http_date("yesterday"), None);
     }
 
     /// A store that gives every request the same `answer`, whole HTTP response included.

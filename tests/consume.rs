@@ -11,6 +11,7 @@ use imgstream::domain::{ImageFormat, object_key, sha256_hex};
 use imgstream::kafka::dlq::headers;
 use imgstream::schema::wire;
 use imgstream::store::{PutOutcome, StoreError};
+use sqlx::Connection;
 use std::collections::BTreeMap;
 
 fn consume_until_idle(env: &TestEnv) -> serde_json::Value {
@@ -383,6 +384,8 @@ async fn verify_finds_a_deleted_object_altered_bytes_and_a_planted_orphan_and_re
     assert!(stdout(&young).contains(&format!("orphan kept (younger than grace): {orphan}")));
     assert!(store.get(orphan).await.is_ok());
 
+    // Ages are the store's, in whole seconds: a second later the orphan is older than 0 s.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let repaired = env.run(&["verify", "--repair", "--grace", "0s"]);
     assert!(
         stdout(&repaired).contains(&format!("orphan removed: {orphan}")),
@@ -393,6 +396,118 @@ async fn verify_finds_a_deleted_object_altered_bytes_and_a_planted_orphan_and_re
     // A missing object cannot be repaired from the index; it is still reported.
     assert!(stdout(&repaired).contains(&format!("missing object: {deleted}")));
     assert_eq!(env.counts().await, (5, 7));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_racing_a_replaying_consumer_leaves_every_indexed_image_its_object() {
+    let env = TestEnv::new("repair-race").await;
+    const IMAGES: usize = 400;
+    env.produce(IMAGES as u64, &[]);
+    consume_until_idle(&env);
+    let store = env.store();
+    let index = env.index().await;
+    let bucket = env.settings.store.bucket.clone();
+
+    // A crash between put and insert, for every record: the objects stay, the rows are gone,
+    // and the group is gone too, so the next consumer replays the topic from the start and
+    // finds each old object in place.
+    let mut db = sqlx::PgConnection::connect(env.settings.database_url.expose())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM images")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let deleted = admin
+        .delete_groups(
+            &[&env.settings.kafka.group_id],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+    // And one orphan that no record will ever index: repair must still remove that one.
+    let garbage = "images/zz/garbage-orphan";
+    store
+        .put_image(
+            garbage,
+            bytes::Bytes::from_static(b"garbage"),
+            "image/png",
+            &sha256_hex(b"garbage"),
+        )
+        .await
+        .unwrap();
+    // Listed times have whole seconds: two of them make every object older than a 0 s grace.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+
+    // Batches of 100 uploaded one at a time, so that a batch's uploads find most objects in place
+    // long before its insert. Repair starts with the replay and runs again until it is done:
+    // the first run meets orphans the replay indexes, the next ones meet batches mid-way.
+    let mut replay = env.spawn(
+        &[
+            "consume",
+            "--until-idle",
+            "3",
+            "--batch-size",
+            "100",
+            "--uploads",
+            "1",
+        ],
+        "replay",
+    );
+    let mut reports = Vec::new();
+    loop {
+        let running = replay.is_running();
+        let out = env.run(&[
+            "verify", "--sample", "0", "--repair", "--grace", "0s", "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+        reports.push(report);
+        if !running {
+            break;
+        }
+    }
+    let status = replay.wait();
+    assert!(status.success(), "{}", env.read_log("replay"));
+
+    // What the services hold: every row's object is in the bucket, and nothing else is.
+    let listed: std::collections::BTreeSet<String> = store
+        .list("images/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let rows = index.entries_in_bucket(&bucket).await.unwrap();
+    assert_eq!(rows.len(), IMAGES, "the replay indexed every record");
+    let without_object: Vec<&str> = rows
+        .iter()
+        .map(|r| r.object_key.as_str())
+        .filter(|k| !listed.contains(*k))
+        .collect();
+    assert!(
+        without_object.is_empty(),
+        "repair deleted {} indexed images, e.g. {:?}; reports: {reports:#?}",
+        without_object.len(),
+        &without_object[..without_object.len().min(5)]
+    );
+    assert!(!listed.contains(garbage), "the true orphan was not removed");
+    assert_eq!(listed.len(), IMAGES);
+    // The race was run: repair met orphans that the replay indexed under its hands.
+    let raced: usize = reports
+        .iter()
+        .map(|r| {
+            r["orphans_indexed_meanwhile"]
+                .as_array()
+                .map_or(0, Vec::len)
+        })
+        .sum();
+    assert!(raced > 0, "repair never met the replay: {reports:#?}");
 }
 
 /// The value of one sample in Prometheus text, e.g. `imgstream_records_stored_total`.

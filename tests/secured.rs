@@ -437,6 +437,126 @@ async fn no_secret_appears_in_any_output_of_a_secured_run_at_debug_level() {
     );
 }
 
+/// `url` with `user:secret@` in front of its host.
+fn with_userinfo(url: &str, user: &str, secret: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    format!("{scheme}://{user}:{secret}@{rest}")
+}
+
+/// What `cmd` printed (stdout, then stderr) within `limit`; a run still going then is stopped,
+/// since a consumer that cannot reach a service keeps retrying.
+fn output_within(mut cmd: Command, dir: &std::path::Path, name: &str, limit: Duration) -> String {
+    let (out, err) = (
+        dir.join(format!("{name}.out")),
+        dir.join(format!("{name}.err")),
+    );
+    let child = cmd
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn imgstream");
+    let _ = common::Spawned::from(child).wait_within(limit);
+    std::fs::read_to_string(&out).unwrap() + &std::fs::read_to_string(&err).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_in_a_url_setting_appears_in_any_output_reachable_or_not() {
+    let app = TestRole::create("app").await;
+    let env = secured_env("url-secrets", &[("DATABASE_APP_ROLE", &app.name)]).await;
+    env.produce(4, &[]);
+    let consumer = consumer_identity(&env);
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (registry_secret, store_secret) = (format!("registry-{id}"), format!("store-{id}"));
+    let closed = common::free_port();
+    let mut unreachable_db = url::Url::parse(&app.url(&env)).unwrap();
+    unreachable_db.set_port(Some(closed)).unwrap();
+    let registry = &env.settings.registry_url;
+    let registry_path = registry
+        .split_once("://")
+        .unwrap()
+        .1
+        .split_once('/')
+        .unwrap()
+        .1;
+    let settings = [
+        (
+            "reachable",
+            [
+                with_userinfo(registry, "reader", &registry_secret),
+                with_userinfo(HTTPS_MINIO, "proxy", &store_secret),
+                app.url(&env),
+            ],
+        ),
+        (
+            "unreachable",
+            [
+                format!("http://reader:{registry_secret}@127.0.0.1:{closed}/{registry_path}"),
+                format!("https://proxy:{store_secret}@127.0.0.1:{closed}"),
+                unreachable_db.to_string(),
+            ],
+        ),
+    ];
+    let secrets = [
+        registry_secret.as_str(),
+        store_secret.as_str(),
+        app.password.as_str(),
+        consumer.password.as_str(),
+    ];
+    let dir = env.log_path("url-secrets");
+    let dir = dir.parent().unwrap();
+    let mut outputs = Vec::new();
+    for (reach, [registry_url, store_url, database_url]) in &settings {
+        for level in ["info,rdkafka=warn,sqlx=warn", "debug"] {
+            for args in [
+                &["setup", "--check"][..],
+                &["status", "--json"],
+                &["consume", "--until-idle", "2", "--json"],
+            ] {
+                let mut cmd = env.command(args);
+                kafka_login(&mut cmd, &consumer)
+                    .env("SCHEMA_REGISTRY_URL", registry_url)
+                    .env("MINIO_CONNECTION_STRING", store_url)
+                    .env("DATABASE_CONNECTION_STRING", database_url)
+                    .env("IMGSTREAM_CONNECT_TIMEOUT_SECS", "2")
+                    .env("IMGSTREAM_LOG", level);
+                let name = format!("{reach}-{}-{}", args[0], level.len());
+                let text = output_within(cmd, dir, &name, Duration::from_secs(40));
+                outputs.push((name, text));
+            }
+        }
+    }
+    for (name, text) in &outputs {
+        for secret in secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{name}: a secret appears in the output: {line}");
+            }
+        }
+    }
+    // The scan read the messages that name the URLs: the unreachable services are named, their
+    // credentials masked, at the default level too.
+    let check = &outputs
+        .iter()
+        .find(|(name, _)| name.starts_with("unreachable-setup-"))
+        .unwrap()
+        .1;
+    for masked in [
+        format!("reader:***@127.0.0.1:{closed}"),
+        format!("proxy:***@127.0.0.1:{closed}"),
+    ] {
+        assert!(check.contains(&masked), "{masked} not in\n{check}");
+    }
+    // And the debug lines of the libraries that talk to the services (hyper names connections
+    // by host, userinfo included).
+    let lines: usize = outputs.iter().map(|(_, t)| t.lines().count()).sum();
+    assert!(lines > 100, "only {lines} lines of output");
+    assert!(
+        outputs
+            .iter()
+            .any(|(_, t)| t.contains("pooling idle connection")),
+        "no connection-pool debug line was scanned"
+    );
+}
+
 /// Temporary credentials for `user` from MinIO's STS (AssumeRole, signed with the user's own
 /// keys): (access key id, secret access key, session token), valid for 15 minutes.
 async fn assume_role(env: &TestEnv, user: &S3User<'_>) -> (String, String, String) {

@@ -2,9 +2,11 @@
 //! variable names. Every problem is reported by the variable's name; secrets are never printed.
 
 mod kafka_security;
+mod redact;
 
 use crate::validate::{IdCharacters, IdRules};
 pub use kafka_security::ClientProperties;
+pub use redact::{redact, redact_url};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -106,8 +108,11 @@ pub struct StoreSettings {
 impl fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreSettings")
-            .field("endpoint", &self.endpoint)
-            .field("public_endpoint", &self.public_endpoint)
+            .field("endpoint", &redact_url(&self.endpoint))
+            .field(
+                "public_endpoint",
+                &self.public_endpoint.as_deref().map(redact_url),
+            )
             .field("bucket", &self.bucket)
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
@@ -186,7 +191,7 @@ impl LimitSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     pub kafka: KafkaSettings,
     pub customer_id: String,
@@ -205,6 +210,39 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// How long to wait for a service to answer before calling it unreachable.
     pub connect_timeout: Duration,
+}
+
+/// Every field, the URLs' credentials masked. The fields are named one by one, so a field added to
+/// `Settings` does not compile here until someone has decided whether it can hold a secret.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Settings {
+            kafka,
+            customer_id,
+            database_url,
+            store,
+            registry_url,
+            registry_auth,
+            registry_ca_file,
+            app_role,
+            reader_role,
+            limits,
+            connect_timeout,
+        } = self;
+        f.debug_struct("Settings")
+            .field("kafka", kafka)
+            .field("customer_id", customer_id)
+            .field("database_url", database_url)
+            .field("store", store)
+            .field("registry_url", &redact_url(registry_url))
+            .field("registry_auth", registry_auth)
+            .field("registry_ca_file", registry_ca_file)
+            .field("app_role", app_role)
+            .field("reader_role", reader_role)
+            .field("limits", limits)
+            .field("connect_timeout", connect_timeout)
+            .finish()
+    }
 }
 
 /// The variables settings are read from: the process environment, with `.env` (or the file
@@ -412,7 +450,7 @@ impl Settings {
             .ok_or_else(|| {
                 invalid(
                     "SCHEMA_REGISTRY_URL",
-                    format!("{registry_url:?} is not an http(s) URL"),
+                    format!("{:?} is not an http(s) URL", redact(&registry_url)),
                 )
             })?;
 
@@ -685,13 +723,13 @@ pub fn parse_endpoint(var: &'static str, raw: &str) -> Result<String, ConfigErro
     let url = Url::parse(&with_scheme).map_err(|e| {
         invalid(
             var,
-            format!("{raw:?} is not host:port or an http(s) URL: {e}"),
+            format!("{:?} is not host:port or an http(s) URL: {e}", redact(raw)),
         )
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(
             var,
-            format!("{raw:?} is not host:port or an http(s) URL"),
+            format!("{:?} is not host:port or an http(s) URL", redact(raw)),
         ));
     }
     Ok(with_scheme.trim_end_matches('/').to_string())
@@ -762,11 +800,42 @@ pub(crate) mod tests {
                 "postgres://u:hunter2@h:5432/db",
             ),
             ("MINIO_SECRET_KEY", "s3cr3t-key"),
+            (
+                "SCHEMA_REGISTRY_URL",
+                "http://reader:in-the-url-1@registry:8081",
+            ),
+            (
+                "MINIO_CONNECTION_STRING",
+                "http://proxy:in-the-url-2@minio:9000",
+            ),
+            (
+                "MINIO_PUBLIC_ENDPOINT",
+                "https://in-the-url-3@cdn.example.com",
+            ),
         ]))
         .unwrap();
         let shown = format!("{s:?} {}", s.database_url);
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(!shown.contains("s3cr3t-key"), "{shown}");
+        for secret in ["hunter2", "s3cr3t-key", "in-the-url-"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // The client still gets the URL as it was set.
+        assert_eq!(s.registry_url, "http://reader:in-the-url-1@registry:8081");
+    }
+
+    #[test]
+    fn a_url_setting_refused_is_quoted_without_its_credentials() {
+        for (var, value) in [
+            ("SCHEMA_REGISTRY_URL", "ftp://reader:in-the-url@registry"),
+            (
+                "MINIO_CONNECTION_STRING",
+                "ftp://proxy:in-the-url@minio:9000",
+            ),
+            ("MINIO_PUBLIC_ENDPOINT", "gopher://in-the-url@cdn"),
+        ] {
+            let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(!err.to_string().contains("in-the-url"), "{err}");
+        }
     }
 
     #[test]

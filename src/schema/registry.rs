@@ -1,6 +1,6 @@
 //! A client for the Confluent-compatible schema registry API (served here by Apicurio's ccompat).
 
-use crate::config::BasicAuth;
+use crate::config::{BasicAuth, redact, redact_url};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
@@ -98,7 +98,7 @@ impl RegistryClient {
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, RegistryError> {
         let unusable = |detail: String| RegistryError::Unreachable {
-            url: base_url.to_string(),
+            url: redact_url(base_url),
             detail,
         };
         let mut builder = reqwest::Client::builder()
@@ -299,7 +299,7 @@ impl RegistryClient {
             .send()
             .await
             .map_err(|e| RegistryError::Unreachable {
-                url: url.to_string(),
+                url: redact_url(url),
                 detail: root_cause(&e),
             })
     }
@@ -309,12 +309,13 @@ fn enc(subject: &str) -> String {
     url::form_urlencoded::byte_serialize(subject.as_bytes()).collect()
 }
 
+/// The innermost error's text, any URL in it without its credentials.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    cause.to_string()
+    redact(&cause.to_string()).into_owned()
 }
 
 async fn parse<T: serde::de::DeserializeOwned>(
@@ -323,11 +324,11 @@ async fn parse<T: serde::de::DeserializeOwned>(
 ) -> Result<T, RegistryError> {
     let status = resp.status().as_u16();
     let body = resp.text().await.map_err(|e| RegistryError::Unreachable {
-        url: url.to_string(),
+        url: redact_url(url),
         detail: root_cause(&e),
     })?;
     serde_json::from_str(&body).map_err(|e| RegistryError::Http {
-        request: url.to_string(),
+        request: redact_url(url),
         status,
         body: format!("unexpected body ({e}): {}", truncate(&body)),
     })
@@ -348,7 +349,7 @@ async fn error_message(resp: reqwest::Response) -> String {
 async fn http_error(resp: reqwest::Response, url: &str) -> RegistryError {
     let status = resp.status().as_u16();
     RegistryError::Http {
-        request: url.to_string(),
+        request: redact_url(url),
         status,
         body: error_message(resp).await,
     }
