@@ -1,4 +1,8 @@
 //! Topic administration: the data and dead-letter topics, created by `imgstream setup`.
+//!
+//! Of a topic's settings imgstream owns three, each as a floor ([`Minimum`]); every other one is
+//! the operator's. A change goes through an incremental alter ([`super::incremental`]) naming only
+//! the settings that fall short, so nothing an operator set is reset or lowered.
 
 use super::{BrokerError, SecurityWatch, base_config, incremental, quiet};
 use crate::config::{KafkaSettings, LimitSettings};
