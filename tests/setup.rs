@@ -413,3 +413,46 @@ async fn a_max_message_bytes_too_small_for_an_image_stops_produce_and_consume_un
     assert_eq!(config["retention.bytes"], GIB);
     env.produce(1, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_alter_sets_only_what_it_names_and_a_refused_one_says_why_and_sets_nothing()
+{
+    use imgstream::kafka::incremental::set_topic_configs;
+    use rdkafka::error::RDKafkaErrorCode;
+    let env = TestEnv::new("incr").await;
+    let client: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let set = |key: &str, value: &str| (key.to_string(), value.to_string());
+    let timeout = Duration::from_secs(10);
+
+    set_topic_configs(&client, &env.name, &[set("retention.bytes", GIB)], timeout).unwrap();
+    let config = topic_config(&env, &env.name).await;
+    assert_eq!(config["retention.bytes"], GIB);
+    assert_eq!(
+        config["retention.ms"], "604800000",
+        "a setting it did not name"
+    );
+
+    // One resource's changes are applied together or not at all.
+    let refused = set_topic_configs(
+        &client,
+        &env.name,
+        &[set("retention.ms", "soon"), set("retention.bytes", "-1")],
+        timeout,
+    )
+    .unwrap_err();
+    assert_eq!(refused.code, RDKafkaErrorCode::InvalidConfig, "{refused:?}");
+    assert!(refused.detail.contains("retention.ms"), "{refused:?}");
+    assert_eq!(topic_config(&env, &env.name).await["retention.bytes"], GIB);
+
+    let missing = format!("{}-nowhere", env.name);
+    let refused =
+        set_topic_configs(&client, &missing, &[set("retention.bytes", GIB)], timeout).unwrap_err();
+    assert_eq!(
+        refused.code,
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+        "{refused:?}"
+    );
+}
