@@ -27,6 +27,13 @@ pub struct TopicSpec {
     pub minimums: Vec<Minimum>,
 }
 
+impl TopicSpec {
+    /// The floor the spec sets for `key`, if it owns that setting.
+    pub fn minimum(&self, key: &str) -> Option<i64> {
+        self.minimums.iter().find(|m| m.key == key).map(|m| m.value)
+    }
+}
+
 /// A topic setting that must be at least `value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Minimum {
