@@ -4,7 +4,7 @@
 
 use crate::config::Settings;
 use crate::index::{Access, ImageIndex, RoleAudit};
-use crate::kafka::admin::{TopicState, data_topic_spec, dlq_topic_spec};
+use crate::kafka::admin::{Shortfall, TopicState, data_topic_spec, dlq_topic_spec};
 use crate::schema::{RegistryError, SUBJECT_COMPATIBILITY, value_subject};
 use crate::wiring;
 use std::fmt;
@@ -27,6 +27,9 @@ pub enum State {
     Failed(String),
     /// Present, but this identity may not see enough to check it; not a problem.
     Unchecked(String),
+    /// Differs from what setup would make, in a way that threatens nothing (an operator's
+    /// choice, or a retention below the setting): reported, never refused.
+    Noted(String),
 }
 
 impl State {
@@ -47,6 +50,7 @@ impl fmt::Display for Item {
             State::Unreachable(d) => ("unreachable", d.clone()),
             State::Failed(d) => ("failed", d.clone()),
             State::Unchecked(d) => ("unchecked", d.clone()),
+            State::Noted(d) => ("note", d.clone()),
         };
         write!(f, "{:<11} {:<10} {}", tag, self.service, self.name)?;
         if !detail.is_empty() {
@@ -257,9 +261,8 @@ async fn topics(settings: &Settings, check_only: bool, which: &[Topic]) -> Vec<I
     for spec in &specs {
         let state = if check_only {
             match admin.state(spec).await {
-                Ok(TopicState::Ok) => State::Ok,
+                Ok(TopicState::Present(shortfalls)) => checked(&shortfalls),
                 Ok(TopicState::Missing) => State::Missing("does not exist".into()),
-                Ok(TopicState::Different(d)) => State::Missing(d.join("; ")),
                 Ok(TopicState::ConfigHidden) => State::Unchecked(
                     "exists; its settings are not visible to this identity (no DescribeConfigs), so not checked".into(),
                 ),
@@ -267,14 +270,45 @@ async fn topics(settings: &Settings, check_only: bool, which: &[Topic]) -> Vec<I
             }
         } else {
             match admin.ensure(spec).await {
-                Ok(None) => State::Ok,
-                Ok(Some(done)) => State::Changed(done),
+                Ok(ensured) => match (ensured.done, ensured.left.is_empty()) {
+                    (None, true) => State::Ok,
+                    (None, false) => State::Noted(ensured.left.join("; ")),
+                    (Some(done), true) => State::Changed(done),
+                    (Some(done), false) => State::Changed(format!(
+                        "{done}; left as found: {}",
+                        ensured.left.join("; ")
+                    )),
+                },
                 Err(e) => State::Failed(e.to_string()),
             }
         };
         items.push(item(&spec.name, state));
     }
     items
+}
+
+/// What `--check` (and a producer's or consumer's preflight) makes of a topic's shortfalls: only
+/// one that stops imgstream working is missing; the rest are noted.
+fn checked(shortfalls: &[Shortfall]) -> State {
+    if shortfalls.is_empty() {
+        return State::Ok;
+    }
+    let detail = shortfalls
+        .iter()
+        .map(|s| {
+            if s.setup_mends() && !s.blocks {
+                format!("{}; `imgstream setup` raises it", s.detail)
+            } else {
+                s.detail.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if shortfalls.iter().any(|s| s.blocks) {
+        State::Missing(detail)
+    } else {
+        State::Noted(detail)
+    }
 }
 
 async fn bucket(settings: &Settings, check_only: bool) -> Item {
@@ -382,6 +416,10 @@ pub async fn preflight(settings: &Settings, schema: &str, needs: Needs) -> Resul
         let problem = match item.state {
             State::Unreachable(d) | State::Failed(d) => d,
             State::Missing(d) => format!("{} {}: {d}", item.service, item.name),
+            State::Noted(d) => {
+                tracing::warn!("{} {}: {d}", item.service, item.name);
+                continue;
+            }
             State::Ok | State::Changed(_) | State::Unchecked(_) => continue,
         };
         // One cause (a refused login) fails every item of its service alike: say it once.

@@ -63,9 +63,8 @@ pub fn producer(settings: &Settings) -> Result<ImageProducer, BrokerError> {
 /// reference if the broker refuses it as too large.
 pub async fn dead_letters(settings: &Settings) -> Result<DeadLetterWriter, BrokerError> {
     let configured = dlq_topic_spec(&settings.kafka, &settings.limits)
-        .configs
-        .get("max.message.bytes")
-        .and_then(|v| v.parse().ok())
+        .minimum("max.message.bytes")
+        .and_then(|v| usize::try_from(v).ok())
         .unwrap_or(settings.limits.max_message_bytes());
     let topic = &settings.kafka.dlq_topic;
     let read = match topic_admin(settings) {

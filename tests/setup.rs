@@ -243,3 +243,216 @@ async fn postgresql_over_tls_is_verified_against_the_ca_the_connection_string_na
     );
     assert!(!text.contains(":imgstream@"), "the password leaked: {text}");
 }
+
+/// What an operator does with `kafka-configs.sh --alter --add-config`: an incremental alter of
+/// the named settings only, through the stack's own Kafka tools.
+fn operator_sets(topic: &str, settings: &str) {
+    common::identities::kafka_cli(&[
+        "kafka.admin.ConfigCommand",
+        "--alter",
+        "--entity-type",
+        "topics",
+        "--entity-name",
+        topic,
+        "--add-config",
+        settings,
+    ]);
+}
+
+/// The topic's settings as the broker describes them.
+async fn topic_config(env: &TestEnv, topic: &str) -> std::collections::HashMap<String, String> {
+    let admin = imgstream::wiring::topic_admin(&env.settings).unwrap();
+    admin
+        .topic_configs(topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn topic_lines<'a>(out: &'a str, env: &TestEnv) -> Vec<&'a str> {
+    out.lines()
+        .filter(|l| l.contains(&format!("topic {}", env.name)))
+        .collect()
+}
+
+const GIB: &str = "1073741824";
+const THIRTY_DAYS_MS: &str = "2592000000";
+const SIXTY_DAYS_MS: &str = "5184000000";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operators_longer_retention_and_retention_bytes_survive_two_setups() {
+    let env = TestEnv::new("keepcfg").await;
+    let dlq = env.settings.kafka.dlq_topic.clone();
+    operator_sets(
+        &env.name,
+        &format!("retention.ms={THIRTY_DAYS_MS},retention.bytes={GIB}"),
+    );
+    operator_sets(
+        &dlq,
+        &format!("retention.ms={SIXTY_DAYS_MS},retention.bytes={GIB}"),
+    );
+
+    for run in ["first", "second"] {
+        let out = env.run(&["setup"]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{run} setup: {text}{}", stderr(&out));
+        let lines = topic_lines(&text, &env);
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines.iter().all(|l| l.starts_with("ok")),
+            "{run} setup touched a topic an operator tuned:\n{text}"
+        );
+    }
+    for (topic, retention) in [(&env.name, THIRTY_DAYS_MS), (&dlq, SIXTY_DAYS_MS)] {
+        let config = topic_config(&env, topic).await;
+        assert_eq!(config["retention.ms"], retention, "{topic}");
+        assert_eq!(config["retention.bytes"], GIB, "{topic}");
+    }
+
+    // Neither a check nor a producer or consumer calls the longer retention a difference.
+    let check = env.run(&["setup", "--check"]);
+    assert!(check.status.success(), "{}", stdout(&check));
+    assert!(
+        topic_lines(&stdout(&check), &env)
+            .iter()
+            .all(|l| l.starts_with("ok")),
+        "{}",
+        stdout(&check)
+    );
+    env.produce(2, &[]);
+    let consumed = env.run(&["consume", "--until-idle", "2", "--json"]);
+    assert!(consumed.status.success(), "{}", stderr(&consumed));
+    assert_eq!(env.counts().await, (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shorter_retention_is_noted_not_refused_and_setup_raises_only_it() {
+    let env = TestEnv::new("shortret").await;
+    operator_sets(
+        &env.name,
+        &format!("retention.ms=3600000,retention.bytes={GIB}"),
+    );
+
+    let check = env.run(&["setup", "--check"]);
+    let text = stdout(&check);
+    assert!(
+        check.status.success(),
+        "a retention is no reason to fail:\n{text}"
+    );
+    let noted = text
+        .lines()
+        .find(|l| l.starts_with("note") && l.contains("retention.ms is 3600000"))
+        .unwrap_or_else(|| panic!("the short retention is not noted:\n{text}"));
+    assert!(noted.contains("KAFKA_DATA_RETENTION_MS"), "{noted}");
+
+    // A producer starts, and says what it saw.
+    let produced = env.produce(1, &[]);
+    assert!(
+        stderr(&produced).contains("retention.ms is 3600000"),
+        "no warning: {}",
+        stderr(&produced)
+    );
+
+    // setup raises what falls short of its setting through an incremental alter: the operator's
+    // retention.bytes stays.
+    let out = env.run(&["setup"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        topic_lines(&stdout(&out), &env)
+            .iter()
+            .any(|l| l.starts_with("done") && l.contains("retention.ms")),
+        "{}",
+        stdout(&out)
+    );
+    let config = topic_config(&env, &env.name).await;
+    assert_eq!(config["retention.ms"], "604800000");
+    assert_eq!(config["retention.bytes"], GIB);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_max_message_bytes_too_small_for_an_image_stops_produce_and_consume_until_setup() {
+    let env = TestEnv::new("smallmsg").await;
+    operator_sets(
+        &env.name,
+        &format!("max.message.bytes=100000,retention.bytes={GIB}"),
+    );
+
+    let check = env.run(&["setup", "--check"]);
+    assert!(!check.status.success(), "{}", stdout(&check));
+    assert!(
+        stdout(&check)
+            .lines()
+            .any(|l| l.starts_with("missing") && l.contains("max.message.bytes is 100000")),
+        "{}",
+        stdout(&check)
+    );
+    for args in [
+        &["produce", "--count", "1"][..],
+        &["consume", "--until-idle", "1"][..],
+    ] {
+        let out = env.run(args);
+        assert!(
+            !out.status.success(),
+            "{args:?} started on a too-small topic"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("max.message.bytes is 100000") && err.contains("run `imgstream setup`"),
+            "{args:?}: {err}"
+        );
+    }
+
+    let out = env.run(&["setup"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let config = topic_config(&env, &env.name).await;
+    assert_eq!(
+        config["max.message.bytes"],
+        env.settings.limits.max_message_bytes().to_string()
+    );
+    assert_eq!(config["retention.bytes"], GIB);
+    env.produce(1, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_alter_sets_only_what_it_names_and_a_refused_one_says_why_and_sets_nothing()
+{
+    use imgstream::kafka::incremental::set_topic_configs;
+    use rdkafka::error::RDKafkaErrorCode;
+    let env = TestEnv::new("incr").await;
+    let client: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let set = |key: &str, value: &str| (key.to_string(), value.to_string());
+    let timeout = Duration::from_secs(10);
+
+    set_topic_configs(&client, &env.name, &[set("retention.bytes", GIB)], timeout).unwrap();
+    let config = topic_config(&env, &env.name).await;
+    assert_eq!(config["retention.bytes"], GIB);
+    assert_eq!(
+        config["retention.ms"], "604800000",
+        "a setting it did not name"
+    );
+
+    // One resource's changes are applied together or not at all.
+    let refused = set_topic_configs(
+        &client,
+        &env.name,
+        &[set("retention.ms", "soon"), set("retention.bytes", "-1")],
+        timeout,
+    )
+    .unwrap_err();
+    assert_eq!(refused.code, RDKafkaErrorCode::InvalidConfig, "{refused:?}");
+    assert!(refused.detail.contains("retention.ms"), "{refused:?}");
+    assert_eq!(topic_config(&env, &env.name).await["retention.bytes"], GIB);
+
+    let missing = format!("{}-nowhere", env.name);
+    let refused =
+        set_topic_configs(&client, &missing, &[set("retention.bytes", GIB)], timeout).unwrap_err();
+    assert_eq!(
+        refused.code,
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+        "{refused:?}"
+    );
+}

@@ -63,6 +63,11 @@ pub struct KafkaSettings {
     pub dlq_topic: String,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// The data topic's `retention.ms` that `setup` asks for at least (`KAFKA_DATA_RETENTION_MS`);
+    /// -1 keeps records forever. A longer retention an operator set is kept.
+    pub data_retention_ms: i64,
+    /// The same for the dead-letter topic (`KAFKA_DLQ_RETENTION_MS`).
+    pub dlq_retention_ms: i64,
     /// librdkafka `debug` contexts (e.g. `cgrp,fetch`), for diagnosing the client itself.
     pub debug: Option<String>,
     /// Producer compression: none, lz4, snappy or gzip.
@@ -388,6 +393,16 @@ impl Settings {
                 1,
                 32,
             )?,
+            // A week: a consumer that is down over a long weekend still finds its records.
+            data_retention_ms: parse_retention(
+                "KAFKA_DATA_RETENTION_MS",
+                &get("KAFKA_DATA_RETENTION_MS", &(7 * DAY_MS).to_string()),
+            )?,
+            // 30 days, because someone has to look at a dead letter before it goes.
+            dlq_retention_ms: parse_retention(
+                "KAFKA_DLQ_RETENTION_MS",
+                &get("KAFKA_DLQ_RETENTION_MS", &(30 * DAY_MS).to_string()),
+            )?,
             compression: match get("KAFKA_COMPRESSION_TYPE", "none")
                 .to_ascii_lowercase()
                 .as_str()
@@ -600,6 +615,18 @@ fn parse_number<T: std::str::FromStr + PartialOrd + fmt::Display>(
         return Err(invalid(var, format!("{n} is outside {min}..={max}")));
     }
     Ok(n)
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// A topic's `retention.ms`: -1 (kept forever, Kafka's own spelling) or at least an hour. Less
+/// would let Kafka delete records a consumer that restarts or falls behind has not read yet.
+fn parse_retention(var: &'static str, value: &str) -> Result<i64, ConfigError> {
+    if value.trim() == "-1" {
+        return Ok(-1);
+    }
+    parse_number(var, value, 3_600_000, i64::MAX)
+        .map_err(|e| invalid(var, format!("{}; or -1 to keep records forever", e.message)))
 }
 
 fn check_topic_name(var: &'static str, name: &str) -> Result<(), ConfigError> {
@@ -917,6 +944,30 @@ pub(crate) mod tests {
             parse_endpoint("MINIO_CONNECTION_STRING", "https://s3.example.com/").unwrap(),
             "https://s3.example.com"
         );
+    }
+
+    #[test]
+    fn retention_defaults_to_a_week_and_30_days_and_takes_forever_or_at_least_an_hour() {
+        let defaults = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(defaults.kafka.data_retention_ms, 604_800_000);
+        assert_eq!(defaults.kafka.dlq_retention_ms, 2_592_000_000);
+        let set = Settings::from_vars(&vars(&[
+            ("KAFKA_DATA_RETENTION_MS", "-1"),
+            ("KAFKA_DLQ_RETENTION_MS", "3_600_000"),
+        ]))
+        .unwrap();
+        assert_eq!(set.kafka.data_retention_ms, -1);
+        assert_eq!(set.kafka.dlq_retention_ms, 3_600_000);
+        for (var, value) in [
+            ("KAFKA_DATA_RETENTION_MS", "0"),
+            ("KAFKA_DATA_RETENTION_MS", "-2"),
+            ("KAFKA_DLQ_RETENTION_MS", "60000"),
+            ("KAFKA_DLQ_RETENTION_MS", "a week"),
+        ] {
+            let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+            assert!(err.message.contains("-1"), "{err}");
+        }
     }
 
     #[test]

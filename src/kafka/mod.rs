@@ -5,6 +5,7 @@ pub mod admin;
 pub mod consumer;
 pub mod dlq;
 pub mod header_bytes;
+pub mod incremental;
 pub mod producer;
 pub mod source;
 

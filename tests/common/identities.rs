@@ -289,7 +289,9 @@ fn try_kafka_cli(args: &[&str]) -> std::process::Output {
         .expect("run scripts/stack/kafka.sh cli")
 }
 
-fn kafka_cli(args: &[&str]) {
+/// Runs a Kafka CLI class (first of `args`) against the stack's plaintext listener, as an
+/// operator would with the `kafka-*.sh` scripts; panics with its output when it fails.
+pub fn kafka_cli(args: &[&str]) {
     let out = try_kafka_cli(args);
     assert!(
         out.status.success(),
