@@ -31,6 +31,7 @@ pub mod audit;
 pub mod config;
 pub mod dlq;
 pub mod domain;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod generate;
 pub mod index;

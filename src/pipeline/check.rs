@@ -1,7 +1,8 @@
 //! Stage 2, check: decode each record against its writer's schema and validate it, on the
 //! blocking pool, while the next batch is being fetched.
 
-use super::refusal::{DeadLetter, Refusal};
+use super::ports::DeadLetter;
+use super::refusal::Refusal;
 use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Pipeline, Polled, PolledBatch};
 use crate::domain::ImageRecord;

@@ -1,6 +1,6 @@
 //! Stage 4b, commit: rows, then dead letters, then offsets — one batch at a time, in fetch order.
 
-use super::refusal::DeadLetter;
+use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
 use super::{BatchError, Committed, Failure, Pipeline, Positions, StoredBatch};
 use futures::StreamExt;

@@ -1,6 +1,7 @@
 //! Stage 4a, index: one idempotent statement for the rows of a batch whose objects are stored.
 
-use super::refusal::{DeadLetter, Refusal};
+use super::ports::DeadLetter;
+use super::refusal::Refusal;
 use super::retry::{Stopped, retry};
 use super::{BatchError, Failure, Indexed, Pipeline, Polled};
 use crate::domain::IndexEntry;

@@ -26,7 +26,7 @@
 //! letter (see [`letter_key`]), so what those read is always imgstream's verdict.
 
 use super::RecordHeader;
-use super::refusal::DeadLetter;
+use super::ports::DeadLetter;
 use crate::domain::sha256_hex;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -60,28 +60,7 @@ pub mod headers {
     pub const REPLAY_COUNT: &str = "imgstream.replay.count";
 }
 
-/// The longest reason a letter carries, in bytes. A reason may quote a field of the record, and
-/// a field may be as long as the record: 1 KiB says what is wrong and leaves the rest of the
-/// budget to the original bytes.
-pub const MAX_REASON_BYTES: usize = 1024;
-
-/// The reason, cut to [`MAX_REASON_BYTES`] on a character boundary, with an ellipsis when cut.
-pub fn bounded_reason(reason: String) -> String {
-    bounded_text(reason, MAX_REASON_BYTES)
-}
-
-/// `text` cut to at most `max` bytes (`max` ≥ 3) on a character boundary, ending with an
-/// ellipsis when cut.
-pub fn bounded_text(text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let mut cut = max.saturating_sub('…'.len_utf8());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &text[..cut])
-}
+pub use super::refusal::{MAX_REASON_BYTES, bounded_reason, bounded_text};
 
 /// How large a letter may be on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,10 +60,10 @@ pub mod usage;
 
 pub use letter::{LetterBudget, WireLetter};
 pub use ports::{
-    BatchLimits, Committed, DeadLetterSink, Failure, ImageSink, IndexSink, Indexed, Partition,
+    BatchLimits, Committed, DeadLetter, DeadLetterSink, Failure, ImageSink, IndexSink, Indexed, Partition,
     Polled, Positions, Put, RecordHeader, RecordSource,
 };
-pub use refusal::{Class, DeadLetter, Refusal};
+pub use refusal::{Class, Refusal};
 pub use report::{RunSummary, Stats, StopReason};
 
 use crate::domain::{ImageRecord, IndexEntry};

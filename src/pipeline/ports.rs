@@ -8,7 +8,7 @@
 //! fails as a [`Failure`]: transient (retried with backoff) or fatal (the consumer stops with the
 //! failure's one line).
 
-use super::refusal::{DeadLetter, Refusal};
+use super::refusal::{Refusal, bounded_reason};
 use crate::domain::{ImageRecord, IndexEntry, Origin};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -181,4 +181,36 @@ pub trait IndexSink: Send + Sync {
 pub trait DeadLetterSink: Send + Sync {
     /// Writes one dead letter and resolves once it is durable.
     fn send<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, Result<(), Failure>>;
+}
+
+/// A refused record on its way to the dead-letter topic: the original key, value and headers,
+/// untouched, and why it was refused. What is written is [`DeadLetter::to_wire`]'s choice (see
+/// [`super::letter`]): this keeps the whole record, the wire form may keep only a reference.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub origin: Origin,
+    pub key: Option<Vec<u8>>,
+    /// `None` when the original was a tombstone: it stays null.
+    pub value: Option<Bytes>,
+    pub headers: Vec<RecordHeader>,
+    pub original_timestamp_ms: Option<i64>,
+    pub refusal: Refusal,
+    /// The refusal's message, bounded: it may quote a field as long as the record (see
+    /// [`bounded_reason`]).
+    pub reason: String,
+}
+
+impl DeadLetter {
+    /// The one way to build a dead letter: from the record as polled and why it was refused.
+    pub fn new(polled: &Polled, refusal: Refusal) -> DeadLetter {
+        DeadLetter {
+            origin: polled.origin.clone(),
+            key: polled.key.clone(),
+            value: polled.value.clone(),
+            headers: polled.headers.clone(),
+            original_timestamp_ms: polled.timestamp_ms,
+            reason: bounded_reason(refusal.message()),
+            refusal,
+        }
+    }
 }

@@ -1,15 +1,13 @@
-//! Every reason a record is refused, as one type, and the dead letter that carries it.
+//! Every reason a record is refused, as one type. The dead letter that carries a refusal crosses
+//! a port, so it lives with the ports ([`super::ports::DeadLetter`]).
 //!
 //! A refusal is about one record and no retry changes it: the bytes are wrong (`invalid`) or the
 //! image's identity is taken by a different image (`conflict`). Its code is the stable short name
 //! written to the `imgstream.dlq.code` header; the codes are part of the wire contract.
 
-use super::letter::bounded_reason;
-use super::ports::{Polled, RecordHeader};
-use crate::domain::{IndexEntry, Origin};
+use crate::domain::IndexEntry;
 use crate::schema::DecodeError;
 use crate::validate::Invalid;
-use bytes::Bytes;
 use uuid::Uuid;
 
 /// Why a record cannot be stored.
@@ -118,34 +116,25 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// A refused record on its way to the dead-letter topic: the original key, value and headers,
-/// untouched, and why it was refused. What is written is [`DeadLetter::to_wire`]'s choice (see
-/// [`super::letter`]): this keeps the whole record, the wire form may keep only a reference.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub origin: Origin,
-    pub key: Option<Vec<u8>>,
-    /// `None` when the original was a tombstone: it stays null.
-    pub value: Option<Bytes>,
-    pub headers: Vec<RecordHeader>,
-    pub original_timestamp_ms: Option<i64>,
-    pub refusal: Refusal,
-    /// The refusal's message, bounded: it may quote a field as long as the record (see
-    /// [`bounded_reason`]).
-    pub reason: String,
+/// The longest reason a letter carries, in bytes. A reason may quote a field of the record, and
+/// a field may be as long as the record: 1 KiB says what is wrong and leaves the rest of the
+/// budget to the original bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// The reason, cut to [`MAX_REASON_BYTES`] on a character boundary, with an ellipsis when cut.
+pub fn bounded_reason(reason: String) -> String {
+    bounded_text(reason, MAX_REASON_BYTES)
 }
 
-impl DeadLetter {
-    /// The one way to build a dead letter: from the record as polled and why it was refused.
-    pub fn new(polled: &Polled, refusal: Refusal) -> DeadLetter {
-        DeadLetter {
-            origin: polled.origin.clone(),
-            key: polled.key.clone(),
-            value: polled.value.clone(),
-            headers: polled.headers.clone(),
-            original_timestamp_ms: polled.timestamp_ms,
-            reason: bounded_reason(refusal.message()),
-            refusal,
-        }
+/// `text` cut to at most `max` bytes (`max` ≥ 3) on a character boundary, ending with an
+/// ellipsis when cut.
+pub fn bounded_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
     }
+    let mut cut = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
 }

@@ -4,7 +4,7 @@
 //! commit stage, and uploads keep going while they wait.
 
 use super::key_order::{KeyOrder, Turn};
-use super::refusal::DeadLetter;
+use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, StoredBatch};
 use crate::domain::{ImageRecord, IndexEntry};
