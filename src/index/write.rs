@@ -1,0 +1,119 @@
+//! Writing rows: the index sink port. Rows are written here and nowhere else.
+
+use super::{ImageIndex, IndexError};
+use crate::domain::IndexEntry;
+use crate::pipeline::{Failure, IndexSink, Indexed};
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// The index sink port.
+impl IndexSink for ImageIndex {
+    fn insert<'a>(
+        &'a self,
+        entries: &'a [IndexEntry],
+    ) -> BoxFuture<'a, Result<Vec<Indexed>, Failure>> {
+        Box::pin(async move {
+            match self.insert_batch(entries).await {
+                Ok(indexed) => Ok(indexed),
+                // One statement writes the whole batch, so one row's refusal fails it all: find
+                // the rows at fault one by one, and write the others.
+                Err(IndexError::RowRefused { .. }) => self.insert_one_by_one(entries).await,
+                Err(e) => Err(Failure::from(self.explained(e).await)),
+            }
+        })
+    }
+}
+
+impl ImageIndex {
+    /// Each entry in a statement of its own; a row PostgreSQL refuses is that row's outcome.
+    async fn insert_one_by_one(&self, entries: &[IndexEntry]) -> Result<Vec<Indexed>, Failure> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match self.insert_batch(std::slice::from_ref(entry)).await {
+                Ok(mut one) => outcomes.append(&mut one),
+                Err(IndexError::RowRefused { detail }) => outcomes.push(Indexed::Refused(detail)),
+                Err(e) => return Err(Failure::from(self.explained(e).await)),
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+impl ImageIndex {
+    /// Inserts a batch in one statement. Existing rows are never changed: each entry comes back as
+    /// inserted, already indexed (identical), or in conflict with what is there.
+    pub async fn insert_batch(&self, entries: &[IndexEntry]) -> Result<Vec<Indexed>, IndexError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                entries.iter().map(|e| e.$field.clone()).collect::<Vec<_>>()
+            };
+        }
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO images (image_id, object_key, bucket, sha256, size_bytes, width, height,
+                                 content_type, customer_id, source_id, created_at,
+                                 kafka_topic, kafka_partition, kafka_offset)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                  $6::int4[], $7::int4[], $8::text[], $9::text[], $10::text[],
+                                  $11::timestamptz[], $12::text[], $13::int4[], $14::int8[])
+             ON CONFLICT DO NOTHING
+             RETURNING image_id",
+        )
+        .bind(column!(image_id))
+        .bind(column!(object_key))
+        .bind(column!(bucket))
+        .bind(column!(sha256))
+        .bind(column!(size_bytes))
+        .bind(column!(width))
+        .bind(column!(height))
+        .bind(column!(content_type))
+        .bind(column!(customer_id))
+        .bind(column!(source_id))
+        .bind(column!(created_at))
+        .bind(column!(kafka_topic))
+        .bind(column!(kafka_partition))
+        .bind(column!(kafka_offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+
+        // Rows we did not insert already existed (or repeat an id within this batch): compare.
+        let mut inserted: HashMap<Uuid, usize> = inserted.into_iter().map(|id| (id, 1)).collect();
+        let skipped: Vec<Uuid> = entries
+            .iter()
+            .filter(|e| !inserted.contains_key(&e.image_id))
+            .map(|e| e.image_id)
+            .collect();
+        let existing = self.entries_by_id(&skipped).await?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let outcome = match inserted.get_mut(&entry.image_id) {
+                // The first entry with this id in the batch is the one that was inserted.
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    Indexed::Inserted
+                }
+                _ => {
+                    let current = match existing.get(&entry.image_id) {
+                        Some(row) => row.clone(),
+                        None => entries
+                            .iter()
+                            .find(|e| e.image_id == entry.image_id)
+                            .cloned()
+                            .expect("entry is in its own batch"),
+                    };
+                    if current.same_image_as(entry) {
+                        Indexed::AlreadyIndexed
+                    } else {
+                        Indexed::Conflict(Box::new(current))
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+}
