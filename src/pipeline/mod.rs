@@ -60,8 +60,8 @@ pub mod usage;
 
 pub use letter::{LetterBudget, WireLetter};
 pub use ports::{
-    BatchLimits, Committed, DeadLetter, DeadLetterSink, Failure, ImageSink, IndexSink, Indexed, Partition,
-    Polled, Positions, Put, RecordHeader, RecordSource,
+    BatchLimits, Committed, DeadLetter, DeadLetterSink, Failure, ImageSink, IndexSink, Indexed,
+    Partition, Polled, Positions, Put, RecordHeader, RecordSource,
 };
 pub use refusal::{Class, Refusal};
 pub use report::{RunSummary, Stats, StopReason};
