@@ -220,7 +220,7 @@ served_paths() { grep -rhoE '\.route\("/[A-Za-z0-9_/-]*"' "$REPO_ROOT/src" | sed
 check_served() {
   local where="$1" served path
   shift
-  grep -q 'metrics_addr' "$REPO_ROOT/src/main.rs" || fail "src/main.rs has no --metrics-addr: $where relies on it"
+  grep -q 'metrics_addr' "$REPO_ROOT/src/cli/consume.rs" || fail "src/cli/consume.rs has no --metrics-addr: $where relies on it"
   served="$(served_paths)"
   [[ -n "$served" ]] || fail "no HTTP route found in src/: $where probes one"
   (($#)) || fail "$where probes no HTTP path"

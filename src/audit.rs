@@ -50,6 +50,52 @@ pub struct Status {
     pub dlq_depth: i64,
 }
 
+impl Status {
+    /// `imgstream status` for a person: a table of partitions, then the totals. `bucket` is the
+    /// one the rows and objects were counted in.
+    pub fn render(&self, bucket: &str) -> String {
+        use std::fmt::Write;
+        let dash = |n: Option<i64>| n.map_or("-".into(), |n| n.to_string());
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "topic {} · group {}", self.topic, self.group);
+        let _ = writeln!(
+            out,
+            "{:>9} {:>12} {:>12} {:>10} {:>14} {:>10}",
+            "partition", "end offset", "committed", "lag", "max indexed", "rows"
+        );
+        for p in &self.partitions {
+            let _ = writeln!(
+                out,
+                "{:>9} {:>12} {:>12} {:>10} {:>14} {:>10}",
+                p.partition,
+                p.high_watermark,
+                dash(p.committed),
+                p.lag,
+                dash(p.max_indexed_offset),
+                p.indexed_rows
+            );
+        }
+        let _ = writeln!(out, "total lag        {}", self.total_lag);
+        let _ = writeln!(
+            out,
+            "index rows       {} (bucket {bucket})",
+            self.index_rows
+        );
+        let _ = writeln!(
+            out,
+            "bucket objects   {} (bucket {bucket})",
+            self.bucket_objects
+        );
+        let _ = writeln!(
+            out,
+            "dead letters     {} (topic {})",
+            self.dlq_depth, self.dlq_topic
+        );
+        out
+    }
+}
+
 /// One partition's offsets: its retained range and the group's committed position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PartitionOffsets {
@@ -195,6 +241,57 @@ impl VerifyReport {
             && self.checksum_mismatches.is_empty()
             && self.orphan_objects.len()
                 == self.orphans_removed.len() + self.orphans_indexed_meanwhile.len()
+    }
+}
+
+/// `imgstream verify` for a person: the counts, one line per finding, each partition's offsets,
+/// and what to do about missing objects. Every line ends in a newline.
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "objects {} · rows {} · checksums checked {}",
+            self.objects, self.rows, self.checksums_checked
+        )?;
+        let lists: [(&str, &Vec<String>); 8] = [
+            ("missing object", &self.missing_objects),
+            ("orphan object", &self.orphan_objects),
+            ("size mismatch", &self.size_mismatches),
+            ("checksum mismatch", &self.checksum_mismatches),
+            ("orphan removed", &self.orphans_removed),
+            ("orphan kept (younger than grace)", &self.orphans_too_young),
+            (
+                "orphan kept (a consumer indexed it during repair)",
+                &self.orphans_indexed_meanwhile,
+            ),
+            (
+                "orphan kept (the consumer group did not settle)",
+                &self.orphans_kept_unsettled,
+            ),
+        ];
+        for (label, items) in lists {
+            for item in items {
+                writeln!(f, "{label}: {item}")?;
+            }
+        }
+        let dash = |n: Option<i64>| n.map_or("-".into(), |n| n.to_string());
+        for p in &self.partitions {
+            writeln!(
+                f,
+                "partition {}: committed {} · highest indexed offset {} · end {}",
+                p.partition,
+                dash(p.committed),
+                dash(p.max_indexed_offset),
+                p.high_watermark
+            )?;
+        }
+        if !self.missing_objects.is_empty() {
+            writeln!(
+                f,
+                "missing objects cannot be rebuilt from the index; replay their records from Kafka while retained"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -502,5 +599,69 @@ fn settle_blocking(settings: &Settings) -> Result<bool, BrokerError> {
             return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(partition: i32, committed: Option<i64>, indexed: Option<i64>) -> PartitionStatus {
+        PartitionStatus {
+            partition,
+            high_watermark: 10,
+            committed,
+            lag: 10 - committed.unwrap_or(0),
+            max_indexed_offset: indexed,
+            indexed_rows: indexed.map_or(0, |o| o + 1),
+        }
+    }
+
+    #[test]
+    fn status_renders_a_table_of_partitions_then_the_totals() {
+        let status = Status {
+            topic: "images".into(),
+            group: "imgstream".into(),
+            partitions: vec![partition(0, Some(8), Some(7)), partition(1, None, None)],
+            total_lag: 12,
+            index_rows: 8,
+            bucket_objects: 9,
+            dlq_topic: "images-dlq".into(),
+            dlq_depth: 1,
+        };
+        assert_eq!(
+            status.render("pictures").lines().collect::<Vec<_>>(),
+            [
+                "topic images · group imgstream",
+                "partition   end offset    committed        lag    max indexed       rows",
+                "        0           10            8          2              7          8",
+                "        1           10            -         10              -          0",
+                "total lag        12",
+                "index rows       8 (bucket pictures)",
+                "bucket objects   9 (bucket pictures)",
+                "dead letters     1 (topic images-dlq)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_verify_report_renders_one_line_per_finding_and_what_to_do_about_missing_objects() {
+        let report = VerifyReport {
+            objects: 2,
+            rows: 2,
+            missing_objects: vec!["images/aa/x".into()],
+            orphans_too_young: vec!["images/bb/y".into()],
+            checksums_checked: 1,
+            partitions: vec![partition(0, Some(5), None)],
+            ..VerifyReport::default()
+        };
+        assert_eq!(
+            report.to_string(),
+            "objects 2 · rows 2 · checksums checked 1\n\
+             missing object: images/aa/x\n\
+             orphan kept (younger than grace): images/bb/y\n\
+             partition 0: committed 5 · highest indexed offset - · end 10\n\
+             missing objects cannot be rebuilt from the index; replay their records from Kafka while retained\n"
+        );
     }
 }

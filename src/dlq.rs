@@ -98,6 +98,21 @@ impl Letter {
         self.omitted.is_none()
     }
 
+    /// Why a letter carrying a reference instead of its record is not replayed, and where the
+    /// original is while the data topic retains it.
+    pub fn why_not_replayed(&self) -> String {
+        format!(
+            "not replayed: {} from {}: the dead letter carries a reference, not the record ({} omitted; value {} bytes, sha256 {}); the original is at {} while the data topic retains it",
+            self.code,
+            self.original,
+            self.omitted.as_deref().unwrap_or("-"),
+            self.original_value_size
+                .map_or("-".to_string(), |n| n.to_string()),
+            self.original_value_sha256.as_deref().unwrap_or("-"),
+            self.original
+        )
+    }
+
     fn selected(&self, selection: &Selection) -> bool {
         selection.code.as_ref().is_none_or(|c| *c == self.code)
             && selection
@@ -131,6 +146,56 @@ pub struct ReplayReport {
     pub held_back: Vec<Letter>,
     /// Letters that carry a reference instead of the original value: nothing to send.
     pub not_replayable: Vec<Letter>,
+}
+
+/// `imgstream dlq ls` for a person: the count, counts per code, then one line per letter.
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} dead letter(s) in {}", self.letters.len(), self.topic)?;
+        for (code, n) in &self.counts {
+            writeln!(f, "{n:>8}  {code}")?;
+        }
+        for l in &self.letters {
+            let at = l.dead_lettered_at.map_or("-".into(), |t| t.to_rfc3339());
+            let omitted = l
+                .omitted
+                .as_ref()
+                .map_or(String::new(), |o| format!("  [{o} omitted]"));
+            writeln!(
+                f,
+                "{}@{}  {at}  {}  from {}  replays {}{omitted}: {}",
+                self.topic, l.dlq_offset, l.code, l.original, l.replays, l.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl ReplayReport {
+    /// `imgstream dlq replay` for a person: what was (or would be) sent, and what was held back
+    /// after `max_replays`. Letters that cannot be replayed are said on stderr, each with
+    /// [`Letter::why_not_replayed`].
+    pub fn render(&self, max_replays: u32) -> String {
+        let verb = if self.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        };
+        let mut out = format!(
+            "{verb} {} of {} selected letter(s) to {}; {} held back after {max_replays} replays\n",
+            self.replayed.len(),
+            self.selected,
+            self.to_topic,
+            self.held_back.len()
+        );
+        for l in &self.held_back {
+            out += &format!(
+                "held back: {} from {} ({} replays)\n",
+                l.code, l.original, l.replays
+            );
+        }
+        out
+    }
 }
 
 /// The dead-letter topic's letters: all, or the last `last` of each partition.
@@ -393,5 +458,58 @@ mod tests {
         assert_eq!(letter.original_value_sha256.as_deref(), Some("ab"));
         let whole = Letter::from_stored(&stored("bad-field", "2026-11-26T10:00:00Z", &[]));
         assert!(whole.replayable());
+    }
+
+    #[test]
+    fn a_listing_renders_the_counts_then_one_line_per_letter() {
+        let letter = Letter::from_stored(&stored("bad-field", "2026-11-26T10:00:00Z", &[]));
+        let listing = Listing {
+            topic: "images-dlq".into(),
+            counts: BTreeMap::from([("bad-field".to_string(), 1)]),
+            letters: vec![letter],
+        };
+        assert_eq!(
+            listing.to_string(),
+            "1 dead letter(s) in images-dlq\n       1  bad-field\n\
+             images-dlq@7  2026-11-26T10:00:00+00:00  bad-field  from images/2@41  replays 0: why\n"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_says_what_would_be_replayed_and_what_is_held_back() {
+        let at = "2026-11-26T10:00:00Z";
+        let fresh = Letter::from_stored(&stored("bad-field", at, &[]));
+        let tired = Letter::from_stored(&stored("bad-field", at, &[(headers::REPLAY_COUNT, "3")]));
+        let report = ReplayReport {
+            to_topic: "images".into(),
+            dry_run: true,
+            selected: 2,
+            replayed: vec![fresh],
+            held_back: vec![tired],
+            not_replayable: Vec::new(),
+        };
+        assert_eq!(
+            report.render(3),
+            "would replay 1 of 2 selected letter(s) to images; 1 held back after 3 replays\n\
+             held back: bad-field from images/2@41 (3 replays)\n"
+        );
+    }
+
+    #[test]
+    fn a_letter_without_its_record_says_where_the_original_is() {
+        let letter = Letter::from_stored(&stored(
+            "record-too-large",
+            "2026-11-26T10:00:00Z",
+            &[
+                (headers::OMITTED, "value"),
+                (headers::ORIGINAL_VALUE_SIZE, "9000000"),
+            ],
+        ));
+        assert_eq!(
+            letter.why_not_replayed(),
+            "not replayed: record-too-large from images/2@41: the dead letter carries a reference, \
+             not the record (value omitted; value 9000000 bytes, sha256 -); the original is at \
+             images/2@41 while the data topic retains it"
+        );
     }
 }

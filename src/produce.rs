@@ -57,6 +57,25 @@ pub struct ProduceSummary {
     pub first_error: Option<String>,
 }
 
+/// The one line `imgstream produce` prints.
+impl std::fmt::Display for ProduceSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "produced {} of {} generated images to {} ({:.1} MB) in {:.1}s: {:.0} images/s, {:.1} MB/s; failed {}, refused as too large {}",
+            self.delivered,
+            self.generated,
+            self.topic,
+            self.bytes_delivered as f64 / 1e6,
+            self.elapsed_secs,
+            self.images_per_sec,
+            self.mb_per_sec,
+            self.failed,
+            self.refused_too_large
+        )
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ProduceError {
     #[error(transparent)]

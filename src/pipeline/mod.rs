@@ -100,17 +100,24 @@ pub struct PipelineOptions {
 }
 
 impl PipelineOptions {
+    // The defaults, written once: `imgstream consume`'s flags and the bench read them from here.
+    pub const DEFAULT_BATCH_RECORDS: usize = 500;
+    pub const DEFAULT_BATCH_MIB: usize = 16;
+    pub const DEFAULT_UPLOADS_IN_FLIGHT: usize = 32;
+    pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 3;
+    /// 100 ms added up to 100 ms to every record arriving at a moderate pace: at half the
+    /// ceiling, produce-to-index p99 went from 242 to 157 ms (16 KiB) and p50 from 122 to 34 ms
+    /// at 20 ms, with the same drain throughput (a backlog fills batches anyway).
+    pub const DEFAULT_LINGER_MS: u64 = 20;
+
     pub fn new(limits: Limits) -> Self {
         PipelineOptions {
-            batch_max_records: 500,
-            batch_max_bytes: 16 << 20,
+            batch_max_records: Self::DEFAULT_BATCH_RECORDS,
+            batch_max_bytes: Self::DEFAULT_BATCH_MIB << 20,
             poll_wait: Duration::from_secs(1),
-            // 100 ms added up to 100 ms to every record arriving at a moderate pace: at half the
-            // ceiling, produce-to-index p99 went from 242 to 157 ms (16 KiB) and p50 from 122 to
-            // 34 ms at 20 ms, with the same drain throughput (a backlog fills batches anyway).
-            batch_linger: Duration::from_millis(20),
-            uploads_in_flight: 32,
-            batches_in_flight: 3,
+            batch_linger: Duration::from_millis(Self::DEFAULT_LINGER_MS),
+            uploads_in_flight: Self::DEFAULT_UPLOADS_IN_FLIGHT,
+            batches_in_flight: Self::DEFAULT_BATCHES_IN_FLIGHT,
             until_idle: None,
             max_records: None,
             limits,

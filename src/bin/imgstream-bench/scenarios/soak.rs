@@ -8,9 +8,9 @@
 //! Images are 2 KiB: at half the ceiling, 16 KiB images would need more disk than these machines
 //! have for thirty minutes (Kafka and MinIO each keep a copy).
 
-use super::{
-    binary, case_settings, cleanup, fresh_database, image_pool, preload, setup, store_ceiling,
-};
+use crate::ceilings::store_ceiling;
+use crate::control::{binary, case_settings, cleanup, fresh_database, setup, signal};
+use crate::fixtures::{image_pool, preload};
 use imgstream::domain::ImageFormat;
 use imgstream::wiring;
 use rdkafka::consumer::Consumer;
@@ -19,16 +19,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-unsafe extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
-}
-
-/// Sends `sig` to a consumer the bench spawned.
-pub fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a child we spawned.
-    unsafe { kill(child.id() as i32, sig) };
-}
 
 /// VmRSS of a process in MiB, from /proc.
 fn rss_mib(pid: u32) -> Option<f64> {

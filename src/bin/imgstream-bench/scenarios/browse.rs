@@ -10,7 +10,8 @@
 //!   fetches them), against its floor: reading the 48 originals from MinIO the same way; then the
 //!   same page warm.
 
-use super::{binary, case_settings, cleanup, drop_database, fresh_database, percentile, setup};
+use crate::control::{binary, case_settings, cleanup, drop_database, fresh_database, setup};
+use crate::report::percentile;
 use imgstream::domain::{ImageFormat, IndexEntry, object_key, sha256_hex};
 use imgstream::generate::{ImageSpec, render};
 use imgstream::search::Cursor;

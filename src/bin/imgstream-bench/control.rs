@@ -1,0 +1,199 @@
+//! What the bench sets up, runs and tears down: each case's settings (its own topic, bucket,
+//! group and database), its databases, the real consumer processes under test, and the disk
+//! settling between measurements.
+
+use crate::services;
+use imgstream::config::Settings;
+use imgstream::pipeline::RunSummary;
+use imgstream::schema::{IMAGE_RECORD_SCHEMA, value_subject};
+use imgstream::wiring;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Settings for one benchmark case: its own topic, bucket, group and database.
+pub fn case_settings(
+    base: &HashMap<String, String>,
+    name: &str,
+    database: &str,
+    partitions: usize,
+) -> (Settings, HashMap<String, String>) {
+    let mut vars = base.clone();
+    // The base connection string with its default applied, as `imgstream` reads it.
+    let db = settings_or_exit(&vars).database_url.with_database(database);
+    for (k, v) in [
+        ("KAFKA_DATA_TOPIC", name.to_string()),
+        ("KAFKA_GROUP_ID", name.to_string()),
+        ("MINIO_BUCKET_NAME", name.to_string()),
+        ("DATABASE_CONNECTION_STRING", db.expose().to_string()),
+        ("KAFKA_TOPIC_PARTITIONS", partitions.to_string()),
+        ("IMGSTREAM_ENV_FILE", "/nonexistent".to_string()),
+    ] {
+        vars.insert(k.into(), v);
+    }
+    (settings_or_exit(&vars), vars)
+}
+
+/// Settings from a variable map, or one line naming the variable at fault and an exit.
+fn settings_or_exit(vars: &HashMap<String, String>) -> Settings {
+    Settings::from_vars(vars).unwrap_or_else(|e| {
+        eprintln!("imgstream-bench: configuration: {e}");
+        std::process::exit(2)
+    })
+}
+
+/// Everything the pipeline needs for `settings`, as `imgstream setup` creates it.
+pub async fn setup(settings: &Settings) {
+    let problems: Vec<String> = imgstream::setup::run(settings, IMAGE_RECORD_SCHEMA, false)
+        .await
+        .into_iter()
+        .filter(|i| i.state.is_problem())
+        .map(|i| i.to_string())
+        .collect();
+    assert!(problems.is_empty(), "bench setup failed: {problems:?}");
+}
+
+/// The naive reference writes to its own bucket and database but reads the case's topic.
+pub async fn setup_bucket_and_index(settings: &Settings) {
+    let store = wiring::store(settings).unwrap();
+    store.create_bucket().await.unwrap();
+    let index = wiring::index(settings).await.unwrap();
+    index.migrate().await.unwrap();
+    index.close().await;
+}
+
+async fn maintenance_connection(settings: &Settings) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = settings.database_url.with_database("postgres");
+    sqlx::PgConnection::connect(url.expose()).await.unwrap()
+}
+
+pub async fn drop_database(settings: &Settings) {
+    let name = settings.database_url.database_name();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut maintenance_connection(settings).await)
+        .await
+        .unwrap();
+}
+
+pub async fn fresh_database(settings: &Settings) {
+    drop_database(settings).await;
+    let name = settings.database_url.database_name();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut maintenance_connection(settings).await)
+        .await
+        .unwrap();
+}
+
+/// Removes the case's topics, bucket and registered schema; its database stays for a look.
+pub async fn cleanup(settings: &Settings) {
+    if let Ok(admin) = wiring::topic_admin(settings) {
+        let _ = admin
+            .delete(&[&settings.kafka.data_topic, &settings.kafka.dlq_topic])
+            .await;
+    }
+    let _ = wiring::store(settings).unwrap().destroy_bucket().await;
+    if let Ok(registry) = wiring::registry(settings) {
+        let _ = registry
+            .delete_subject(&value_subject(&settings.kafka.data_topic))
+            .await;
+    }
+}
+
+/// Lets the disk settle before a measurement, so that it measures this step and not the last:
+/// - waits (up to three minutes) until MinIO has removed the objects earlier steps deleted:
+///   MinIO moves them to its drive's `.minio.sys/tmp/.trash` and removes them later, in the
+///   background. The stack's MinIO, in `BENCH_MINIO_DATA` (default `.stack/minio/data`); a
+///   store elsewhere is not waited for.
+/// - writes what earlier steps left in the page cache to disk: gigabytes of write-back from the
+///   step before slowed MinIO's writes through the first seconds of the next (2 MiB
+///   produce-to-index latencies of 0.6-0.8 s for four seconds, 0.19 s after).
+pub fn settle_disk() {
+    let data = std::env::var("BENCH_MINIO_DATA").unwrap_or_else(|_| ".stack/minio/data".into());
+    let trash = std::path::Path::new(&data).join(".minio.sys/tmp/.trash");
+    let waiting = Instant::now();
+    let deleted_remain =
+        || std::fs::read_dir(&trash).is_ok_and(|mut entries| entries.next().is_some());
+    while deleted_remain() && waiting.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if waiting.elapsed() > Duration::from_secs(1) {
+        eprintln!(
+            "  waited {:.0}s for MinIO to remove deleted objects{}",
+            waiting.elapsed().as_secs_f64(),
+            if deleted_remain() {
+                " (some remain)"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = Command::new("sync").status();
+}
+
+/// The log filter of the consumers under test: `BENCH_CONSUMER_LOG` (e.g. `info` or
+/// `debug,rdkafka=info`) to see what they did during a slow second; warnings only by default.
+pub fn consumer_log() -> String {
+    std::env::var("BENCH_CONSUMER_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// Runs the real consumer binary until the topic is drained; its summary, plus the CPU that
+/// Kafka, MinIO and PostgreSQL spent meanwhile.
+pub fn run_consumers(
+    vars: &HashMap<String, String>,
+    processes: usize,
+    extra: &[&str],
+) -> (Vec<RunSummary>, services::CpuDelta) {
+    let before = services::cpu();
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            Command::new(binary())
+                .args(["consume", "--until-idle", "3", "--json"])
+                .args(extra)
+                .env_clear()
+                .envs(vars)
+                .env("IMGSTREAM_LOG", consumer_log())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn consumer")
+        })
+        .collect();
+    let summaries = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "consumer failed");
+            serde_json::from_slice(&out.stdout).expect("consume --json prints a run summary")
+        })
+        .collect();
+    (summaries, services::cpu().since(&before))
+}
+
+/// The `imgstream` binary built beside this one.
+pub fn binary() -> PathBuf {
+    std::env::current_exe().unwrap().with_file_name("imgstream")
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Sends `sig` to a consumer the bench spawned.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned.
+    unsafe { kill(child.id() as i32, sig) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_settings_apply_the_defaults_when_the_database_is_not_configured() {
+        let (settings, vars) = case_settings(&HashMap::new(), "bench-x", "imgstream_bench", 6);
+        assert_eq!(settings.database_url.database_name(), "imgstream_bench");
+        assert_eq!(settings.kafka.data_topic, "bench-x");
+        assert!(vars["DATABASE_CONNECTION_STRING"].ends_with("/imgstream_bench"));
+    }
+}

@@ -1,0 +1,75 @@
+//! Work redone when the consumer group changes mid-drain (`--only rebalance` runs it alone).
+
+use crate::control::{binary, case_settings, cleanup, fresh_database, setup, signal};
+use crate::fixtures::{image_pool, preload};
+use imgstream::domain::ImageFormat;
+use imgstream::pipeline::RunSummary;
+use imgstream::wiring;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Records processed more than once while a drain grows from one consumer to four and shrinks
+/// back: members join every few seconds, then leave (SIGTERM) one by one. Every record a member
+/// finds already stored is work redone because of a hand-over.
+pub async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: usize) -> Value {
+    const STEP: Duration = Duration::from_secs(4);
+    eprintln!("[rebalance] preloading {records} records");
+    let (settings, vars) = case_settings(
+        base,
+        &format!("bench-rebalance-{run}"),
+        "imgstream_bench",
+        8,
+    );
+    fresh_database(&settings).await;
+    setup(&settings).await;
+    let pool = image_pool(16 << 10, ImageFormat::Jpeg, 16);
+    preload(&settings, &pool, records, None).await;
+    let index = wiring::index(&settings).await.unwrap();
+    let spawn = || {
+        Command::new(binary())
+            .args(["consume", "--until-idle", "5", "--json"])
+            .env_clear()
+            .envs(&vars)
+            .env("IMGSTREAM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn consumer")
+    };
+    let started = Instant::now();
+    let mut members = vec![spawn()];
+    let mut stored_at_steps = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(STEP).await;
+        members.push(spawn());
+        stored_at_steps.push(index.count().await.unwrap_or(0));
+    }
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(STEP).await;
+        let leaving = members.pop().unwrap();
+        signal(&leaving, 15);
+        let out = tokio::task::block_in_place(|| leaving.wait_with_output().unwrap());
+        summaries.push(serde_json::from_slice(&out.stdout).expect("consume --json"));
+        stored_at_steps.push(index.count().await.unwrap_or(0));
+    }
+    let last = members.pop().unwrap();
+    let out = tokio::task::block_in_place(|| last.wait_with_output().unwrap());
+    assert!(out.status.success(), "the last consumer failed");
+    summaries.push(serde_json::from_slice(&out.stdout).expect("consume --json"));
+    let rows = index.count().await.unwrap_or(0);
+    index.close().await;
+    cleanup(&settings).await;
+    let stored: u64 = summaries.iter().map(|s| s.stored).sum();
+    let replayed: u64 = summaries.iter().map(|s| s.replayed).sum();
+    let changed_mid_drain = stored_at_steps
+        .last()
+        .is_some_and(|&n| (n as usize) < records);
+    json!({ "records": records, "partitions": 8, "stored": stored, "rows": rows,
+            "processed_more_than_once": replayed,
+            "processed_more_than_once_share": replayed as f64 / records as f64,
+            "rows_at_each_step": stored_at_steps,
+            "group_changed_mid_drain": changed_mid_drain,
+            "elapsed_secs": started.elapsed().as_secs_f64() })
+}

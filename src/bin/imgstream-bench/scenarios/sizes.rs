@@ -1,0 +1,261 @@
+//! One image size at a time (16 KiB, 256 KiB, 2 MiB): preload a topic, measure the ceilings,
+//! drain it with the real consumer in rounds between PUT-ceiling measurements (throughput, peak
+//! RSS, CPU), run the naive one-at-a-time reference, and measure produce-to-index latency at
+//! half the pipeline's pace.
+
+use crate::ceilings::{kafka_ceiling, store_ceiling};
+use crate::control::{
+    binary, case_settings, cleanup, consumer_log, fresh_database, run_consumers, settle_disk,
+    setup, setup_bucket_and_index,
+};
+use crate::fixtures::{image_pool, preload};
+use crate::report::percentile;
+use crate::{naive, services};
+use imgstream::config::Settings;
+use imgstream::domain::ImageFormat;
+use imgstream::pipeline::{PipelineOptions, RunSummary};
+use imgstream::wiring;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// One benchmarked image size.
+pub struct Case {
+    pub label: &'static str,
+    target_bytes: usize,
+    format: ImageFormat,
+    records: usize,
+    ceiling_puts: usize,
+    naive_records: usize,
+}
+
+/// The sizes measured; `quick` takes a fifth of the records of each.
+pub fn cases(quick: bool) -> Vec<Case> {
+    let scale = if quick { 5 } else { 1 };
+    vec![
+        Case {
+            label: "16KiB",
+            target_bytes: 16 << 10,
+            format: ImageFormat::Jpeg,
+            records: 21_000 / scale,
+            ceiling_puts: 10_000 / scale,
+            naive_records: 600 / scale,
+        },
+        Case {
+            label: "256KiB",
+            target_bytes: 256 << 10,
+            format: ImageFormat::Jpeg,
+            records: 3_000 / scale,
+            ceiling_puts: 2_000 / scale,
+            naive_records: 200 / scale,
+        },
+        Case {
+            label: "2MiB",
+            target_bytes: 2 << 20,
+            format: ImageFormat::Png,
+            records: 1_200 / scale,
+            ceiling_puts: 300 / scale,
+            naive_records: 60 / scale,
+        },
+    ]
+}
+
+/// The drain of each size runs in this many rounds, each between two ceiling measurements.
+const DRAIN_ROUNDS: usize = 3;
+
+/// One round of a drain: the consumer's summary, the services' CPU meanwhile, and the PUT ceiling
+/// measured on both sides of it.
+struct Round {
+    number: usize,
+    summary: RunSummary,
+    services: services::CpuDelta,
+    put_ops: f64,
+    ratio: f64,
+}
+
+/// Produce-to-index latency per second of production: `[second, records, mean ms, worst ms]`.
+/// A tail is a moment or a steady state, and only the spread over time tells which.
+async fn latency_by_second(settings: &Settings, since: chrono::DateTime<chrono::Utc>) -> Value {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(settings.database_url.expose())
+        .await
+        .unwrap();
+    let rows: Vec<(f64, i64, f64, f64)> = sqlx::query_as(
+        "SELECT extract(epoch FROM date_trunc('second', created_at) - date_trunc('second', $1::timestamptz))::float8,
+                count(*), avg(extract(epoch FROM stored_at - created_at))::float8 * 1000,
+                max(extract(epoch FROM stored_at - created_at))::float8 * 1000
+         FROM images WHERE created_at >= $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(since)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(second, n, mean, worst)| json!([second, n, mean.round(), worst.round()]))
+        .collect()
+}
+
+/// One size, start to end; its part of the JSON report.
+pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) -> Value {
+    let name = format!("bench-{}-{run}", case.label.to_lowercase());
+    let (settings, vars) = case_settings(base, &name, "imgstream_bench", 6);
+    fresh_database(&settings).await;
+    setup(&settings).await;
+    eprintln!("[{}] preparing images", case.label);
+    let pool = image_pool(case.target_bytes, case.format, 16);
+    let image_bytes = pool.iter().map(|(_, d)| d.len()).sum::<usize>() / pool.len();
+
+    eprintln!("[{}] preloading {} records", case.label, case.records);
+    let produce_rate = preload(&settings, &pool, case.records, None)
+        .await
+        .records_per_sec;
+    eprintln!("[{}] ceilings", case.label);
+    let (kafka_rps, kafka_mbps) =
+        tokio::task::block_in_place(|| kafka_ceiling(&settings, case.records));
+    let uploads = PipelineOptions::DEFAULT_UPLOADS_IN_FLIGHT;
+    // On a single-threaded runtime of its own, like the consumer's (src/main.rs).
+    let put_ceiling = || {
+        settle_disk();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(store_ceiling(&settings, &pool, case.ceiling_puts, uploads))
+        })
+    };
+    // These machines swing by 10-50% from one few-second measurement to the next (disk
+    // write-back, two shared cores): the drain runs in rounds, each between two PUT-ceiling
+    // measurements, and the median round's ratio is the result. Every round is in the JSON.
+    let extra: Vec<String> = std::env::var("BENCH_CONSUMER_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let per_round = case.records / DRAIN_ROUNDS;
+    let max = per_round.to_string();
+    let mut ceilings = vec![put_ceiling()];
+    let mut rounds = Vec::new();
+    for round in 1..=DRAIN_ROUNDS {
+        eprintln!("[{}] pipeline drain, round {round}", case.label);
+        let mut args = extra.clone();
+        args.extend(["--max", &max]);
+        settle_disk();
+        let (summaries, cpu) = run_consumers(&vars, 1, &args);
+        let s = summaries.into_iter().next().expect("one consumer");
+        assert_eq!(
+            s.stored as usize, per_round,
+            "round {round}: pipeline stored {} of {per_round}",
+            s.stored
+        );
+        ceilings.push(put_ceiling());
+        let put = (ceilings[round - 1].0 + ceilings[round].0) / 2.0;
+        rounds.push(Round {
+            number: round,
+            ratio: s.busy_images_per_sec / put.min(kafka_rps),
+            put_ops: put,
+            summary: s,
+            services: cpu,
+        });
+    }
+    let mut by_ratio: Vec<&Round> = rounds.iter().collect();
+    by_ratio.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    let median = by_ratio[by_ratio.len() / 2];
+    let pipe_ips = median.summary.busy_images_per_sec;
+    let pipe_mbps = median.summary.busy_mb_per_sec;
+    let put_ops = median.put_ops;
+    let put_mbps = put_ops * image_bytes as f64 / 1e6;
+    let stored: u64 = rounds.iter().map(|r| r.summary.stored).sum();
+    let consumer_cpu: f64 = rounds.iter().map(|r| r.summary.cpu_secs).sum();
+    let cpu = rounds
+        .iter()
+        .fold(services::CpuDelta::default(), |a, r| a.plus(&r.services));
+    let peak_rss_kib = rounds
+        .iter()
+        .map(|r| r.summary.peak_rss_kib)
+        .max()
+        .unwrap_or(0);
+
+    eprintln!("[{}] naive reference", case.label);
+    let (naive_settings, _) =
+        case_settings(base, &format!("{name}-naive"), "imgstream_bench_naive", 6);
+    fresh_database(&naive_settings).await;
+    let mut naive_settings = naive_settings;
+    naive_settings.kafka.data_topic = settings.kafka.data_topic.clone();
+    setup_bucket_and_index(&naive_settings).await;
+    let naive_ips = naive::run(&naive_settings, case.naive_records).await;
+
+    eprintln!("[{}] latency at half pace", case.label);
+    let paced_rate = (pipe_ips / 2.0).max(1.0);
+    let paced_count = ((paced_rate * 10.0) as usize).clamp(20, case.records);
+    let (lat_settings, lat_vars) =
+        case_settings(base, &format!("{name}-lat"), "imgstream_bench", 6);
+    setup(&lat_settings).await;
+    settle_disk();
+    let since = chrono::Utc::now();
+    let max = paced_count.to_string();
+    let consumer = Command::new(binary())
+        .args(["consume", "--max", &max, "--json"])
+        .args(&extra)
+        .env_clear()
+        .envs(&lat_vars)
+        .env("IMGSTREAM_LOG", consumer_log())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await; // joined and assigned before the first record
+    let since_records = chrono::Utc::now();
+    eprintln!("[{}] paced records from {since_records}", case.label);
+    let paced = preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
+    consumer.wait_with_output().unwrap();
+    let index = wiring::index(&lat_settings).await.unwrap();
+    let latencies = index
+        .latencies_since(since_records.max(since))
+        .await
+        .unwrap();
+    index.close().await;
+    let by_second = latency_by_second(&lat_settings, since_records.max(since)).await;
+
+    cleanup(&settings).await;
+    cleanup(&naive_settings).await;
+    cleanup(&lat_settings).await;
+
+    let total_cpu = consumer_cpu + cpu.total();
+    json!({
+        "size": case.label,
+        "image_bytes_avg": image_bytes,
+        "records": case.records,
+        "produce_records_per_sec": produce_rate,
+        "ceiling": {
+            "put_objects_per_sec": put_ops, "put_mb_per_sec": put_mbps, "put_concurrency": uploads,
+            "put_objects_per_sec_between_rounds": ceilings.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "kafka_records_per_sec": kafka_rps, "kafka_mb_per_sec": kafka_mbps,
+        },
+        "pipeline": {
+            "images_per_sec": pipe_ips, "mb_per_sec": pipe_mbps,
+            "peak_rss_mib": peak_rss_kib as f64 / 1024.0,
+            "cpu_secs_per_1000_images": consumer_cpu / stored as f64 * 1000.0,
+            "consumer_cpu_secs": consumer_cpu,
+            "services_cpu_secs": cpu.to_json(),
+            "consumer_cpu_share": consumer_cpu / total_cpu,
+            "rounds": rounds.iter().map(|r| json!({
+                "round": r.number, "records": r.summary.stored, "images_per_sec": r.summary.busy_images_per_sec,
+                "put_objects_per_sec": r.put_ops, "pipeline_over_ceiling": r.ratio,
+            })).collect::<Vec<_>>(),
+        },
+        "naive": { "images_per_sec": naive_ips, "records": case.naive_records },
+        "latency": {
+            "paced_images_per_sec": paced_rate, "records": latencies.len(),
+            "p50_ms": percentile(&latencies, 0.5) * 1000.0, "p99_ms": percentile(&latencies, 0.99) * 1000.0,
+            "produce_ack_p50_ms": percentile(&paced.ack_secs, 0.5) * 1000.0,
+            "produce_ack_p99_ms": percentile(&paced.ack_secs, 0.99) * 1000.0,
+            "by_second": by_second,
+        },
+        "ratios": {
+            "pipeline_over_put_ceiling": pipe_ips / put_ops,
+            "pipeline_over_kafka_ceiling": pipe_ips / kafka_rps,
+            "pipeline_over_ceiling": pipe_ips / put_ops.min(kafka_rps),
+            "pipeline_over_naive": pipe_ips / naive_ips,
+        },
+    })
+}
