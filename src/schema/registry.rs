@@ -2,6 +2,7 @@
 
 use crate::config::{BasicAuth, redact, redact_url};
 use futures::future::BoxFuture;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -305,8 +306,15 @@ impl RegistryClient {
     }
 }
 
+/// A subject as one path segment: every byte but RFC 3986's unreserved ones percent-encoded, so
+/// a space stays a space (form encoding made it `+`, another subject) and `/` stays in the segment.
 fn enc(subject: &str) -> String {
-    url::form_urlencoded::byte_serialize(subject.as_bytes()).collect()
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(subject, SEGMENT).to_string()
 }
 
 /// The innermost error's text, any URL in it without its credentials.
@@ -387,6 +395,26 @@ mod tests {
             let _ = socket.write_all(answer.as_bytes()).await;
         });
         (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_subject_with_a_space_and_a_slash_is_one_path_segment_naming_that_subject() {
+        let (url, request) = one_request_registry().await;
+        let client = RegistryClient::new(&url, Duration::from_secs(2)).unwrap();
+        let _ = client.compatibility_level("cams a/b-value").await;
+        let request = request.await.unwrap();
+        let first = request.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("/config/cams%20a%2Fb-value"),
+            "request line: {first}"
+        );
+    }
+
+    #[test]
+    fn unreserved_characters_stay_and_others_are_percent_encoded() {
+        assert_eq!(enc("images-value"), "images-value");
+        assert_eq!(enc("a.b_c~d"), "a.b_c~d");
+        assert_eq!(enc("a b+c/d?é"), "a%20b%2Bc%2Fd%3F%C3%A9");
     }
 
     #[tokio::test]
