@@ -48,7 +48,7 @@ impl ImageStore {
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| bad_ca(e.to_string()))?;
         }
         let store = s3_builder(settings, &settings.endpoint)
-            // Reads, lists and deletes only: writes go through `S3Direct::put_object`.
+            // Reads and lists only: writes and deletes go through `S3Direct` (direct.rs).
             .with_unsigned_payload(true)
             // Short internal retries: outages are ours to notice, log and ride out (pipeline::retry).
             .with_retry(RetryConfig {
