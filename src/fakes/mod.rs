@@ -5,8 +5,9 @@
 //! - [`MemorySource`] is a partitioned log with a consumer position and a committed offset per
 //!   partition, an assignment that a test can revoke, and the same [`OffsetLedger`] rules as the
 //!   Kafka adapter; `restart` is what a new member sees after a crash.
-//! - Images go to the real [`ImageStore`] over `object_store`'s `InMemory`: create-only, the
-//!   checksum refused on a mismatch, a conflict on different bytes under a taken key.
+//! - Images go to the real [`ImageStore`] over its in-memory twin (`store/memory.rs`): the same
+//!   `put_image` as the service, create-only, the checksum refused on a mismatch, a conflict on
+//!   different bytes under a taken key.
 //! - [`MemoryIndex`] answers a batch insert the way the PostgreSQL statement does (first entry
 //!   of an id wins, identical rows are replays, different ones conflicts).
 //! - [`MemoryDeadLetters`] keeps what it was sent; [`MemorySchemas`] serves writer schemas.

@@ -1,5 +1,5 @@
 //! Create-only PUTs against the local MinIO through two S3 clients, measured side by side:
-//! `object_store` configured as imgstream's `ImageStore::s3` (src/store.rs), and `aws-sdk-s3`
+//! `object_store` configured as imgstream's `ImageStore::s3` (src/store/builder.rs), and `aws-sdk-s3`
 //! configured as close to it as the SDK allows. See README.md.
 //!
 //! Usage: s3-client-compare [--json PATH] [--rounds N] [--quick] [--minio-pid PID]
@@ -98,7 +98,7 @@ impl Client {
     }
 }
 
-/// Exactly the builder calls of imgstream's `ImageStore::s3` (src/store.rs), connect timeout 10 s
+/// Exactly the builder calls of imgstream's `ImageStore::s3` (src/store/builder.rs), connect timeout 10 s
 /// (IMGSTREAM_CONNECT_TIMEOUT_SECS default).
 #[cfg(feature = "object-store")]
 fn object_store_client(endpoint: &str, bucket: &str) -> Client {
