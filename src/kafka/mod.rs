@@ -233,3 +233,42 @@ pub fn wait_for_closes(limit: std::time::Duration) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
+
+    /// librdkafka refuses `sasl.oauthbearer.method=oidc` when it was built without libcurl; with
+    /// it, a client fetching its tokens from an OpenID Connect token endpoint can be created.
+    #[test]
+    fn oauthbearer_with_an_oidc_token_endpoint_is_supported() {
+        let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "oidc-check")
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanism", "OAUTHBEARER")
+            .set("sasl.oauthbearer.method", "oidc")
+            .set("sasl.oauthbearer.client.id", "imgstream")
+            .set("sasl.oauthbearer.client.secret", "secret")
+            .set(
+                "sasl.oauthbearer.token.endpoint.url",
+                "http://127.0.0.1:1/realms/imgstream/protocol/openid-connect/token",
+            )
+            .create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
+
+    /// Every codec a producer may use: a client compressing with each can be created (librdkafka
+    /// refuses a codec it was built without at configuration time).
+    #[test]
+    fn every_compression_codec_is_built_in() {
+        for codec in ["gzip", "snappy", "lz4", "zstd"] {
+            let producer: Result<rdkafka::producer::BaseProducer, _> = ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .set("compression.type", codec)
+                .create();
+            assert!(producer.is_ok(), "{codec}: {:?}", producer.err());
+        }
+    }
+}
