@@ -4,15 +4,14 @@
 mod common;
 
 use common::{
-    LABEL_HEADER, TIMEOUT, TestEnv, encode, header, raw_producer, read_topic, send_raw, stderr,
-    stdout, valid_record,
+    LABEL_HEADER, TestEnv, encode, header, raw_producer, read_topic, send_raw, stderr, stdout,
+    valid_record,
 };
 use imgstream::domain::{ImageFormat, sha256_hex};
 use imgstream::kafka::dlq::headers;
 use imgstream::kafka::header_bytes;
 use imgstream::pipeline::RecordHeader;
 use imgstream::pipeline::letter::MAX_REASON_BYTES;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -158,30 +157,7 @@ async fn send_to_partition_0(
 /// Every record of a topic's partitions with its headers read as bytes (rdkafka's own accessor
 /// would panic on a key that is not UTF-8).
 fn headers_on(env: &TestEnv, topic: &str) -> Vec<Vec<RecordHeader>> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0;
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), TIMEOUT).unwrap();
-        remaining += high - low;
-        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-            out.push(header_bytes::of_message(&m));
-        }
-    }
-    out
+    common::read_topic_as(env, topic, header_bytes::of_message)
 }
 
 fn total_lag(env: &TestEnv) -> Value {

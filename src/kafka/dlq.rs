@@ -42,12 +42,7 @@ impl StoredLetter {
     /// original's, so even a letter written before producers' `imgstream.*` headers were renamed
     /// reads imgstream's verdict, not a producer's forgery.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name.as_bytes())
-            .and_then(|(_, v)| v.as_deref())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+        crate::pipeline::letter::last_header(&self.headers, name)
     }
 }
 

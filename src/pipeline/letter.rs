@@ -119,13 +119,18 @@ impl WireLetter {
 
     /// A header's value as text (the last, if the key repeats).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name.as_bytes())
-            .and_then(|(_, v)| v.as_deref())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+        last_header(&self.headers, name)
     }
+}
+
+/// The value of the last header named `name`, as text: ours are written after the producer's.
+pub fn last_header(headers: &[RecordHeader], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name.as_bytes())
+        .and_then(|(_, v)| v.as_deref())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 fn headers_size(headers: &[RecordHeader]) -> usize {

@@ -421,6 +421,15 @@ pub async fn encode(env: &TestEnv, record: &imgstream::domain::ImageRecord) -> V
 
 /// Every record currently on a topic, read from the beginning with a plain consumer.
 pub fn read_topic(env: &TestEnv, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    read_topic_as(env, topic, |m| m.detach())
+}
+
+/// Every record currently on a topic, each as `read` makes it of the message.
+pub fn read_topic_as<T>(
+    env: &TestEnv,
+    topic: &str,
+    read: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> T,
+) -> Vec<T> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
@@ -442,7 +451,7 @@ pub fn read_topic(env: &TestEnv, topic: &str) -> Vec<rdkafka::message::OwnedMess
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while (out.len() as i64) < remaining && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-            out.push(m.detach());
+            out.push(read(&m));
         }
     }
     out
