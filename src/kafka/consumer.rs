@@ -391,6 +391,22 @@ pub fn offsets_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
 }
 
+/// A consumer that reads single records at chosen offsets by assignment: it has no group, so it
+/// never joins one and cannot commit (`imgstream monitor` reads the timestamp of each partition's
+/// oldest unconsumed record). Its prefetch is kept to one fetch per partition: it wants one
+/// record, and images are large.
+pub fn record_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError> {
+    let mut config = base_config(kafka, "imgstream-monitor");
+    quiet(&mut config)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("queued.min.messages", "1")
+        .set("queued.max.messages.kbytes", "1024")
+        .create()
+        .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
