@@ -391,13 +391,16 @@ pub fn offsets_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
 }
 
-/// A consumer that reads single records at chosen offsets by assignment: it has no group, so it
-/// never joins one and cannot commit (`imgstream monitor` reads the timestamp of each partition's
-/// oldest unconsumed record). Its prefetch is kept to one fetch per partition: it wants one
-/// record, and images are large.
+/// A consumer that reads single records at chosen offsets by assignment (`imgstream monitor`
+/// reads the timestamp of each partition's oldest unconsumed record). It never subscribes, so it
+/// never joins the group, and it never commits. librdkafka refuses an assignment without a
+/// `group.id` ("Unknown group"); it carries the group's own, which the consumers' credentials may
+/// already use, rather than a second group that ACLs would have to allow. Its prefetch is kept
+/// to one fetch per partition: it wants one record, and images are large.
 pub fn record_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError> {
     let mut config = base_config(kafka, "imgstream-monitor");
     quiet(&mut config)
+        .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
