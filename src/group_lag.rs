@@ -306,7 +306,12 @@ pub async fn start(
     });
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}; choose another --metrics-addr", opts.addr))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; choose another --metrics-addr",
+                opts.addr
+            )
+        })?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let app = Router::new()
         .route("/metrics", get(metrics))

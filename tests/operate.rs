@@ -124,7 +124,11 @@ async fn group_lag_rises_while_the_consumers_are_dead_and_falls_to_zero_when_one
         exported_lag(t).values().filter(|l| **l == 0.0).count() == PARTITIONS.len()
     })
     .await;
-    assert!(zero, "no zero lag exported:\n{text}\n{}", env.read_log("monitor"));
+    assert!(
+        zero,
+        "no zero lag exported:\n{text}\n{}",
+        env.read_log("monitor")
+    );
 
     // Records stamped 30 s ago arrive: lag rises on every partition, and its age is theirs.
     let stamped = now_ms() - 30_000;
@@ -195,7 +199,11 @@ async fn the_end_to_end_histogram_counts_every_record_the_index_holds() {
         sample(t, "imgstream_records_stored_total", "") == Some(25.0)
     })
     .await;
-    assert!(stored, "never stored 25:\n{text}\n{}", env.read_log("consumer"));
+    assert!(
+        stored,
+        "never stored 25:\n{text}\n{}",
+        env.read_log("consumer")
+    );
     let (_, rows) = env.counts().await;
     assert_eq!(rows, 25);
     assert_eq!(
@@ -209,7 +217,11 @@ async fn the_end_to_end_histogram_counts_every_record_the_index_holds() {
     for stage in ["check", "upload", "index", "commit"] {
         let labels = format!("stage=\"{stage}\"");
         assert!(
-            sample(&text, "imgstream_batch_stage_duration_seconds_count", &labels) >= Some(1.0),
+            sample(
+                &text,
+                "imgstream_batch_stage_duration_seconds_count",
+                &labels
+            ) >= Some(1.0),
             "{stage}: {text}"
         );
     }
@@ -220,15 +232,24 @@ async fn the_end_to_end_histogram_counts_every_record_the_index_holds() {
         )),
         "{text}"
     );
-    assert!(sample(&text, "process_cpu_seconds_total", "") > Some(0.0), "{text}");
-    assert!(sample(&text, "process_resident_memory_bytes", "") > Some(1e6), "{text}");
+    assert!(
+        sample(&text, "process_cpu_seconds_total", "") > Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "process_resident_memory_bytes", "") > Some(1e6),
+        "{text}"
+    );
     assert!(sample(&text, "process_open_fds", "") > Some(0.0), "{text}");
     assert_eq!(
         sample(&text, "imgstream_outages_total", "service=\"postgresql\""),
         Some(0.0),
         "{text}"
     );
-    assert!(sample(&text, "imgstream_rebalances_total", "kind=\"assign\"") >= Some(1.0), "{text}");
+    assert!(
+        sample(&text, "imgstream_rebalances_total", "kind=\"assign\"") >= Some(1.0),
+        "{text}"
+    );
     let status = consumer
         .wait_within(Duration::from_secs(120))
         .expect("the consumer did not exit");

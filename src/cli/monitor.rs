@@ -26,7 +26,10 @@ pub async fn run(settings: &Settings, args: MonitorArgs) -> Result<ExitCode, Str
         interval: args.interval.max(Duration::from_millis(100)),
     };
     let addr = group_lag::start(settings, opts, shutdown.clone()).await?;
-    println!("group lag of {} at http://{addr}/metrics", settings.kafka.group_id);
+    println!(
+        "group lag of {} at http://{addr}/metrics",
+        settings.kafka.group_id
+    );
     shutdown.triggered().await;
     Ok(ExitCode::SUCCESS)
 }

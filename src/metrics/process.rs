@@ -110,10 +110,9 @@ impl Collector for ProcessCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(1).encode(info.encode_family(&[
-            ("version", version),
-            ("librdkafka", librdkafka.as_str()),
-        ])?)?;
+        ConstGauge::new(1).encode(
+            info.encode_family(&[("version", version), ("librdkafka", librdkafka.as_str())])?,
+        )?;
         let Some(p) = ProcessSample::read() else {
             return Ok(());
         };
