@@ -119,10 +119,24 @@ pub fn group_offsets(
     settings: &Settings,
     topic: &str,
 ) -> Result<Vec<PartitionOffsets>, BrokerError> {
-    let bootstrap = &settings.kafka.bootstrap_servers;
     let consumer = crate::wiring::offsets_reader(settings)?;
-    let timeout = settings.connect_timeout;
-    let partitions = crate::kafka::partition_ids(&consumer, topic, timeout, bootstrap)?;
+    group_offsets_on(
+        &consumer,
+        topic,
+        settings.connect_timeout,
+        &settings.kafka.bootstrap_servers,
+    )
+}
+
+/// Offsets of the group `consumer` was made for, on `topic`, with a client the caller keeps
+/// (`imgstream monitor` asks every few seconds). Blocking.
+pub fn group_offsets_on(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    bootstrap: &str,
+) -> Result<Vec<PartitionOffsets>, BrokerError> {
+    let partitions = crate::kafka::partition_ids(consumer, topic, timeout, bootstrap)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition(topic, *p);

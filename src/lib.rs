@@ -21,7 +21,8 @@
 //! - [`setup`] creates everything the pipeline needs, in code: migrations, topics, bucket, schema.
 //! - [`audit`] compares the bucket with the index (`imgstream verify`) and reports lag
 //!   (`imgstream status`); [`monitor`] is the consumer's live status line, [`metrics`] its
-//!   Prometheus metrics and health endpoints.
+//!   Prometheus metrics and health endpoints; [`group_lag`] is `imgstream monitor`, the group's
+//!   lag per partition read from the brokers, consumers alive or not.
 //! - [`dlq`] lists dead letters and replays the ones whose cause is fixed (`imgstream dlq`).
 //! - [`serve`] is `imgstream serve`: the gallery, image pages, the JSON API with presigned URLs,
 //!   thumbnails and the pipeline page; [`search`] is what a search asks for and where a page ends.
@@ -34,6 +35,7 @@ pub mod domain;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod generate;
+pub mod group_lag;
 pub mod index;
 pub mod kafka;
 pub mod metrics;

@@ -55,5 +55,6 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Verify(args) => cli::audit::verify(&settings, args).await,
         Command::Dlq(command) => cli::dlq::run(&settings, command).await,
         Command::Serve(args) => cli::serve::run(&settings, args).await,
+        Command::Monitor(args) => cli::monitor::run(&settings, args).await,
     }
 }

@@ -166,6 +166,8 @@ pub async fn consumer(
     if let Some(m) = &mut metrics {
         let lag_of = source.clone();
         m.watch(pipeline.stats(), move || lag_of.lag());
+        let rebalances_of = source.clone();
+        m.watch_rebalances(move || rebalances_of.rebalances());
     }
     Ok(ConsumerPipeline {
         pipeline,

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod consume;
 pub mod dlq;
 pub mod logging;
+pub mod monitor;
 pub mod parse;
 pub mod produce;
 pub mod serve;
@@ -42,6 +43,8 @@ pub enum Command {
     /// Inspect dead letters and send fixed ones back to the data topic
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Export the group's lag per partition (records, seconds) at /metrics, consumers alive or not
+    Monitor(monitor::MonitorArgs),
     /// Browse and fetch stored images and watch the pipeline: gallery, JSON API, metrics
     Serve(serve::ServeArgs),
 }

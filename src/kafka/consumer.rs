@@ -11,6 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -27,6 +28,29 @@ pub struct GroupContext {
     /// time since it last sent anything), as of the last statistics.
     pub silent_broker: Mutex<Option<SilentBroker>>,
     pub membership: Mutex<Membership>,
+    /// Rebalance callbacks seen: partitions assigned, revoked (handed over), lost.
+    pub rebalances: Rebalances,
+}
+
+/// How often this member's assignment changed, by kind: many in a short time mean a group that
+/// does not settle (members crash-looping or stalling past their poll interval).
+#[derive(Debug, Default)]
+pub struct Rebalances {
+    pub assigned: AtomicU64,
+    pub revoked: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+impl Rebalances {
+    /// (kind, count) for each kind, as the metrics label them.
+    pub fn counts(&self) -> [(&'static str, u64); 3] {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        [
+            ("assign", load(&self.assigned)),
+            ("revoke", load(&self.revoked)),
+            ("lost", load(&self.lost)),
+        ]
+    }
 }
 
 /// A number per partition.
@@ -43,6 +67,7 @@ impl Default for GroupContext {
             unread: Mutex::new((Instant::now(), BTreeMap::new())),
             silent_broker: Mutex::default(),
             membership: Mutex::new(Membership::new(Instant::now())),
+            rebalances: Rebalances::default(),
         }
     }
 }
@@ -149,6 +174,7 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(tpl) => self.hand_over(consumer, tpl),
             Rebalance::Assign(tpl) => {
+                self.rebalances.assigned.fetch_add(1, Ordering::Relaxed);
                 self.ledger.assigned(&partitions(tpl));
                 info!(partitions = %describe(tpl), "partitions assigned");
             }
@@ -170,11 +196,13 @@ impl GroupContext {
     fn hand_over(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let revoked = partitions(tpl);
         if consumer.assignment_lost() {
+            self.rebalances.lost.fetch_add(1, Ordering::Relaxed);
             // The group already gave them to someone else: a commit would be refused.
             let _ = self.ledger.abandon(&revoked);
             warn!(partitions = %describe(tpl), "partitions lost; their new owner replays what was not committed");
             return;
         }
+        self.rebalances.revoked.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let drained = self.ledger.drain(&revoked, HANDOVER_DEADLINE);
         if !drained.finished.is_empty()
@@ -359,6 +387,25 @@ pub fn offsets_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError
     quiet(&mut config)
         .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
+/// A consumer that reads single records at chosen offsets by assignment (`imgstream monitor`
+/// reads the timestamp of each partition's oldest unconsumed record). It never subscribes, so it
+/// never joins the group, and it never commits. librdkafka refuses an assignment without a
+/// `group.id` ("Unknown group"); it carries the group's own, which the consumers' credentials may
+/// already use, rather than a second group that ACLs would have to allow. Its prefetch is kept
+/// to one fetch per partition: it wants one record, and images are large.
+pub fn record_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError> {
+    let mut config = base_config(kafka, "imgstream-monitor");
+    quiet(&mut config)
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("queued.min.messages", "1")
+        .set("queued.max.messages.kbytes", "1024")
         .create()
         .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
 }

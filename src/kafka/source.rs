@@ -128,6 +128,11 @@ impl KafkaSource {
         Some(lag)
     }
 
+    /// Rebalance callbacks this member has seen, by kind.
+    pub fn rebalances(&self) -> [(&'static str, u64); 3] {
+        self.consumer.context().rebalances.counts()
+    }
+
     /// Lag per owned partition, as librdkafka's statistics last reported it.
     pub fn lag(&self) -> std::collections::BTreeMap<Partition, i64> {
         let owned = self.assignment();

@@ -4,7 +4,7 @@
 use super::ports::DeadLetter;
 use super::refusal::Refusal;
 use super::retry::{Stopped, retry};
-use super::{BatchError, CheckedBatch, Pipeline, Polled, PolledBatch};
+use super::{BatchError, CheckedBatch, Pipeline, Polled, PolledBatch, Stage};
 use crate::domain::ImageRecord;
 use crate::schema::codec::Writer;
 use crate::schema::{DecodeError, ImageCodec, wire};
@@ -44,6 +44,7 @@ impl Pipeline {
                 }
             }
             debug!(checked_in = ?checking.elapsed(), "batch checked");
+            self.stats.stage_took(Stage::Check, checking.elapsed());
             let checked = CheckedBatch {
                 positions: batch.positions,
                 valid,

@@ -2,7 +2,7 @@
 
 use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
-use super::{BatchError, Committed, Failure, Pipeline, Positions, StoredBatch};
+use super::{BatchError, Committed, Failure, Pipeline, Positions, Stage, StoredBatch};
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -22,8 +22,11 @@ impl Pipeline {
             let started = Instant::now();
             self.index_rows(batch.stored, &mut letters).await?;
             let indexed = started.elapsed();
+            self.stats.stage_took(Stage::Index, indexed);
             self.dead_letter(&letters).await?;
             self.commit_positions(&batch.positions).await?;
+            self.stats
+                .stage_took(Stage::Commit, started.elapsed().saturating_sub(indexed));
             debug!(?indexed, total = ?started.elapsed(), "batch indexed and committed");
             self.stats.batch_committed();
         }

@@ -41,7 +41,10 @@ impl Pipeline {
         };
         for ((polled, entry), outcome) in polled.iter().zip(&entries).zip(outcomes) {
             match outcome {
-                Indexed::Inserted => self.stats.count_stored(entry.size_bytes as u64),
+                Indexed::Inserted => {
+                    self.stats.count_stored(entry.size_bytes as u64);
+                    self.stats.indexed_record(polled.timestamp_ms);
+                }
                 Indexed::AlreadyIndexed => {
                     self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                 }

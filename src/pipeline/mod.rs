@@ -64,7 +64,7 @@ pub use ports::{
     Partition, Polled, Positions, Put, RecordHeader, RecordSource,
 };
 pub use refusal::{Class, Refusal};
-pub use report::{RunSummary, Stats, StopReason};
+pub use report::{RunSummary, Stage, Stats, StopReason, Timings};
 
 use crate::domain::{ImageRecord, IndexEntry};
 use crate::schema::ImageCodec;

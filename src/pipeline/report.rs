@@ -8,9 +8,9 @@ use super::retry::Outage;
 use super::usage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::info;
 
@@ -46,10 +46,50 @@ impl Outages {
     }
 }
 
+/// A stage of the pipeline, as its batch timings name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decode and validate.
+    Check,
+    /// Write the batch's objects.
+    Upload,
+    /// Insert the batch's rows.
+    Index,
+    /// Send the batch's dead letters and hand its offsets to the source.
+    Commit,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Check => "check",
+            Stage::Upload => "upload",
+            Stage::Index => "index",
+            Stage::Commit => "commit",
+        }
+    }
+}
+
+/// Where the pipeline reports how long things took. The metrics implement it, so the pipeline
+/// stays free of Prometheus; without one installed, nothing is measured.
+pub trait Timings: Send + Sync {
+    /// One batch spent `seconds` in `stage`.
+    fn stage(&self, stage: Stage, seconds: f64);
+    /// A record's row was inserted `seconds` after the record's Kafka timestamp.
+    fn end_to_end(&self, seconds: f64);
+}
+
+impl std::fmt::Debug for dyn Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timings")
+    }
+}
+
 /// Counters, shared with the live status line and the metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub outages: Outages,
+    timings: OnceLock<Arc<dyn Timings>>,
     /// Seconds since the Unix epoch when a record was last stored.
     pub last_stored_unix_secs: AtomicU64,
     pub stored: AtomicU64,
@@ -91,6 +131,30 @@ impl Stats {
     pub(super) fn batch_committed(&self) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         *self.last_commit.lock().expect("stats lock") = Some(Instant::now());
+    }
+
+    /// Reports stage and end-to-end times to `timings` from now on (once; later calls are ignored).
+    pub fn time_with(&self, timings: Arc<dyn Timings>) {
+        let _ = self.timings.set(timings);
+    }
+
+    pub(super) fn stage_took(&self, stage: Stage, took: std::time::Duration) {
+        if let Some(t) = self.timings.get() {
+            t.stage(stage, took.as_secs_f64());
+        }
+    }
+
+    /// A record's row is in the index: its age since the producer stamped it. A record without a
+    /// timestamp, or stamped in the future by a skewed clock, is not measured (a negative age
+    /// would land in the lowest bucket and hide the skew).
+    pub(super) fn indexed_record(&self, timestamp_ms: Option<i64>) {
+        let (Some(t), Some(stamped)) = (self.timings.get(), timestamp_ms) else {
+            return;
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if now_ms >= stamped {
+            t.end_to_end((now_ms - stamped) as f64 / 1000.0);
+        }
     }
 
     pub(super) fn count_stored(&self, bytes: u64) {

@@ -47,6 +47,8 @@ pub struct Outage {
     service: &'static str,
     since: Mutex<Option<Instant>>,
     slow_waits: AtomicU64,
+    retries: AtomicU64,
+    started: AtomicU64,
 }
 
 impl Outage {
@@ -55,12 +57,24 @@ impl Outage {
             service,
             since: Mutex::new(None),
             slow_waits: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            started: AtomicU64::new(0),
         }
     }
 
     /// How many times a call to this service was seen waiting past the slow threshold.
     pub fn slow_waits(&self) -> u64 {
         self.slow_waits.load(Ordering::Relaxed)
+    }
+
+    /// How many failed calls to this service were retried.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// How many outages of this service began (a second failure in a row starts one).
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     fn still_waiting(&self, waited: Duration) {
@@ -76,6 +90,7 @@ impl Outage {
         let mut since = self.since.lock().expect("outage lock");
         if since.is_none() {
             *since = Some(Instant::now());
+            self.started.fetch_add(1, Ordering::Relaxed);
             warn!(service = self.service, %error, "outage started: retrying with backoff");
         }
     }
@@ -141,6 +156,7 @@ where
                 if shutdown.is_triggered() {
                     return Err(Stopped::Shutdown(e));
                 }
+                outage.retries.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff.delay(attempt);
                 attempt = attempt.saturating_add(1);
                 tokio::select! {

@@ -6,7 +6,7 @@
 use super::key_order::{KeyOrder, Turn};
 use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
-use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, StoredBatch};
+use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, Stage, StoredBatch};
 use crate::domain::{ImageRecord, IndexEntry};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -97,6 +97,7 @@ impl Pipeline {
             .put_objects(batch.valid, turns, &mut letters, uploads, unfinished)
             .await?;
         debug!(records, took = ?started.elapsed(), "batch uploaded");
+        self.stats.stage_took(Stage::Upload, started.elapsed());
         Ok(StoredBatch {
             positions: batch.positions,
             stored,
