@@ -36,9 +36,23 @@ pub struct ProduceOptions {
     pub customer_id: String,
     pub seed: u64,
     pub sources: u32,
+    /// What each record is keyed by, and so which partition it lands in.
+    pub key: RecordKey,
     /// The value schema to register and write with (the repository's file unless overridden).
     pub schema: String,
     pub progress: bool,
+}
+
+/// The record key, which the producer's partitioner (murmur2, as Java's) hashes to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordKey {
+    /// The source (camera) id: one source's images land on one partition, in the order sent,
+    /// and are stored in that order; partitions fill as unevenly as the sources hash.
+    #[default]
+    Source,
+    /// The image id: records spread evenly over the partitions, with no order kept between two
+    /// images of the same source.
+    Image,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -144,8 +158,12 @@ fn prepare(
     };
     let image_bytes = record.data.len();
     let payload = codec::encode(schema, schema_id, &record).map_err(|e| e.to_string())?;
+    let key = match opts.key {
+        RecordKey::Source => source_id,
+        RecordKey::Image => record.image_id.to_string(),
+    };
     Ok(Prepared {
-        key: source_id,
+        key,
         payload,
         timestamp_ms: created_at.timestamp_millis(),
         image_bytes,
@@ -396,6 +414,7 @@ mod tests {
             customer_id: "c".into(),
             seed,
             sources: 4,
+            key: RecordKey::Source,
             schema: IMAGE_RECORD_SCHEMA.into(),
             progress: false,
         }

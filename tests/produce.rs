@@ -232,3 +232,56 @@ async fn a_compatible_schema_change_registers_and_the_running_consumer_keeps_sto
     assert_eq!(env.counts().await, (10, 10), "{}", env.read_log("consumer"));
     assert!(read_topic(&env, &format!("{}.dlq", env.name)).is_empty());
 }
+
+/// Murmur2 hashes of keys as Java's `Utils.murmur2` gives them, as published: the first six are
+/// Kafka's own `UtilsTest.testMurmur2`, the rest librdkafka's unit test of its Java-compatible
+/// murmur2 (`src/rdmurmur2.c`).
+const JAVA_MURMUR2: [(&str, i32); 12] = [
+    ("21", -973_932_308),
+    ("foobar", -790_332_482),
+    ("a-little-bit-long-string", -985_981_536),
+    ("a-little-bit-longer-string", -1_486_304_829),
+    (
+        "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+        -58_897_971,
+    ),
+    ("abc", 479_470_107),
+    ("kafka", 0xd067_cf64_u32 as i32),
+    ("giberish123456789", 0x8f55_2b0c_u32 as i32),
+    ("1234", 0x9fc9_7b14_u32 as i32),
+    ("234", 0xe7c0_09ca_u32 as i32),
+    ("34", 0x8739_30da_u32 as i32),
+    ("4", 0x5a4b_5ca1),
+];
+
+/// A keyed record from imgstream's producer lands in the partition a Java producer would put
+/// it in: `toPositive(murmur2(key)) % partitions`, read back from the broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_record_lands_in_the_partition_a_java_producer_would_choose() {
+    // More partitions than keys, so that a chance agreement with another hash is unlikely.
+    let partitions = 17;
+    let env = TestEnv::with(
+        "murmur2",
+        &[("KAFKA_TOPIC_PARTITIONS", &partitions.to_string())],
+    )
+    .await;
+    let producer =
+        imgstream::kafka::producer::ImageProducer::new(&env.settings.kafka, &env.settings.limits)
+            .unwrap();
+    for (key, _) in JAVA_MURMUR2 {
+        let delivery = producer.enqueue(key, b"not an image", 0).await.unwrap();
+        delivery.await.unwrap().expect("the broker took the record");
+    }
+    let received: HashMap<String, i32> = read_topic(&env, &env.settings.kafka.data_topic)
+        .iter()
+        .map(|m| {
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            (key, m.partition())
+        })
+        .collect();
+    let expected: HashMap<String, i32> = JAVA_MURMUR2
+        .iter()
+        .map(|(key, hash)| (key.to_string(), (hash & 0x7fff_ffff) % partitions))
+        .collect();
+    assert_eq!(received, expected);
+}

@@ -142,6 +142,10 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=$N
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Both group protocols, so consumers may use KIP-848's (KAFKA_GROUP_PROTOCOL=consumer). Kafka 4.x
+# has it on by default (group.version 1 is finalized at format time); said here so it is not
+# lost to a default that changes.
+group.coordinator.rebalance.protocols=classic,consumer
 EOF
 }
 

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use imgstream::domain::ImageFormat;
+use imgstream::produce::RecordKey;
 use std::time::Duration;
 
 /// A duration as people write it, through humantime: `500ms`, `30s`, `90min`, `1h30m`, `3d`.
@@ -82,6 +83,15 @@ pub fn formats(s: &str) -> Result<Formats, String> {
         })
         .collect::<Result<_, _>>()
         .map(Formats)
+}
+
+/// `produce --key`: what a record is keyed by.
+pub fn record_key(s: &str) -> Result<RecordKey, String> {
+    match s {
+        "source" => Ok(RecordKey::Source),
+        "image" => Ok(RecordKey::Image),
+        other => Err(format!("{other:?} is not source or image")),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::{SchemaArg, parse};
 use clap::Args;
 use imgstream::config::Settings;
-use imgstream::produce::{self, ProduceOptions};
+use imgstream::produce::{self, ProduceOptions, RecordKey};
 use imgstream::schema::IMAGE_RECORD_SCHEMA;
 use imgstream::setup;
 use imgstream::shutdown::Shutdown;
@@ -37,9 +37,13 @@ pub struct ProduceArgs {
     /// Seed for reproducible images (default: random)
     #[arg(long)]
     seed: Option<u64>,
-    /// Number of distinct sources (devices); the record key, spread over partitions
+    /// Number of distinct sources (devices)
     #[arg(long, default_value_t = 16)]
     sources: u32,
+    /// Record key: `source` keeps one source's images in order on one partition; `image`
+    /// spreads images evenly over the partitions, with no order per source
+    #[arg(long, default_value = "source", value_parser = parse::record_key)]
+    key: RecordKey,
     #[command(flatten)]
     schema: SchemaArg,
     /// Print the summary as JSON on stdout
@@ -64,6 +68,7 @@ pub async fn run(settings: &Settings, args: ProduceArgs) -> Result<ExitCode, Str
             .unwrap_or_else(|| settings.customer_id.clone()),
         seed: args.seed.unwrap_or_else(rand::random),
         sources: args.sources.max(1),
+        key: args.key,
         schema: args.schema.load()?,
         progress: std::io::stderr().is_terminal() && !args.json,
     };

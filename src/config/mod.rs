@@ -28,6 +28,27 @@ fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Which group protocol the consumer speaks (`KAFKA_GROUP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The original protocol: members join, a leader assigns (cooperative-sticky here), the
+    /// client sets its own session timeout and heartbeat interval.
+    Classic,
+    /// KIP-848: the broker assigns and moves partitions one member at a time, over heartbeats;
+    /// the session timeout and heartbeat interval are the broker's
+    /// (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`).
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
 /// Where auto offset reset points when the group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetReset {
@@ -57,7 +78,10 @@ pub struct KafkaSettings {
     /// (`session.timeout.ms`). It must outlast a broker's failure detection: until the
     /// controller fences a dead broker (its `broker.session.timeout.ms`, 9 s by default), a group
     /// coordinator whose offsets partition had that broker in sync cannot answer heartbeats.
+    /// Under [`GroupProtocol::Consumer`] the broker decides it; this is then Kafka's default,
+    /// used only for how long a member waits to rejoin before it gives up.
     pub session_timeout: Duration,
+    pub group_protocol: GroupProtocol,
     pub auto_offset_reset: OffsetReset,
     pub data_topic: String,
     pub dlq_topic: String,
@@ -365,6 +389,31 @@ impl Settings {
         if let Some(id) = &group_instance_id {
             check_kafka_name("KAFKA_GROUP_INSTANCE_ID", id, "group instance id")?;
         }
+        let group_protocol = match get("KAFKA_GROUP_PROTOCOL", "classic")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "classic" => GroupProtocol::Classic,
+            "consumer" => GroupProtocol::Consumer,
+            other => {
+                return Err(invalid(
+                    "KAFKA_GROUP_PROTOCOL",
+                    format!("{other:?} is not classic or consumer"),
+                ));
+            }
+        };
+        // librdkafka refuses a client-side session timeout under the consumer protocol; saying
+        // so here names the variable instead of failing later inside the client.
+        if group_protocol == GroupProtocol::Consumer
+            && vars
+                .get("KAFKA_SESSION_TIMEOUT_MS")
+                .is_some_and(|v| !v.trim().is_empty())
+        {
+            return Err(invalid(
+                "KAFKA_SESSION_TIMEOUT_MS",
+                "is decided by the broker under KAFKA_GROUP_PROTOCOL=consumer (its group.consumer.session.timeout.ms); leave it unset",
+            ));
+        }
         let kafka = KafkaSettings {
             client: kafka_security::client_properties(vars)?,
             bootstrap_servers,
@@ -378,6 +427,7 @@ impl Settings {
                 6_000,
                 1_800_000,
             )?),
+            group_protocol,
             auto_offset_reset,
             data_topic,
             dlq_topic,
@@ -787,6 +837,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_group_protocol_is_classic_unless_consumer_is_asked_for() {
+        let default = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(default.kafka.group_protocol, GroupProtocol::Classic);
+        let asked = Settings::from_vars(&vars(&[("KAFKA_GROUP_PROTOCOL", "Consumer")])).unwrap();
+        assert_eq!(asked.kafka.group_protocol, GroupProtocol::Consumer);
+        // The broker owns the session timeout under KIP-848: a client one is a mistake to name.
+        let err = Settings::from_vars(&vars(&[
+            ("KAFKA_GROUP_PROTOCOL", "consumer"),
+            ("KAFKA_SESSION_TIMEOUT_MS", "30000"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "KAFKA_SESSION_TIMEOUT_MS");
+        assert!(
+            err.to_string().contains("KAFKA_GROUP_PROTOCOL=consumer"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_original_sqlalchemy_url_form_is_accepted() {
         let url = parse_database_url("postgresql+psycopg://u:secret@db.local:6543/pics").unwrap();
         assert_eq!(url.expose(), "postgres://u:secret@db.local:6543/pics");
@@ -811,6 +880,7 @@ pub(crate) mod tests {
             ("DATABASE_READER_ROLE", "Reader"),
             ("KAFKA_GROUP_INSTANCE_ID", "pod 0"),
             ("KAFKA_SESSION_TIMEOUT_MS", "3000"),
+            ("KAFKA_GROUP_PROTOCOL", "eager"),
         ];
         for (var, value) in cases {
             let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();

@@ -1,7 +1,7 @@
 //! The group consumer: cooperative rebalancing, manual offset commits, bounded prefetch.
 
 use super::{BrokerError, base_config, quiet};
-use crate::config::KafkaSettings;
+use crate::config::{GroupProtocol, KafkaSettings};
 use crate::pipeline::ledger::OffsetLedger;
 use crate::pipeline::{Partition, Positions};
 use bytes::Bytes;
@@ -320,6 +320,16 @@ pub fn group_consumer(
     kafka: &KafkaSettings,
     fetch: &FetchSettings,
 ) -> Result<GroupConsumer, BrokerError> {
+    group_consumer_config(kafka, fetch)
+        .create_with_context(GroupContext::default())
+        .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
+/// The group consumer's librdkafka configuration.
+pub fn group_consumer_config(
+    kafka: &KafkaSettings,
+    fetch: &FetchSettings,
+) -> rdkafka::ClientConfig {
     let mut config = base_config(kafka, "imgstream-consumer");
     quiet(&mut config)
         .set("group.id", &kafka.group_id)
@@ -333,22 +343,6 @@ pub fn group_consumer(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
-        // Cooperative rebalancing: a joining or leaving member does not stop everyone else.
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        // A dead or frozen member loses its partitions after the session timeout; its late
-        // writes are harmless (create-only objects, idempotent rows) and its late commits are
-        // fenced by the generation. At 10 s, a member lost its session whenever a broker of a
-        // replicated cluster died: its heartbeats went unanswered until the broker was fenced.
-        .set(
-            "session.timeout.ms",
-            kafka.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            heartbeat_interval(kafka.session_timeout)
-                .as_millis()
-                .to_string(),
-        )
         .set("max.poll.interval.ms", "300000")
         .set(
             "queued.max.messages.kbytes",
@@ -366,12 +360,40 @@ pub fn group_consumer(
         .set("fetch.wait.max.ms", "100")
         // Per-partition lag for the metrics, every 5 s.
         .set("statistics.interval.ms", "5000");
+    group_protocol_config(&mut config, kafka);
     if let Some(id) = &kafka.group_instance_id {
         config.set("group.instance.id", id);
     }
     config
-        .create_with_context(GroupContext::default())
-        .map_err(|e| BrokerError::from_kafka(&e, &kafka.bootstrap_servers))
+}
+
+/// The settings of the group protocol. Under `consumer` (KIP-848) the broker assigns and owns
+/// the session timeout and heartbeat interval, and librdkafka refuses to create a consumer that
+/// sets `partition.assignment.strategy`, `session.timeout.ms`, `heartbeat.interval.ms` or
+/// `group.protocol.type`; its rebalances are incremental, so the revoke callback (and the
+/// hand-over in it) runs for exactly the partitions that move, as under cooperative-sticky.
+pub fn group_protocol_config(config: &mut rdkafka::ClientConfig, kafka: &KafkaSettings) {
+    config.set("group.protocol", kafka.group_protocol.as_str());
+    if kafka.group_protocol == GroupProtocol::Consumer {
+        return;
+    }
+    config
+        // Cooperative rebalancing: a joining or leaving member does not stop everyone else.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A dead or frozen member loses its partitions after the session timeout; its late
+        // writes are harmless (create-only objects, idempotent rows) and its late commits are
+        // fenced by the generation. At 10 s, a member lost its session whenever a broker of a
+        // replicated cluster died: its heartbeats went unanswered until the broker was fenced.
+        .set(
+            "session.timeout.ms",
+            kafka.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            heartbeat_interval(kafka.session_timeout)
+                .as_millis()
+                .to_string(),
+        );
 }
 
 /// A fifth of the session timeout, at most Kafka's default 3 s: several heartbeats may go
@@ -443,6 +465,37 @@ mod tests {
             m.out_longer_than(deadline, start + Duration::from_secs(150)),
             None
         );
+    }
+
+    // A runtime, because a stream consumer is created inside one.
+    #[tokio::test]
+    async fn the_consumer_protocol_leaves_out_what_librdkafka_refuses_under_it() {
+        let mut kafka = crate::config::Settings::from_vars(&Default::default())
+            .unwrap()
+            .kafka;
+        kafka.group_instance_id = Some("pod-0".into());
+        let classic = group_consumer_config(&kafka, &FetchSettings::default());
+        assert_eq!(classic.get("group.protocol"), Some("classic"));
+        assert_eq!(
+            classic.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        kafka.group_protocol = GroupProtocol::Consumer;
+        let consumer = group_consumer_config(&kafka, &FetchSettings::default());
+        assert_eq!(consumer.get("group.protocol"), Some("consumer"));
+        for refused in [
+            "partition.assignment.strategy",
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "group.protocol.type",
+        ] {
+            assert_eq!(consumer.get(refused), None, "{refused}");
+        }
+        assert_eq!(consumer.get("group.instance.id"), Some("pod-0"));
+        // librdkafka itself accepts the result (it checks these when the client is created).
+        let created: KafkaResult<GroupConsumer> =
+            consumer.create_with_context(GroupContext::default());
+        assert!(created.is_ok(), "librdkafka refused: {:?}", created.err());
     }
 
     #[test]

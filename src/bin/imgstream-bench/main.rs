@@ -111,7 +111,12 @@ async fn main() {
         None
     };
     let rebalance = if only.is_none() || only == Some("rebalance") {
-        Some(rebalance::rebalance_redo(&base, &run, if quick { 10_000 } else { 30_000 }).await)
+        let records = if quick { 10_000 } else { 30_000 };
+        let mut each = Vec::new();
+        for protocol in ["classic", "consumer"] {
+            each.push(rebalance::rebalance_redo(&base, &run, records, protocol).await);
+        }
+        Some(each)
     } else {
         None
     };

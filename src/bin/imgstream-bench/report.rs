@@ -76,15 +76,14 @@ pub fn print_table(r: &Value) {
             );
         }
     }
-    if !r["rebalance"].is_null() {
+    for run in r["rebalance"].as_array().into_iter().flatten() {
         println!(
-            "rebalance 1->4->1: {} of {} records processed more than once ({:.2}%)",
-            r["rebalance"]["processed_more_than_once"],
-            r["rebalance"]["records"],
-            r["rebalance"]["processed_more_than_once_share"]
-                .as_f64()
-                .unwrap()
-                * 100.0
+            "rebalance 1->4->1 ({} protocol): {} of {} records processed more than once ({:.2}%), longest time with no row written {} ms",
+            run["group_protocol"].as_str().unwrap_or("?"),
+            run["processed_more_than_once"],
+            run["records"],
+            run["processed_more_than_once_share"].as_f64().unwrap() * 100.0,
+            run["longest_gap_ms"]
         );
     }
     if !r["backlog"].is_null() {

@@ -12,13 +12,22 @@ use std::time::{Duration, Instant};
 
 /// Records processed more than once while a drain grows from one consumer to four and shrinks
 /// back: members join every few seconds, then leave (SIGTERM) one by one. Every record a member
-/// finds already stored is work redone because of a hand-over.
-pub async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: usize) -> Value {
+/// finds already stored is work redone because of a hand-over. Also the longest time no row was
+/// written meanwhile: how long the group stood still for a change of members. Under `protocol`
+/// (`KAFKA_GROUP_PROTOCOL`).
+pub async fn rebalance_redo(
+    base: &HashMap<String, String>,
+    run: &str,
+    records: usize,
+    protocol: &str,
+) -> Value {
     const STEP: Duration = Duration::from_secs(4);
-    eprintln!("[rebalance] preloading {records} records");
+    eprintln!("[rebalance] group protocol {protocol}: preloading {records} records");
+    let mut base = base.clone();
+    base.insert("KAFKA_GROUP_PROTOCOL".into(), protocol.into());
     let (settings, vars) = case_settings(
-        base,
-        &format!("bench-rebalance-{run}"),
+        &base,
+        &format!("bench-rebalance-{protocol}-{run}"),
         "imgstream_bench",
         8,
     );
@@ -38,6 +47,7 @@ pub async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: 
             .expect("spawn consumer")
     };
     let started = Instant::now();
+    let gaps = tokio::spawn(longest_gap(settings.clone(), records as i64));
     let mut members = vec![spawn()];
     let mut stored_at_steps = Vec::new();
     for _ in 0..3 {
@@ -60,16 +70,40 @@ pub async fn rebalance_redo(base: &HashMap<String, String>, run: &str, records: 
     summaries.push(serde_json::from_slice(&out.stdout).expect("consume --json"));
     let rows = index.count().await.unwrap_or(0);
     index.close().await;
+    let longest_gap = gaps.await.unwrap_or_default();
     cleanup(&settings).await;
     let stored: u64 = summaries.iter().map(|s| s.stored).sum();
     let replayed: u64 = summaries.iter().map(|s| s.replayed).sum();
     let changed_mid_drain = stored_at_steps
         .last()
         .is_some_and(|&n| (n as usize) < records);
-    json!({ "records": records, "partitions": 8, "stored": stored, "rows": rows,
+    json!({ "group_protocol": protocol, "records": records, "partitions": 8,
+            "longest_gap_ms": longest_gap.as_millis() as u64, "stored": stored, "rows": rows,
             "processed_more_than_once": replayed,
             "processed_more_than_once_share": replayed as f64 / records as f64,
             "rows_at_each_step": stored_at_steps,
             "group_changed_mid_drain": changed_mid_drain,
             "elapsed_secs": started.elapsed().as_secs_f64() })
+}
+
+/// The longest time the index's row count stood still between the first row and the last
+/// (`records`), sampled every 50 ms: no record was stored by anyone meanwhile.
+async fn longest_gap(settings: imgstream::config::Settings, records: i64) -> Duration {
+    let index = wiring::index(&settings).await.unwrap();
+    let (mut last_count, mut last_change, mut longest) = (0, Instant::now(), Duration::ZERO);
+    while last_count < records {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(count) = index.count().await else {
+            continue;
+        };
+        if count != last_count {
+            // Before the first row the consumer is starting, not rebalancing.
+            if last_count > 0 {
+                longest = longest.max(last_change.elapsed());
+            }
+            (last_count, last_change) = (count, Instant::now());
+        }
+    }
+    index.close().await;
+    longest
 }
