@@ -675,11 +675,12 @@ fn was_assigned_partitions(log: &str) -> bool {
 async fn members_joining_and_leaving_mid_run_redo_no_record() {
     let env = TestEnv::new("handover").await;
     env.produce(6000, &[]);
-    // Slow members (small batches, one upload at a time), so that the group changes mid-run.
+    // Slow members (batches of two, one upload at a time), so that the group changes mid-run: at
+    // five a batch, three members on an idle machine stored all 6,000 before the third joined.
     let consume = [
         "consume",
         "--batch-size",
-        "5",
+        "2",
         "--uploads",
         "1",
         "--until-idle",
