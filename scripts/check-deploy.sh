@@ -629,14 +629,16 @@ selftest() {
   expect_caught "Dockerfile: apt-get install without --no-install-recommends" dockerfile "$d"
   fresh; sed -i 's/^ARG SUM=h1:6/ARG SUM=h1:7/' "$m"
   expect_caught "MinIO Dockerfile: module hash differs from minio.sh" minio "$m"
-  # The library check, on a binary that needs a library the runtime image lacks (libcurl).
-  local curl
-  curl="$(command -v curl || true)"
-  if command -v dpkg-query >/dev/null && [[ -n "$curl" ]] && ldd "$curl" | grep -q libcurl; then
+  # The library check, on a binary that needs a library the runtime image lacks (PostgreSQL's
+  # client library, which psql loads and imgstream does not).
+  local psql
+  # The real binary: /usr/bin/psql is Debian's wrapper script.
+  psql="$(compgen -G '/usr/lib/postgresql/*/bin/psql' | head -n 1 || true)"
+  if command -v dpkg-query >/dev/null && [[ -n "$psql" ]] && ldd "$psql" | grep -q libpq; then
     fresh
-    expect_caught "runtime image lacks a library the binary loads ($curl needs libcurl)" libs "$d" "$curl"
+    expect_caught "runtime image lacks a library the binary loads ($psql needs libpq)" libs "$d" "$psql"
   else
-    say "  (library check not self-tested: needs dpkg and a curl linked to libcurl)"
+    say "  (library check not self-tested: needs dpkg and a psql linked to libpq)"
   fi
   say "self-test: every breakage was caught"
 }
