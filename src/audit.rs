@@ -433,7 +433,12 @@ async fn repair_orphans(
     let cutoff = Age::from_std(grace)
         .ok()
         .and_then(|grace| now.checked_sub_signed(grace));
-    let is_old = |modified: DateTime<Utc>| cutoff.is_some_and(|c| modified < c);
+    // The store's `Date` is in whole seconds and its listing's times are not: compared in whole
+    // seconds, at the cutoff counting as old, so that `--grace 0s` means every orphan, one
+    // written in this very second included.
+    let is_old = |modified: DateTime<Utc>| {
+        cutoff.is_some_and(|c| chrono::SubsecRound::trunc_subsecs(modified, 0) <= c)
+    };
     let listed: HashMap<&str, &StoredObject> =
         objects.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut chunk: Vec<&StoredObject> = Vec::new();

@@ -307,8 +307,9 @@ async fn serve_and_repair_each_work_with_their_own_key_and_only_repair_may_delet
     );
     assert!(
         common::stderr(&refused).contains("object store denied access to bucket"),
-        "{}",
-        common::stderr(&refused)
+        "{}{}",
+        common::stderr(&refused),
+        common::stdout(&refused)
     );
     assert!(
         env.store().get(orphan).await.is_ok(),
