@@ -75,8 +75,10 @@ async fn faults_mid_run(
         "producer",
         &[],
     );
+    // Idle must outlast every fault: between imgstream and Kafka the 15 s black hole silences the
+    // producer as well, and with it back a little later, 20 s of quiet ended a run mid-faults.
     let mut consumer = env.spawn_apart(
-        &["consume", "--until-idle", "20", "--json"],
+        &["consume", "--until-idle", "40", "--json"],
         "consumer",
         consumer_vars,
     );
