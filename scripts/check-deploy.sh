@@ -488,25 +488,31 @@ check_minio_dockerfile() {
 
 # base_image_packages: this host's Priority: required and Essential packages, plus apt, with all
 # their (pre-)dependencies: what debian:<release>-slim (a minbase bootstrap) contains.
-base_image_packages() {
-  dpkg-query -W -f='${Package}\t${Priority}\t${Essential}\t${Pre-Depends}, ${Depends}\n' | python3 -c '
-import re, sys
-deps, todo = {}, ["apt"]
+base_image_packages() { package_closure --base apt; }
+
+# package_closure [--base] PACKAGE...: the packages with all their (pre-)dependencies, as apt
+# installs them (with --base, also every Priority: required and Essential package).
+package_closure() {
+  local base=0
+  [[ "${1:-}" == --base ]] && { base=1; shift; }
+  dpkg-query -W -f='${Package}\t${Priority}\t${Essential}\t${Pre-Depends}, ${Depends}\n' | BASE=$base python3 -c '
+import os, re, sys
+deps, todo = {}, sys.argv[1:]
 for line in sys.stdin:
     name, prio, essential, rel = line.rstrip("\n").split("\t")
     alts = [[re.split(r"[ :(]", a.strip())[0] for a in d.split("|")] for d in rel.split(",") if d.strip()]
     deps[name] = alts
-    if prio == "required" or essential == "yes":
+    if os.environ["BASE"] == "1" and (prio == "required" or essential == "yes"):
         todo.append(name)
 seen = set()
 while todo:
     p = todo.pop()
-    if p in seen or p not in deps:
+    if p in seen:
         continue
     seen.add(p)
-    for alts in deps[p]:
+    for alts in deps.get(p, []):
         todo.append(next((a for a in alts if a in deps), alts[0]))
-print("\n".join(sorted(seen)))'
+print("\n".join(sorted(seen)))' "$@"
 }
 
 # check_libraries FILE BINARY: every shared library BINARY loads is provided in the runtime stage.
@@ -514,7 +520,10 @@ check_libraries() {
   local file="$1" bin="$2" runtime declared base lib pkg libs=()
   command -v dpkg-query >/dev/null || { say "no dpkg here: shared libraries not checked"; return 0; }
   runtime="$(last_stage "$file")"
+  # What the stage installs comes with its dependencies, as apt installs them.
   declared="$(in_stage "$file" "$runtime" | apt_packages)"
+  # shellcheck disable=SC2086 # one package name per word
+  declared="$(package_closure $declared)"
   base="$(base_image_packages)"
   mapfile -t libs < <(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}')
   ((${#libs[@]})) || fail "ldd listed no library of $bin"
