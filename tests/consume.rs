@@ -673,13 +673,15 @@ fn was_assigned_partitions(log: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn members_joining_and_leaving_mid_run_redo_no_record() {
     let env = TestEnv::new("handover").await;
-    env.produce(6000, &[]);
-    // Slow members (batches of two, one upload at a time), so that the group changes mid-run: at
-    // five a batch, three members on an idle machine stored all 6,000 before the third joined.
+    // Enough backlog that the group changes mid-run: each rebalance round takes about 3 s, and
+    // at 6,000 records two members had stored them all before the third got its partition.
+    const RECORDS: u64 = 15_000;
+    env.produce(RECORDS, &["--width", "32", "--height", "24"]);
+    // Slow members (small batches, one upload at a time), so that the group changes mid-run.
     let consume = [
         "consume",
         "--batch-size",
-        "2",
+        "5",
         "--uploads",
         "1",
         "--until-idle",
@@ -703,7 +705,10 @@ async fn members_joining_and_leaving_mid_run_redo_no_record() {
     let third = env.spawn_apart(&consume, "third", &[]);
     joined("third").await;
     let (_, rows) = env.counts().await;
-    assert!(rows < 6000, "the group changed too late to mean anything");
+    assert!(
+        (rows as u64) < RECORDS,
+        "the group changed too late to mean anything"
+    );
     common::signal(second.child(), common::SIGTERM);
     for (name, member) in [("second", second), ("first", first), ("third", third)] {
         let status = member.wait_within(std::time::Duration::from_secs(300));
@@ -720,8 +725,8 @@ async fn members_joining_and_leaving_mid_run_redo_no_record() {
         stored += summary["stored"].as_u64().unwrap();
         replayed += summary["replayed"].as_u64().unwrap();
     }
-    assert_eq!(env.counts().await, (6000, 6000));
-    assert_eq!((stored, replayed), (6000, 0));
+    assert_eq!(env.counts().await, (RECORDS as usize, RECORDS as i64));
+    assert_eq!((stored, replayed), (RECORDS, 0));
     assert!(
         env.read_log("first")
             .contains("partitions revoked after their batches were finished"),
