@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# `make test`: unit and protocol tests (no services), then integration tests against the running
-# local stack, then the fault tests (which stop and start services, so they run alone, one at a
-# time): services stopped and frozen, network faults through Toxiproxy, and a three-broker Kafka
-# cluster (started by its test beside the stack's broker, stopped here afterwards) losing brokers.
+# `make test`: unit and protocol tests (no services), then the service outages (which stop the
+# stack's own services, so they run alone, one at a time), then every other test in two lanes at
+# once: the integration tests, and the faults that bring their own services (network faults
+# through Toxiproxy, MinIO drives of their own, a three-broker Kafka cluster, consumers killed).
+# Most of a fault test's time is spent waiting out its fault, so two lanes on two cores cost little
+# more than the longer of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-deps.sh
@@ -15,13 +17,63 @@ export RUST_BACKTRACE=0
 
 echo "== unit, protocol and fuzz tests (no services; a short fuzz run, \`make fuzz\` for a long one)"
 cargo test --locked --lib --bins --test protocol --test fuzz
-echo "== integration tests"
-cargo test --locked --test setup --test produce --test consume --test group_protocol --test dlq --test foreign --test serve --test browser --test least_privilege --test secured --test operate -- --test-threads=2
-echo "== fault tests"
+
+INTEGRATION=(setup produce consume group_protocol dlq foreign serve browser least_privilege secured operate)
+OWN_SERVICES=(network storage kills cluster)
+ALONE=(faults)
+
+# The test binaries, built once; the lanes run them directly, as two `cargo test` at once would
+# wait for each other on the build directory's lock.
+declare -A BINARY
+targets=()
+for t in "${INTEGRATION[@]}" "${OWN_SERVICES[@]}" "${ALONE[@]}"; do targets+=(--test "$t"); done
+while IFS=$'\t' read -r name path; do BINARY[$name]=$path; done < <(
+  cargo test --locked --no-run --message-format=json-render-diagnostics "${targets[@]}" |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"], sep="\t")')
+
+# run_binaries THREADS NAME...: each binary in turn, stopping at the first that fails, with its
+# wall time (the figure to watch when the suite grows).
+run_binaries() {
+  local threads="$1" name t0
+  shift
+  for name in "$@"; do
+    [[ -n "${BINARY[$name]:-}" ]] || { echo "-- no test binary named $name was built"; return 1; }
+    echo "-- $name"
+    t0=$SECONDS
+    "${BINARY[$name]}" --test-threads="$threads" || { echo "-- $name FAILED after $((SECONDS - t0))s"; return 1; }
+    echo "-- $name passed in $((SECONDS - t0))s"
+  done
+}
+
 # The fault tests' own brokers: the three-node cluster and the broker behind Toxiproxy.
 stop_test_brokers() {
   KAFKA_BROKERS=3 KAFKA_PORT_BASE=19090 scripts/stack/kafka.sh stop || true
   KAFKA_PORT_BASE=29090 scripts/stack/kafka.sh stop || true
 }
 trap stop_test_brokers EXIT
-cargo test --locked --test faults --test storage --test network --test cluster -- --test-threads=1
+
+echo "== service outages (alone)"
+run_binaries 1 "${ALONE[@]}"
+
+echo "== integration tests, and beside them the faults that bring their own services"
+logs="$(mktemp -d)"
+run_binaries 2 "${INTEGRATION[@]}" >"$logs/integration" 2>&1 &
+integration=$!
+# Network faults and drives of their own run side by side inside their binaries (each test has
+# its own proxy, broker or MinIO); the cluster's brokers are heavy, so it runs on its own.
+{ run_binaries 3 network && run_binaries 2 storage kills && run_binaries 1 cluster; } >"$logs/own-services" 2>&1 &
+own_services=$!
+status=0
+wait "$integration" || status=1
+echo "== lane: integration tests"
+cat "$logs/integration"
+wait "$own_services" || status=1
+echo "== lane: faults with their own services, and consumers killed"
+cat "$logs/own-services"
+rm -rf "$logs"
+exit "$status"

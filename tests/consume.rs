@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::runs::{finish_group_change_without_redo, wait_assigned};
 use common::{
     LABEL_HEADER, TestEnv, encode, header, raw_producer, read_topic, send_raw, stderr, stdout,
     valid_record,
@@ -661,12 +662,6 @@ async fn offsets_are_committed_while_the_consumer_runs_and_only_when_they_moved(
     assert_eq!(env.counts().await, (25, 25));
 }
 
-/// Whether a member's log shows it was given at least one partition.
-fn was_assigned_partitions(log: &str) -> bool {
-    log.lines()
-        .any(|l| l.contains("partitions assigned") && !l.contains("partitions=none"))
-}
-
 /// Members joining and leaving mid-run hand partitions over exactly where they stopped: a member
 /// losing a partition finishes and commits the batches it holds of it first, and one shutting
 /// down commits what it finished. Nobody redoes anybody's work.
@@ -688,54 +683,24 @@ async fn members_joining_and_leaving_mid_run_redo_no_record() {
         "10",
         "--json",
     ];
-    let joined = |name: &'static str| {
-        let env = &env;
-        async move {
-            let ok = common::eventually(std::time::Duration::from_secs(60), || async {
-                was_assigned_partitions(&env.read_log(name))
-            })
-            .await;
-            assert!(ok, "{name} got no partitions:\n{}", env.read_log(name));
-        }
-    };
     let first = env.spawn_apart(&consume, "first", &[]);
-    joined("first").await;
+    wait_assigned(&env, "first").await;
     let second = env.spawn_apart(&consume, "second", &[]);
-    joined("second").await;
+    wait_assigned(&env, "second").await;
     let third = env.spawn_apart(&consume, "third", &[]);
-    joined("third").await;
+    wait_assigned(&env, "third").await;
     let (_, rows) = env.counts().await;
     assert!(
         (rows as u64) < RECORDS,
         "the group changed too late to mean anything"
     );
-    common::signal(second.child(), common::SIGTERM);
-    for (name, member) in [("second", second), ("first", first), ("third", third)] {
-        let status = member.wait_within(std::time::Duration::from_secs(300));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{name} ended with {status:?}:\n{}",
-            env.read_log(name)
-        );
-    }
-    let (mut stored, mut replayed) = (0, 0);
-    for name in ["first", "second", "third"] {
-        let summary: serde_json::Value =
-            serde_json::from_str(env.read_out(name).trim()).expect("consume --json");
-        stored += summary["stored"].as_u64().unwrap();
-        replayed += summary["replayed"].as_u64().unwrap();
-    }
-    assert_eq!(env.counts().await, (RECORDS as usize, RECORDS as i64));
-    assert_eq!((stored, replayed), (RECORDS, 0));
-    assert!(
-        env.read_log("first")
-            .contains("partitions revoked after their batches were finished"),
-        "the first member never handed a partition over:\n{}",
-        env.read_log("first")
-    );
-    let status: serde_json::Value =
-        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
-    assert_eq!(status["total_lag"], 0, "{status}");
+    finish_group_change_without_redo(
+        &env,
+        ("second", second),
+        vec![("first", first), ("third", third)],
+        RECORDS,
+    )
+    .await;
 }
 
 /// The partitions a member owns as its log tells it: incremental assignments add, revocations
@@ -826,7 +791,7 @@ async fn a_member_stopped_by_sigterm_leaves_its_group_at_once() {
     env.produce(200, &[]);
     let member = env.spawn_apart(&["consume", "--json"], "member", &[]);
     let assigned = common::eventually(std::time::Duration::from_secs(60), || async {
-        was_assigned_partitions(&env.read_log("member"))
+        common::runs::was_assigned_partitions(&env.read_log("member"))
     })
     .await;
     assert!(assigned, "no partitions:\n{}", env.read_log("member"));

@@ -4,16 +4,12 @@
 
 mod common;
 
-use common::{TestEnv, stderr, stdout};
+use common::TestEnv;
+use common::runs::{finish_group_change_without_redo, wait_assigned};
+use common::stderr;
 use std::time::Duration;
 
 const CONSUMER_PROTOCOL: (&str, &str) = ("KAFKA_GROUP_PROTOCOL", "consumer");
-
-/// Whether a member's log shows it was given at least one partition.
-fn was_assigned_partitions(log: &str) -> bool {
-    log.lines()
-        .any(|l| l.contains("partitions assigned") && !l.contains("partitions=none"))
-}
 
 /// Under the consumer protocol, a second member joining mid-run and leaving again (SIGTERM)
 /// takes partitions from the first and gives them back without a record stored twice or left
@@ -39,20 +35,10 @@ async fn under_the_consumer_protocol_a_member_joining_and_leaving_mid_run_redoes
         "15",
         "--json",
     ];
-    let joined = |name: &'static str| {
-        let env = &env;
-        async move {
-            let ok = common::eventually(Duration::from_secs(60), || async {
-                was_assigned_partitions(&env.read_log(name))
-            })
-            .await;
-            assert!(ok, "{name} got no partitions:\n{}", env.read_log(name));
-        }
-    };
     let first = env.spawn_apart(&consume, "first", &[("KAFKA_GROUP_INSTANCE_ID", "first")]);
-    joined("first").await;
+    wait_assigned(&env, "first").await;
     let second = env.spawn_apart(&consume, "second", &[]);
-    joined("second").await;
+    wait_assigned(&env, "second").await;
     // Both members work for a while before the second leaves.
     let rows_when_joined = env.counts().await.1;
     let worked = common::eventually(Duration::from_secs(60), || async {
@@ -65,34 +51,8 @@ async fn under_the_consumer_protocol_a_member_joining_and_leaving_mid_run_redoes
         rows < records as i64,
         "the group changed too late to mean anything"
     );
-    common::signal(second.child(), common::SIGTERM);
-    for (name, member) in [("second", second), ("first", first)] {
-        let status = member.wait_within(Duration::from_secs(300));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{name} ended with {status:?}:\n{}",
-            env.read_log(name)
-        );
-    }
-    let (mut stored, mut replayed) = (0, 0);
-    for name in ["first", "second"] {
-        let summary: serde_json::Value =
-            serde_json::from_str(env.read_out(name).trim()).expect("consume --json");
-        stored += summary["stored"].as_u64().unwrap();
-        replayed += summary["replayed"].as_u64().unwrap();
-    }
-    assert_eq!(env.counts().await, (records as usize, records as i64));
-    assert_eq!((stored, replayed), (records, 0));
-    // The hand-over ran: the first member gave partitions up when the second joined.
-    assert!(
-        env.read_log("first")
-            .contains("partitions revoked after their batches were finished"),
-        "the first member never handed a partition over:\n{}",
-        env.read_log("first")
-    );
-    let status: serde_json::Value =
-        serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
-    assert_eq!(status["total_lag"], 0, "{status}");
+    finish_group_change_without_redo(&env, ("second", second), vec![("first", first)], records)
+        .await;
 }
 
 /// A group protocol Kafka does not have is a setting error that names its variable, before any

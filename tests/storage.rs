@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, wait_for_rows};
+use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, stop_once_stored, wait_for_rows};
 use common::{Spawned, TestEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -129,12 +129,7 @@ async fn a_drive_pulled_from_a_four_drive_erasure_set_mid_run_loses_and_doubles_
     drives[2].pull();
     let at_pull = rows(&env).await;
     eprintln!("drive 3 pulled at {at_pull} rows");
-    let status = consumer.wait_within(Duration::from_secs(300));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        env.read_log("consumer")
-    );
+    stop_once_stored(&env, consumer, 800, "consumer").await;
     assert!(at_pull < 800, "the drive went after the end of the run");
     // Every object written before and after the loss reads back with its checksum (`verify
     // --full`), from three drives of four.
@@ -211,9 +206,8 @@ async fn a_full_drive_is_an_outage_logged_with_minios_message_that_heals_when_sp
     assert_eq!(during, after, "images were stored on a full drive");
     assert!(after < 600, "the drive filled after the end of the run");
 
-    let status = consumer.wait_within(Duration::from_secs(300));
+    stop_once_stored(&env, consumer, 600, "consumer").await;
     let log = env.read_log("consumer");
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
     assert_exactly_once(&env, 600).await;
     assert!(
         log.contains("outage started") && log.contains("HTTP 507"),
