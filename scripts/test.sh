@@ -36,18 +36,25 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"], sep="\t")')
 
-# run_binaries THREADS NAME...: each binary in turn, stopping at the first that fails, with its
-# wall time (the figure to watch when the suite grows).
+# run_binaries THREADS NAME...: each binary in turn with its wall time (the figure to watch when
+# the suite grows); all of them run, and the lane fails if any failed.
 run_binaries() {
-  local threads="$1" name t0
+  local threads="$1" name t0 failed=()
   shift
   for name in "$@"; do
-    [[ -n "${BINARY[$name]:-}" ]] || { echo "-- no test binary named $name was built"; return 1; }
     echo "-- $name"
     t0=$SECONDS
-    "${BINARY[$name]}" --test-threads="$threads" || { echo "-- $name FAILED after $((SECONDS - t0))s"; return 1; }
-    echo "-- $name passed in $((SECONDS - t0))s"
+    if [[ -z "${BINARY[$name]:-}" ]]; then
+      echo "-- no test binary named $name was built"
+      failed+=("$name")
+    elif "${BINARY[$name]}" --test-threads="$threads"; then
+      echo "-- $name passed in $((SECONDS - t0))s"
+    else
+      echo "-- $name FAILED after $((SECONDS - t0))s"
+      failed+=("$name")
+    fi
   done
+  ((${#failed[@]} == 0)) || { echo "-- failed: ${failed[*]}"; return 1; }
 }
 
 # The fault tests' own brokers: the three-node cluster and the broker behind Toxiproxy.
@@ -66,7 +73,13 @@ run_binaries 2 "${INTEGRATION[@]}" >"$logs/integration" 2>&1 &
 integration=$!
 # Network faults and drives of their own run side by side inside their binaries (each test has
 # its own proxy, broker or MinIO); the cluster's brokers are heavy, so it runs on its own.
-{ run_binaries 3 network && run_binaries 2 storage kills && run_binaries 1 cluster; } >"$logs/own-services" 2>&1 &
+{
+  lane=0
+  run_binaries 3 network || lane=1
+  run_binaries 2 storage kills || lane=1
+  run_binaries 1 cluster || lane=1
+  exit "$lane"
+} >"$logs/own-services" 2>&1 &
 own_services=$!
 status=0
 wait "$integration" || status=1

@@ -82,8 +82,10 @@ async fn faults_mid_run(
         "consumer",
         consumer_vars,
     );
+    // Records flowing, so the faults land mid-run. (A producer starved of CPU makes as few as one
+    // image a second; the run means as much with fewer.)
     let started =
-        common::eventually(Duration::from_secs(60), || async { rows(env).await >= 40 }).await;
+        common::eventually(Duration::from_secs(90), || async { rows(env).await >= 10 }).await;
     assert!(started, "nothing stored:\n{}", env.read_log("consumer"));
 
     through_every_fault(proxy).await;

@@ -133,16 +133,18 @@ impl ClientContext for GroupContext {
                 }
             }
         }
-        // A broker that has sent nothing for a while though requests wait for it, or that has
-        // been trying to (re)connect for a while: a black-holed, stalled or refused connection,
-        // which librdkafka reports only when its request timeout passes.
+        // A broker that has sent nothing for a while though requests wait for it, sent or still
+        // queued to send, or that has been trying to (re)connect for a while: a black-holed,
+        // stalled or refused connection, which librdkafka reports only when its request timeout
+        // passes. (Requests only queued count too: in a black hole a connection was seen with
+        // none in flight and two queued, and the stall went unreported.)
         let silent = statistics
             .brokers
             .values()
             .filter(|b| b.nodeid >= 0)
             .filter_map(|b| {
                 let waited = if b.state == "UP" {
-                    (b.waitresp_cnt > 0 && b.rxidle > 0).then_some(b.rxidle)
+                    (b.waitresp_cnt + b.outbuf_cnt > 0 && b.rxidle > 0).then_some(b.rxidle)
                 } else {
                     (b.state != "INIT").then_some(b.stateage)
                 }?;
