@@ -16,6 +16,7 @@ async fn serve(env: &TestEnv) -> (Serving, String) {
     let opts = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         thumbnail_makers: 2,
+        ..ServeOptions::default()
     };
     let serving = imgstream::serve::start(&env.settings, opts)
         .await
@@ -430,6 +431,7 @@ async fn stored_images_are_fetched_by_presigned_url_and_thumbnailed_once() {
     let opts = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         thumbnail_makers: 1,
+        ..ServeOptions::default()
     };
     let other = imgstream::serve::start(&public, opts).await.unwrap();
     let (_, signed) = get_json(&format!("http://{}/api/images/{id}/url", other.addr)).await;
