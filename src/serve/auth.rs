@@ -21,6 +21,9 @@ use url::Url;
 
 /// The shortest time between two fetches of the issuer's keys.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Keys older than this are fetched again on the next request, so a key the issuer withdrew
+/// stops being trusted.
+pub const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
 
 /// Who a request comes from, as far as the index is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,16 +221,24 @@ impl Verifier {
     /// The key named `kid`, fetching the issuer's keys again if it is new and the last fetch is
     /// older than [`MIN_REFRESH`].
     async fn key(&self, kid: &str) -> Result<Arc<Key>, AuthError> {
-        if let Some(key) = self.keys.read().expect("not poisoned").by_kid.get(kid) {
-            return Ok(key.clone());
+        {
+            let keys = self.keys.read().expect("not poisoned");
+            if let Some(key) = keys.by_kid.get(kid)
+                && keys.fetched_at.elapsed() < MAX_KEY_AGE
+            {
+                return Ok(key.clone());
+            }
         }
         let _one = self.refreshing.lock().await;
         let stale = {
             let keys = self.keys.read().expect("not poisoned");
-            if let Some(key) = keys.by_kid.get(kid) {
+            let age = keys.fetched_at.elapsed();
+            if let Some(key) = keys.by_kid.get(kid)
+                && age < MAX_KEY_AGE
+            {
                 return Ok(key.clone());
             }
-            keys.fetched_at.elapsed() >= MIN_REFRESH
+            age >= MIN_REFRESH
         };
         if stale {
             if let Err(e) = self.fetch_keys().await {

@@ -132,6 +132,15 @@ impl Thumbnails {
             .acquire_many(mib.max(1))
             .await
             .expect("the semaphore is never closed");
+        // Those who waited while another made this very thumbnail find it kept.
+        match self.store.get(&key).await {
+            Ok(bytes) => {
+                self.metrics.served_from_store.inc();
+                return Ok(bytes);
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let limit = u64::from(mib.max(1)) << 20;
         let made = tokio::task::spawn_blocking(move || {
             make_thumbnail_within(&original, THUMBNAIL_SIDE, limit)
