@@ -31,6 +31,9 @@ pub struct OidcSettings {
 pub struct ServeSettings {
     /// Sign-in; `None` serves everyone everything, and then only on loopback.
     pub oidc: Option<OidcSettings>,
+    /// `IMGSTREAM_SERVE_OPEN_ACCESS=true`: listen beyond loopback without sign-in. Only for a
+    /// container whose port is published on its host's loopback alone (deploy/compose.yaml).
+    pub open_access: bool,
     /// `IMGSTREAM_SERVE_ALLOWED_HOSTS`: `Host` names answered (port ignored), lowercase.
     pub allowed_hosts: Vec<String>,
     /// `IMGSTREAM_SERVE_MAX_URL_TTL_SECS`: the longest life of a presigned URL.
@@ -129,8 +132,19 @@ impl ServeSettings {
                 max,
             )?))
         };
+        let open_access = match get("IMGSTREAM_SERVE_OPEN_ACCESS", "false").as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(invalid(
+                    "IMGSTREAM_SERVE_OPEN_ACCESS",
+                    format!("{other:?} is neither true nor false"),
+                ));
+            }
+        };
         Ok(ServeSettings {
             oidc,
+            open_access,
             allowed_hosts,
             max_url_ttl: secs("IMGSTREAM_SERVE_MAX_URL_TTL_SECS", "3600", 7 * 24 * 3600)?,
             header_timeout: secs("IMGSTREAM_SERVE_HEADER_TIMEOUT_SECS", "10", 600)?,

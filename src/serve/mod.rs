@@ -106,7 +106,7 @@ impl Drop for Serving {
 /// Connects to the index and the store, binds `opts.addr` and starts serving in the background.
 pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, String> {
     let security = opts.security.clone();
-    if security.oidc.is_none() && !opts.addr.ip().is_loopback() {
+    if security.oidc.is_none() && !security.open_access && !opts.addr.ip().is_loopback() {
         return Err(format!(
             "refusing to serve every customer's images to anyone on {}: set IMGSTREAM_OIDC_ISSUER and IMGSTREAM_OIDC_AUDIENCE to require sign-in, or listen on 127.0.0.1 (--addr)",
             opts.addr
