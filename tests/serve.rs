@@ -459,7 +459,8 @@ async fn the_pipeline_overview_shows_lag_counts_and_the_latest_dead_letter() {
     assert_eq!(status, 200, "{overview}");
     assert_eq!(overview["total_lag"], 4);
     assert_eq!(overview["index_rows"], 5);
-    assert_eq!(overview["bucket_objects"], 5);
+    // The page never lists the bucket (minutes of work at millions of images).
+    assert!(overview.get("bucket_objects").is_none(), "{overview}");
     assert_eq!(overview["dlq_depth"], 1);
     let lags: i64 = overview["partitions"]
         .as_array()

@@ -219,5 +219,9 @@ mod tests {
         )]))
         .unwrap();
         assert_eq!(s.allowed_hosts, ["gallery.example.com", "10.0.0.5"]);
+        assert!(!s.open_access);
+        let err =
+            ServeSettings::from_vars(&vars(&[("IMGSTREAM_SERVE_OPEN_ACCESS", "yes")])).unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_OPEN_ACCESS");
     }
 }
