@@ -45,7 +45,10 @@ pub struct Status {
     pub total_lag: i64,
     /// Rows of this bucket (the table may index other buckets too).
     pub index_rows: i64,
-    pub bucket_objects: u64,
+    /// Objects under `images/`, counted by listing the bucket: `None` where that is too dear to
+    /// ask often (the pipeline page, refreshed every few seconds, at millions of images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_objects: Option<u64>,
     pub dlq_topic: String,
     pub dlq_depth: i64,
 }
@@ -82,11 +85,9 @@ impl Status {
             "index rows       {} (bucket {bucket})",
             self.index_rows
         );
-        let _ = writeln!(
-            out,
-            "bucket objects   {} (bucket {bucket})",
-            self.bucket_objects
-        );
+        if let Some(objects) = self.bucket_objects {
+            let _ = writeln!(out, "bucket objects   {objects} (bucket {bucket})");
+        }
         let _ = writeln!(
             out,
             "dead letters     {} (topic {})",
@@ -189,10 +190,13 @@ fn partition_statuses(
         .collect()
 }
 
+/// The pipeline's figures; `list_bucket` also counts the bucket's objects by listing it, which
+/// takes minutes at millions of images.
 pub async fn status(
     settings: &Settings,
     store: &ImageStore,
     index: &ImageIndex,
+    list_bucket: bool,
 ) -> Result<Status, AuditError> {
     let topic = &settings.kafka.data_topic;
     let offsets = fetch_group_offsets(settings, topic).await?;
@@ -208,7 +212,11 @@ pub async fn status(
         total_lag: partitions.iter().map(|p| p.lag).sum(),
         partitions,
         index_rows: index.count_in_bucket(store.bucket()).await?,
-        bucket_objects: store.list(crate::domain::OBJECT_PREFIX).await?.len() as u64,
+        bucket_objects: if list_bucket {
+            Some(store.list(crate::domain::OBJECT_PREFIX).await?.len() as u64)
+        } else {
+            None
+        },
         dlq_topic: settings.kafka.dlq_topic.clone(),
         dlq_depth,
     })
@@ -644,7 +652,7 @@ mod tests {
             partitions: vec![partition(0, Some(8), Some(7)), partition(1, None, None)],
             total_lag: 12,
             index_rows: 8,
-            bucket_objects: 9,
+            bucket_objects: Some(9),
             dlq_topic: "images-dlq".into(),
             dlq_depth: 1,
         };

@@ -250,6 +250,7 @@ async fn serve_and_repair_each_work_with_their_own_key_and_only_repair_may_delet
     let opts = imgstream::serve::ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         thumbnail_makers: 1,
+        ..imgstream::serve::ServeOptions::default()
     };
     let serving = imgstream::serve::start(&settings, opts).await.unwrap();
     let base = format!("http://{}", serving.addr);

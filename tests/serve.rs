@@ -16,6 +16,7 @@ async fn serve(env: &TestEnv) -> (Serving, String) {
     let opts = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         thumbnail_makers: 2,
+        ..ServeOptions::default()
     };
     let serving = imgstream::serve::start(&env.settings, opts)
         .await
@@ -430,6 +431,7 @@ async fn stored_images_are_fetched_by_presigned_url_and_thumbnailed_once() {
     let opts = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         thumbnail_makers: 1,
+        ..ServeOptions::default()
     };
     let other = imgstream::serve::start(&public, opts).await.unwrap();
     let (_, signed) = get_json(&format!("http://{}/api/images/{id}/url", other.addr)).await;
@@ -457,7 +459,8 @@ async fn the_pipeline_overview_shows_lag_counts_and_the_latest_dead_letter() {
     assert_eq!(status, 200, "{overview}");
     assert_eq!(overview["total_lag"], 4);
     assert_eq!(overview["index_rows"], 5);
-    assert_eq!(overview["bucket_objects"], 5);
+    // The page never lists the bucket (minutes of work at millions of images).
+    assert!(overview.get("bucket_objects").is_none(), "{overview}");
     assert_eq!(overview["dlq_depth"], 1);
     let lags: i64 = overview["partitions"]
         .as_array()

@@ -42,7 +42,7 @@ async fn connect_sinks(settings: &Settings) -> Result<(ImageStore, ImageIndex), 
 
 pub async fn status(settings: &Settings, args: StatusArgs) -> Result<ExitCode, String> {
     let (store, index) = connect_sinks(settings).await?;
-    let status = audit::status(settings, &store, &index)
+    let status = audit::status(settings, &store, &index, true)
         .await
         .map_err(|e| e.to_string())?;
     if args.json {

@@ -3,10 +3,12 @@
 
 mod kafka_security;
 mod redact;
+mod serve;
 
 use crate::validate::{IdCharacters, IdRules};
 pub use kafka_security::ClientProperties;
 pub use redact::{redact, redact_url};
+pub use serve::{OidcSettings, ServeSettings};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

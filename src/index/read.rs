@@ -124,13 +124,22 @@ impl ImageIndex {
     /// One page of a search over the images of `bucket`, newest first. A keyset query: the
     /// migrations' `(…, created_at DESC, image_id DESC)` indexes make a deep page as cheap as the
     /// first. Only the filters given become SQL, so each shape gets a plan that fits it.
+    ///
+    /// `customers` is the caller's tenancy: `Some` limits every answer to those customers (an
+    /// empty list sees nothing), whatever the filters and the cursor say; `None` is everyone.
     pub async fn search(
         &self,
         bucket: &str,
         query: &ImageQuery,
+        customers: Option<&[String]>,
     ) -> Result<Vec<StoredImage>, IndexError> {
         let mut sql = QueryBuilder::<Postgres>::new(SELECT_IMAGE);
         sql.push(" WHERE bucket = ").push_bind(bucket);
+        if let Some(customers) = customers {
+            sql.push(" AND customer_id = ANY(")
+                .push_bind(customers.to_vec())
+                .push(")");
+        }
         if let Some(customer) = &query.customer_id {
             sql.push(" AND customer_id = ").push_bind(customer);
         }
@@ -167,17 +176,21 @@ impl ImageIndex {
             .map_err(|e| self.err(e))
     }
 
-    /// One image of `bucket` by id.
+    /// One image of `bucket` by id; with `customers`, only if it belongs to one of them (another
+    /// customer's image is `None`, exactly like an id nobody has).
     pub async fn stored_image(
         &self,
         bucket: &str,
         image_id: Uuid,
+        customers: Option<&[String]>,
     ) -> Result<Option<StoredImage>, IndexError> {
         let row = sqlx::query(&format!(
-            "{SELECT_IMAGE} WHERE image_id = $1 AND bucket = $2"
+            "{SELECT_IMAGE} WHERE image_id = $1 AND bucket = $2
+             AND ($3::text[] IS NULL OR customer_id = ANY($3))"
         ))
         .bind(image_id)
         .bind(bucket)
+        .bind(customers.map(<[String]>::to_vec))
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -9,12 +9,13 @@
 //! Errors are `{"error": "..."}` with 400 (a bad parameter, saying which and what it accepts),
 //! 404 (no such image), or 503 (a service is down, saying which).
 
+use super::auth::Caller;
 use super::overview::Overview;
 use super::{App, ServeError, query_pairs};
 use crate::domain::{ImageFormat, StoredImage};
 use crate::search::ImageQuery;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,8 +24,6 @@ use std::time::Duration;
 
 /// A presigned URL lives this long unless the caller asks otherwise.
 pub const DEFAULT_URL_TTL: Duration = Duration::from_secs(300);
-/// S3's own limit for a presigned URL: seven days.
-pub const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// An error as the API returns it.
 pub struct ApiError(ServeError);
@@ -37,6 +36,7 @@ impl<E: Into<ServeError>> From<E> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.0.log();
         (
             self.0.status(),
             Json(serde_json::json!({ "error": self.0.message() })),
@@ -141,12 +141,13 @@ pub fn search_url(path: &str, query: &ImageQuery, cursor: Option<&str>) -> Strin
 
 pub async fn search(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<SearchPage>, ApiError> {
     let pairs = query_pairs(raw.as_deref());
     let query = ImageQuery::from_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| ServeError::BadRequest(e.to_string()))?;
-    let (images, next) = app.search(&query).await?;
+    let (images, next) = app.search(&caller, &query).await?;
     let next_cursor = next.map(|c| c.encode());
     Ok(Json(SearchPage {
         images: images.iter().map(ImageJson::from).collect(),
@@ -159,9 +160,12 @@ pub async fn search(
 
 pub async fn image(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ImageJson>, ApiError> {
-    Ok(Json(ImageJson::from(&app.stored_image(&id).await?)))
+    Ok(Json(ImageJson::from(
+        &app.stored_image(&caller, &id).await?,
+    )))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,9 +175,9 @@ pub struct PresignedUrl {
     pub ttl_secs: u64,
 }
 
-/// What `?ttl=&download=` ask for.
-fn url_params(raw: Option<&str>) -> Result<(Duration, bool), ServeError> {
-    let mut ttl = DEFAULT_URL_TTL;
+/// What `?ttl=&download=` ask for; `max_ttl` is IMGSTREAM_SERVE_MAX_URL_TTL_SECS.
+fn url_params(raw: Option<&str>, max_ttl: Duration) -> Result<(Duration, bool), ServeError> {
+    let mut ttl = DEFAULT_URL_TTL.min(max_ttl);
     let mut download = false;
     for (name, value) in query_pairs(raw) {
         match name.as_str() {
@@ -183,11 +187,11 @@ fn url_params(raw: Option<&str>) -> Result<(Duration, bool), ServeError> {
                     .parse::<u64>()
                     .ok()
                     .map(Duration::from_secs)
-                    .filter(|t| !t.is_zero() && *t <= MAX_URL_TTL)
+                    .filter(|t| !t.is_zero() && *t <= max_ttl)
                     .ok_or_else(|| {
                         ServeError::BadRequest(format!(
                             "ttl={value:?} is not a number of seconds from 1 to {}",
-                            MAX_URL_TTL.as_secs()
+                            max_ttl.as_secs()
                         ))
                     })?
             }
@@ -224,16 +228,15 @@ pub fn download_name(image: &StoredImage) -> String {
 
 pub async fn presigned_url(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<PresignedUrl>, ApiError> {
-    let (ttl, download) = url_params(raw.as_deref())?;
-    let image = app.stored_image(&id).await?;
+    let (ttl, download) = url_params(raw.as_deref(), app.security.max_url_ttl)?;
+    // The scope check comes first: nothing is signed for an image the caller may not see.
+    let image = app.stored_image(&caller, &id).await?;
     let name = download.then(|| download_name(&image));
-    let url = app
-        .store
-        .presigned_get(&image.entry.object_key, ttl, name.as_deref())
-        .await?;
+    let (url, ttl) = app.presign(&caller, &image, ttl, name.as_deref()).await?;
     Ok(Json(PresignedUrl {
         url: url.to_string(),
         expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default(),
@@ -241,7 +244,11 @@ pub async fn presigned_url(
     }))
 }
 
-pub async fn pipeline(State(app): State<Arc<App>>) -> Result<Json<Arc<Overview>>, ApiError> {
+pub async fn pipeline(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Arc<Overview>>, ApiError> {
+    app.require_admin(&caller)?;
     Ok(Json(app.overview.get(&app).await?))
 }
 
@@ -251,19 +258,26 @@ mod tests {
 
     #[test]
     fn url_parameters_are_checked() {
-        assert_eq!(url_params(None).unwrap(), (DEFAULT_URL_TTL, false));
+        let max = Duration::from_secs(3600);
+        assert_eq!(url_params(None, max).unwrap(), (DEFAULT_URL_TTL, false));
         assert_eq!(
-            url_params(Some("ttl=60&download=true")).unwrap(),
+            url_params(None, Duration::from_secs(60)).unwrap(),
+            (Duration::from_secs(60), false),
+            "the default never outlives the maximum"
+        );
+        assert_eq!(
+            url_params(Some("ttl=60&download=true"), max).unwrap(),
             (Duration::from_secs(60), true)
         );
+        assert_eq!(url_params(Some("ttl=3600"), max).unwrap(), (max, false));
         for bad in [
             "ttl=0",
-            "ttl=604801",
+            "ttl=3601",
             "ttl=soon",
             "download=maybe",
             "expires=5",
         ] {
-            let err = url_params(Some(bad)).unwrap_err();
+            let err = url_params(Some(bad), max).unwrap_err();
             assert!(matches!(err, ServeError::BadRequest(_)), "{bad}: {err:?}");
         }
     }

@@ -12,17 +12,19 @@
 //! prefix.
 
 pub mod api;
+pub mod auth;
 pub mod overview;
 pub mod pages;
 pub mod thumbnails;
 
-use crate::config::Settings;
+use crate::config::{ServeSettings, Settings};
 use crate::index::{ImageIndex, IndexError};
 use crate::store::{ImageStore, StoreError};
 use crate::wiring;
+use auth::{AuthError, Caller, Verifier};
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -36,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thumbnails::{ThumbnailMetrics, Thumbnails};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -45,6 +48,19 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     /// Thumbnails made at once (each takes a core while it decodes and resizes).
     pub thumbnail_makers: usize,
+    /// Sign-in and the limits that keep the server standing.
+    pub security: ServeSettings,
+}
+
+impl Default for ServeOptions {
+    /// Loopback, an ephemeral port, two thumbnail makers, no sign-in: what tests start from.
+    fn default() -> Self {
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            thumbnail_makers: 2,
+            security: ServeSettings::default(),
+        }
+    }
 }
 
 /// What every handler shares.
@@ -54,6 +70,12 @@ pub struct App {
     pub index: ImageIndex,
     pub thumbnails: Thumbnails,
     pub overview: OverviewCache,
+    pub security: ServeSettings,
+    verifier: Option<Verifier>,
+    /// Requests worked on at once.
+    requests: Semaphore,
+    /// The Content-Security-Policy of every answer.
+    csp: HeaderValue,
     metrics: ServeMetrics,
 }
 
@@ -83,6 +105,13 @@ impl Drop for Serving {
 
 /// Connects to the index and the store, binds `opts.addr` and starts serving in the background.
 pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, String> {
+    let security = opts.security.clone();
+    if security.oidc.is_none() && !security.open_access && !opts.addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve every customer's images to anyone on {}: set IMGSTREAM_OIDC_ISSUER and IMGSTREAM_OIDC_AUDIENCE to require sign-in, or listen on 127.0.0.1 (--addr)",
+            opts.addr
+        ));
+    }
     let store = wiring::store(settings).map_err(|e| e.to_string())?;
     let index = wiring::index(settings).await.map_err(|e| e.to_string())?;
     let pending = index
@@ -96,16 +125,47 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
         ));
     }
     let metrics = ServeMetrics::new();
+    let verifier = match &security.oidc {
+        None => None,
+        Some(oidc) => Some(
+            Verifier::discover(
+                oidc,
+                settings.connect_timeout,
+                metrics.key_refreshes.clone(),
+            )
+            .await
+            .map_err(|e| format!("sign-in: {e}"))?,
+        ),
+    };
+    // Images on the image page come from the store by presigned URL: its origin is the one
+    // other place the pages may load from.
+    let store_origin = store
+        .presigned_get("csp-probe", Duration::from_secs(60), None)
+        .await
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .unwrap_or_default();
+    let csp = HeaderValue::from_str(&format!(
+        "default-src 'none'; img-src 'self' {store_origin}; style-src 'self' 'unsafe-inline'; \
+         form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ))
+    .map_err(|e| format!("the store's address does not fit a header: {e}"))?;
     let app = Arc::new(App {
         settings: settings.clone(),
         thumbnails: Thumbnails::new(
             store.clone(),
             opts.thumbnail_makers,
+            opts.security.thumbnail_memory_bytes,
             metrics.thumbnails.clone(),
         ),
         store,
         index,
         overview: OverviewCache::default(),
+        requests: Semaphore::new(security.max_requests),
+        verifier,
+        csp,
+        security,
         metrics,
     });
     let listener = tokio::net::TcpListener::bind(opts.addr)
@@ -117,12 +177,10 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
             )
         })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let max_connections = app.security.max_connections;
+    let header_timeout = app.security.header_timeout;
     let router = router(app);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "the server stopped");
-        }
-    });
+    let task = tokio::spawn(accept(listener, router, max_connections, header_timeout));
     tracing::info!(
         "serving the gallery at http://{addr}/ (API /api/images, pipeline /pipeline, metrics /metrics)"
     );
@@ -132,8 +190,55 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
     })
 }
 
+/// Accepts connections until aborted, at most `max_connections` open at once. Each is HTTP/1.1
+/// with a header-read timeout, which hyper also applies while a keep-alive connection waits for
+/// its next request: a slow or idle client holds a connection for that long at most. The
+/// connections live in this task's set, so aborting the task closes them all.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, mostly: wait a little rather than spin.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024);
+            if let Err(e) = http
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+        });
+    }
+}
+
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    // Everything a person or a machine reads: signed in when sign-in is on.
+    let people = Router::new()
         .route("/", get(pages::gallery))
         .route("/images/{id}", get(pages::image))
         .route("/images/{id}/download", get(pages::download))
@@ -143,17 +248,163 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/images/{id}", get(api::image))
         .route("/api/images/{id}/url", get(api::presigned_url))
         .route("/api/pipeline", get(api::pipeline))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    // Probes and metrics: open, and they say nothing about images or services.
+    let probes = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    people
+        .merge(probes)
         .route_layer(middleware::from_fn_with_state(app.clone(), track))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
+}
+
+/// Paths a probe or a scraper reaches by the pod's address, whatever Host it sends.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The host name of a Host header, lowercase, without its port.
+fn host_name(value: &str) -> String {
+    let value = value.trim().to_ascii_lowercase();
+    if value.starts_with('[') {
+        value
+            .split_once(']')
+            .map_or(value.clone(), |(h, _)| format!("{h}]"))
+    } else {
+        value
+            .split_once(':')
+            .map_or(value.clone(), |(h, _)| h.to_string())
+    }
+}
+
+/// Every request: the Host allowlist (a page a user visits cannot reach us by a name it
+/// controls, DNS rebinding), the bound on requests at once, the request timeout, and the
+/// headers that keep browsers strict.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if !is_probe(request.uri().path()) {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(host_name);
+        if !host
+            .as_ref()
+            .is_some_and(|h| app.security.allowed_hosts.contains(h))
+        {
+            tracing::warn!(
+                host = host
+                    .as_deref()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(100)
+                    .collect::<String>(),
+                "refused a request for a host this server does not answer for (IMGSTREAM_SERVE_ALLOWED_HOSTS)"
+            );
+            return with_headers(
+                &app,
+                (
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this server does not answer for that host\n",
+                )
+                    .into_response(),
+            );
+        }
+    }
+    let Ok(_working) = app.requests.try_acquire() else {
+        return with_headers(
+            &app,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "busy: too many requests at once; try again\n",
+            )
+                .into_response(),
+        );
+    };
+    let limit = app.security.request_timeout;
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {}s and was stopped\n",
+                limit.as_secs()
+            ),
+        )
+            .into_response(),
+    };
+    with_headers(&app, response)
+}
+
+fn with_headers(app: &App, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, app.csp.clone());
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Says who is calling ([`Caller`], a request extension) or answers 401. The log gets the
+/// reason in one line, never the token.
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let caller = match &app.verifier {
+        None => Ok(Caller::Open),
+        Some(verifier) => match bearer(request.headers()) {
+            None => Err(AuthError::Missing),
+            Some(token) => verifier.verify(token).await,
+        },
+    };
+    match caller {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(reason) => {
+            app.metrics.refused_tokens.inc();
+            tracing::warn!(%reason, path = request.uri().path(), "refused a request: not signed in");
+            let error = ServeError::Unauthorized(format!("sign in: {reason}"));
+            let mut response = if request.uri().path().starts_with("/api/") {
+                api::ApiError::from(error).into_response()
+            } else {
+                pages::PageError::from(error).into_response()
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            response
+        }
+    }
 }
 
 /// Why a request failed, judged once for the API and the pages alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServeError {
     BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
+    /// A stored image no thumbnail can be made of (the reason is about the image, not us).
+    Unprocessable(String),
     NotFound(String),
     Unavailable(String),
     Internal(String),
@@ -163,18 +414,37 @@ impl ServeError {
     pub fn status(&self) -> StatusCode {
         match self {
             ServeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServeError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
+    /// What the caller is told. A service's failure names addresses and buckets: that goes to
+    /// the log ([`ServeError::log`]), the caller gets a line without them.
     pub fn message(&self) -> &str {
         match self {
             ServeError::BadRequest(m)
-            | ServeError::NotFound(m)
-            | ServeError::Unavailable(m)
-            | ServeError::Internal(m) => m,
+            | ServeError::Unauthorized(m)
+            | ServeError::Forbidden(m)
+            | ServeError::Unprocessable(m)
+            | ServeError::NotFound(m) => m,
+            ServeError::Unavailable(_) => {
+                "a service this server needs is unavailable; the server's log says which"
+            }
+            ServeError::Internal(_) => "an internal error; the server's log has the details",
+        }
+    }
+
+    /// Logs what the caller is not told.
+    pub fn log(&self) {
+        match self {
+            ServeError::Unavailable(m) => tracing::warn!(error = %m, "answered 503"),
+            ServeError::Internal(m) => tracing::error!(error = %m, "answered 500"),
+            _ => {}
         }
     }
 }
@@ -205,7 +475,7 @@ impl From<thumbnails::ThumbnailError> for ServeError {
         match e {
             thumbnails::ThumbnailError::Store(e) => e.into(),
             e @ thumbnails::ThumbnailError::Undecodable { .. } => {
-                ServeError::Internal(e.to_string())
+                ServeError::Unprocessable(e.to_string())
             }
         }
     }
@@ -229,18 +499,66 @@ pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl App {
-    /// One indexed image of our bucket, or 404.
-    pub async fn stored_image(&self, id: &str) -> Result<crate::domain::StoredImage, ServeError> {
+    /// One indexed image of our bucket that `caller` may see, or 404: another customer's image
+    /// answers exactly as an id nobody has.
+    pub async fn stored_image(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<crate::domain::StoredImage, ServeError> {
         let id = parse_image_id(id)?;
         self.index
-            .stored_image(self.store.bucket(), id)
+            .stored_image(self.store.bucket(), id, caller.scope())
             .await?
             .ok_or_else(|| ServeError::NotFound(format!("no image {id} in the index")))
+    }
+
+    /// The pipeline's figures and dead letters are for admins.
+    pub fn require_admin(&self, caller: &Caller) -> Result<(), ServeError> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let role = self
+            .security
+            .oidc
+            .as_ref()
+            .map_or("imgstream-admin", |o| o.admin_role.as_str());
+        Err(ServeError::Forbidden(format!(
+            "the pipeline is shown to admins only (role {role})"
+        )))
+    }
+
+    /// A presigned GET URL of an image `caller` has been allowed to see, its life capped by
+    /// IMGSTREAM_SERVE_MAX_URL_TTL_SECS; each one is an audit event and a metric.
+    pub async fn presign(
+        &self,
+        caller: &Caller,
+        image: &crate::domain::StoredImage,
+        ttl: Duration,
+        download_name: Option<&str>,
+    ) -> Result<(url::Url, Duration), ServeError> {
+        let ttl = ttl.min(self.security.max_url_ttl);
+        let url = self
+            .store
+            .presigned_get(&image.entry.object_key, ttl, download_name)
+            .await?;
+        self.metrics.presigned_urls.inc();
+        tracing::info!(
+            target: "imgstream::audit",
+            event = "presigned-url",
+            subject = caller.subject(),
+            customer = %image.entry.customer_id,
+            image_id = %image.entry.image_id,
+            ttl_secs = ttl.as_secs(),
+            "issued a presigned URL"
+        );
+        Ok((url, ttl))
     }
 
     /// One page of a search and the cursor of the next page, if there is one.
     pub async fn search(
         &self,
+        caller: &Caller,
         query: &crate::search::ImageQuery,
     ) -> Result<
         (
@@ -254,7 +572,10 @@ impl App {
             limit: query.limit + 1,
             ..query.clone()
         };
-        let mut images = self.index.search(self.store.bucket(), &probe).await?;
+        let mut images = self
+            .index
+            .search(self.store.bucket(), &probe, caller.scope())
+            .await?;
         let next = if images.len() > query.limit as usize {
             images.truncate(query.limit as usize);
             images.last().map(|i| crate::search::Cursor {
@@ -290,6 +611,9 @@ struct ServeMetrics {
     requests: Family<RequestLabels, Counter>,
     seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     thumbnails: ThumbnailMetrics,
+    presigned_urls: Counter,
+    refused_tokens: Counter,
+    key_refreshes: Counter,
 }
 
 impl ServeMetrics {
@@ -331,11 +655,32 @@ impl ServeMetrics {
             Unit::Seconds,
             thumbnails.make_seconds.clone(),
         );
+        let presigned_urls = Counter::default();
+        registry.register(
+            "presigned_urls_issued",
+            "Presigned image URLs issued (each also an audit line in the log)",
+            presigned_urls.clone(),
+        );
+        let refused_tokens = Counter::default();
+        registry.register(
+            "requests_refused_unauthenticated",
+            "Requests answered 401: no bearer token, or one that did not verify",
+            refused_tokens.clone(),
+        );
+        let key_refreshes = Counter::default();
+        registry.register(
+            "oidc_key_fetches",
+            "Fetches of the OpenID Connect issuer's signing keys (JWKS)",
+            key_refreshes.clone(),
+        );
         ServeMetrics {
             registry,
             requests,
             seconds,
             thumbnails,
+            presigned_urls,
+            refused_tokens,
+            key_refreshes,
         }
     }
 }
@@ -394,13 +739,22 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
             limit.as_secs()
         )),
     };
-    let problems: Vec<String> = index.into_iter().chain(store).collect();
-    if problems.is_empty() {
+    // Anyone may ask: the answer names the kind of service, the log has the details.
+    let mut down = Vec::new();
+    if let Some(problem) = index {
+        tracing::warn!(%problem, "not ready: the index");
+        down.push("the index");
+    }
+    if let Some(problem) = store {
+        tracing::warn!(%problem, "not ready: the object store");
+        down.push("the object store");
+    }
+    if down.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
+            format!("not ready: {} unavailable\n", down.join(" and ")),
         )
     }
 }

@@ -1,5 +1,5 @@
 //! The pipeline at a glance, read from the services themselves: per-partition lag of the consumer
-//! group, rows and objects, rows stored per minute, and the dead-letter topic's depth and latest
+//! group, index rows (never a listing of the bucket), rows stored per minute, and the dead-letter topic's depth and latest
 //! letters. Taken at most once per [`FRESH_FOR`], however many people reload the page.
 
 use super::{App, ServeError};
@@ -57,7 +57,7 @@ impl OverviewCache {
 
 async fn take(app: &App) -> Result<Overview, ServeError> {
     let broker = |e: crate::kafka::BrokerError| ServeError::Unavailable(e.to_string());
-    let status = audit::status(&app.settings, &app.store, &app.index)
+    let status = audit::status(&app.settings, &app.store, &app.index, false)
         .await
         .map_err(|e| match e {
             audit::AuditError::Store(e) => e.into(),

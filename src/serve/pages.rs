@@ -3,13 +3,14 @@
 //! (`/thumbnails/{id}`) and the pipeline page (`/pipeline`). Templates live in `templates/`.
 
 use super::api::{download_name, search_url};
+use super::auth::Caller;
 use super::overview::Overview;
 use super::thumbnails::{THUMBNAIL_SIDE, fit};
 use super::{App, ServeError, query_pairs};
 use crate::domain::{ImageFormat, StoredImage};
 use crate::search::ImageQuery;
 use askama::Template;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ const VIEW_URL_TTL: Duration = Duration::from_secs(3600);
 const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(300);
 
 /// An error as a page shows it.
-pub struct PageError(ServeError);
+pub struct PageError(pub(super) ServeError);
 
 impl<E: Into<ServeError>> From<E> for PageError {
     fn from(e: E) -> Self {
@@ -40,6 +41,7 @@ struct ErrorPage<'a> {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
+        self.0.log();
         let status = self.0.status();
         let page = ErrorPage {
             title: status.canonical_reason().unwrap_or("Error"),
@@ -133,6 +135,7 @@ struct GalleryPage {
 
 pub async fn gallery(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let pairs = query_pairs(raw.as_deref());
@@ -171,7 +174,7 @@ pub async fn gallery(
             return Ok((axum::http::StatusCode::BAD_REQUEST, render(&page)).into_response());
         }
     };
-    let (images, next) = app.search(&query).await?;
+    let (images, next) = app.search(&caller, &query).await?;
     let page = GalleryPage {
         title: "Gallery",
         filters: Filters {
@@ -200,13 +203,11 @@ struct ImagePage {
 
 pub async fn image(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let image = app.stored_image(&id).await?;
-    let view_url = app
-        .store
-        .presigned_get(&image.entry.object_key, VIEW_URL_TTL, None)
-        .await?;
+    let image = app.stored_image(&caller, &id).await?;
+    let (view_url, _) = app.presign(&caller, &image, VIEW_URL_TTL, None).await?;
     let e = &image.entry;
     // (element id, label, value): the ids let tests and scripts read the page reliably.
     let rows = vec![
@@ -239,13 +240,14 @@ pub async fn image(
 /// Redirects to a fresh presigned URL that makes the browser save the file.
 pub async fn download(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let image = app.stored_image(&id).await?;
-    let url = app
-        .store
-        .presigned_get(
-            &image.entry.object_key,
+    let image = app.stored_image(&caller, &id).await?;
+    let (url, _) = app
+        .presign(
+            &caller,
+            &image,
             DOWNLOAD_URL_TTL,
             Some(&download_name(&image)),
         )
@@ -255,15 +257,22 @@ pub async fn download(
 
 pub async fn thumbnail(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let image = app.stored_image(&id).await?;
+    let image = app.stored_image(&caller, &id).await?;
     let jpeg = app.thumbnails.get(&image).await?;
+    // An image never changes under its id, so neither does its thumbnail; behind sign-in only
+    // the caller's own browser may keep it, never a shared cache.
+    let cache = if app.security.oidc.is_some() {
+        "private, max-age=31536000, immutable"
+    } else {
+        "public, max-age=31536000, immutable"
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "image/jpeg"),
-            // An image never changes under its id, so neither does its thumbnail.
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            (header::CACHE_CONTROL, cache),
         ],
         jpeg,
     )
@@ -305,7 +314,11 @@ struct LetterRow {
     replays: u32,
 }
 
-pub async fn pipeline(State(app): State<Arc<App>>) -> Result<Response, PageError> {
+pub async fn pipeline(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, PageError> {
+    app.require_admin(&caller)?;
     let overview = app.overview.get(&app).await?;
     let busiest = overview
         .stored_per_minute

@@ -1,6 +1,12 @@
 //! Thumbnails: made on the first request, kept in the bucket under their own prefix, and read
 //! from there afterwards. Making one (decode, resize, encode) runs on the blocking pool, a bounded
 //! number at a time, so a cold gallery cannot take every core from the rest of the server.
+//!
+//! Memory is bounded too: an image's header says what decoding it will take (a 50-megapixel RGB
+//! image is 150 MB of pixels, whatever its file size), each decode holds that many MiB of a
+//! budget (IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB) until it is done, and the decoder is held to the
+//! same figure. An image that cannot be made into a thumbnail is remembered, so asking again
+//! costs nothing.
 
 use crate::domain::{StoredImage, sha256_hex, thumbnail_key};
 use crate::store::{ImageStore, StoreError};
@@ -8,9 +14,15 @@ use bytes::Bytes;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 use thiserror::Error;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Failed images remembered; past this many, the memory starts over.
+const REMEMBERED_FAILURES: usize = 10_000;
 
 /// The longest side of a thumbnail, in pixels: a gallery cell at 2x density.
 pub const THUMBNAIL_SIDE: u32 = 256;
@@ -35,21 +47,54 @@ pub struct ThumbnailMetrics {
 pub struct Thumbnails {
     store: ImageStore,
     makers: Semaphore,
+    /// The decode budget in MiB: a decode holds as many permits as its pixels take.
+    memory: Semaphore,
+    memory_mib: u32,
+    failed: Mutex<HashMap<Uuid, String>>,
     metrics: ThumbnailMetrics,
 }
 
 impl Thumbnails {
-    pub fn new(store: ImageStore, concurrent_makers: usize, metrics: ThumbnailMetrics) -> Self {
+    pub fn new(
+        store: ImageStore,
+        concurrent_makers: usize,
+        memory_bytes: u64,
+        metrics: ThumbnailMetrics,
+    ) -> Self {
+        let memory_mib = u32::try_from(memory_bytes >> 20).unwrap_or(u32::MAX).max(1);
         Thumbnails {
             store,
             makers: Semaphore::new(concurrent_makers.max(1)),
+            memory: Semaphore::new(memory_mib as usize),
+            memory_mib,
+            failed: Mutex::new(HashMap::new()),
             metrics,
         }
+    }
+
+    fn remember_failure(&self, image_id: Uuid, detail: &str) {
+        let mut failed = self.failed.lock().expect("not poisoned");
+        if failed.len() >= REMEMBERED_FAILURES {
+            failed.clear();
+        }
+        failed.insert(image_id, detail.to_string());
     }
 
     /// The thumbnail of a stored image, as JPEG bytes.
     pub async fn get(&self, image: &StoredImage) -> Result<Bytes, ThumbnailError> {
         let key = thumbnail_key(&image.entry.image_id);
+        let image_id = image.entry.image_id.to_string();
+        if let Some(detail) = self
+            .failed
+            .lock()
+            .expect("not poisoned")
+            .get(&image.entry.image_id)
+        {
+            return Err(ThumbnailError::Undecodable {
+                image_id,
+                detail: detail.clone(),
+            });
+        }
         match self.store.get(&key).await {
             Ok(bytes) => {
                 self.metrics.served_from_store.inc();
@@ -65,14 +110,47 @@ impl Thumbnails {
             .expect("the semaphore is never closed");
         let started = Instant::now();
         let original = self.store.get(&image.entry.object_key).await?;
-        let image_id = image.entry.image_id.to_string();
-        let made = tokio::task::spawn_blocking(move || make_thumbnail(&original, THUMBNAIL_SIDE))
-            .await
-            .map_err(|e| ThumbnailError::Undecodable {
+        let fail = |detail: String| {
+            self.remember_failure(image.entry.image_id, &detail);
+            ThumbnailError::Undecodable {
                 image_id: image_id.clone(),
-                detail: format!("the resize task failed: {e}"),
-            })?
-            .map_err(|detail| ThumbnailError::Undecodable { image_id, detail })?;
+                detail,
+            }
+        };
+        // The decoders' own buffers (rows, entropy tables) on top of the pixels.
+        let cost = decode_cost(&original).map_err(fail)?;
+        let cost = cost.saturating_add(cost / 4).saturating_add(16 << 20);
+        let mib = u32::try_from(cost.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        if mib > self.memory_mib {
+            return Err(fail(format!(
+                "decoding it takes {mib} MiB, more than the {} MiB of IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB",
+                self.memory_mib
+            )));
+        }
+        let _memory = self
+            .memory
+            .acquire_many(mib.max(1))
+            .await
+            .expect("the semaphore is never closed");
+        // Those who waited while another made this very thumbnail find it kept.
+        match self.store.get(&key).await {
+            Ok(bytes) => {
+                self.metrics.served_from_store.inc();
+                return Ok(bytes);
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let limit = u64::from(mib.max(1)) << 20;
+        let made = tokio::task::spawn_blocking(move || {
+            make_thumbnail_within(&original, THUMBNAIL_SIDE, limit)
+        })
+        .await
+        .map_err(|e| ThumbnailError::Undecodable {
+            image_id: image_id.clone(),
+            detail: format!("the resize task failed: {e}"),
+        })?
+        .map_err(fail)?;
         let thumbnail = Bytes::from(made.jpeg);
         // Create-only, like every write to the bucket: two requests racing for the same thumbnail
         // write the same bytes, and the second finds them there. A failed write costs only a
@@ -119,24 +197,68 @@ pub fn fit(width: u32, height: u32, side: u32) -> (u32, u32) {
     (scale(width), scale(height))
 }
 
+fn reader(original: &[u8]) -> Result<image::ImageReader<std::io::Cursor<&[u8]>>, String> {
+    image::ImageReader::new(std::io::Cursor::new(original))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())
+}
+
+/// The bytes making a thumbnail of `original` holds at its peak, read from the image's header
+/// alone: the decoded pixels, plus an RGB copy when they are neither RGB nor RGBA.
+pub fn decode_cost(original: &[u8]) -> Result<u64, String> {
+    use image::ImageDecoder;
+    let mut reader = reader(original)?;
+    reader.no_limits();
+    let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    let converted = match decoder.color_type() {
+        image::ColorType::Rgb8 | image::ColorType::Rgba8 => 0,
+        _ => pixels * 3,
+    };
+    Ok(decoder.total_bytes().saturating_add(converted))
+}
+
 /// Decodes an image (PNG, JPEG or WebP), shrinks it to fit a `side` box and encodes it as JPEG.
 pub fn make_thumbnail(original: &[u8], side: u32) -> Result<Made, String> {
-    let decoded = image::load_from_memory(original).map_err(|e| e.to_string())?;
-    let rgb = decoded.into_rgb8();
-    let (width, height) = rgb.dimensions();
+    let cost = decode_cost(original)?;
+    make_thumbnail_within(original, side, cost + cost / 4 + (16 << 20))
+}
+
+/// [`make_thumbnail`], the decoder allowed `max_bytes` at most.
+pub fn make_thumbnail_within(original: &[u8], side: u32, max_bytes: u64) -> Result<Made, String> {
+    let mut reader = reader(original)?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_bytes);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| e.to_string())?;
+    let (width, height) = (decoded.width(), decoded.height());
     let (tw, th) = fit(width, height, side);
-    let pixels = if (tw, th) == (width, height) {
-        rgb.into_raw()
+    // RGBA is resized as it is and loses its alpha at thumbnail size: converting a large image
+    // to RGB first would hold a second copy of its pixels.
+    let (raw, pixel_type) = match decoded {
+        image::DynamicImage::ImageRgba8(rgba) => (rgba.into_raw(), PixelType::U8x4),
+        other => (other.into_rgb8().into_raw(), PixelType::U8x3),
+    };
+    let resized = if (tw, th) == (width, height) {
+        raw
     } else {
-        let source = Image::from_vec_u8(width, height, rgb.into_raw(), PixelType::U8x3)
-            .map_err(|e| e.to_string())?;
-        let mut target = Image::new(tw, th, PixelType::U8x3);
+        let source =
+            Image::from_vec_u8(width, height, raw, pixel_type).map_err(|e| e.to_string())?;
+        let mut target = Image::new(tw, th, pixel_type);
         // Hamming: bilinear's speed with close to bicubic's quality when shrinking.
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Hamming));
         Resizer::new()
             .resize(&source, &mut target, &options)
             .map_err(|e| e.to_string())?;
         target.into_vec()
+    };
+    let pixels = match pixel_type {
+        PixelType::U8x4 => resized
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        _ => resized,
     };
     let (w16, h16) = (
         u16::try_from(tw).map_err(|_| "too wide".to_string())?,

@@ -234,7 +234,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
                 limit: PAGE as u32 + 1,
                 ..Default::default()
             };
-            index.search(&bucket, &query).await.unwrap();
+            index.search(&bucket, &query, None).await.unwrap();
         }
     };
     let cursor_param = |c: &Cursor| format!("&cursor={}", c.encode());

@@ -1,0 +1,227 @@
+//! `imgstream serve`'s own settings: who may call it (OpenID Connect), and the limits that keep
+//! it standing under hostile clients. Read from the same variables as [`super::Settings`].
+
+use super::{ConfigError, invalid, parse_number, readable_file};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// Bearer tokens are checked against this provider (`IMGSTREAM_OIDC_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcSettings {
+    /// `IMGSTREAM_OIDC_ISSUER`: the `iss` of every accepted token; its discovery document is at
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: Url,
+    /// `IMGSTREAM_OIDC_AUDIENCE`: an `aud` every accepted token must carry.
+    pub audience: String,
+    /// `IMGSTREAM_OIDC_CA_FILE`: a PEM bundle trusted (besides the system's roots) for the issuer.
+    pub ca_file: Option<PathBuf>,
+    /// `IMGSTREAM_OIDC_CUSTOMERS_CLAIM`: the claim listing the caller's customers (a dotted path).
+    pub customers_claim: String,
+    /// `IMGSTREAM_OIDC_ROLES_CLAIM`: the claim listing the caller's roles (a dotted path).
+    pub roles_claim: String,
+    /// `IMGSTREAM_OIDC_ADMIN_ROLE`: the role that sees every customer and the pipeline.
+    pub admin_role: String,
+    /// `IMGSTREAM_OIDC_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// Sign-in; `None` serves everyone everything, and then only on loopback.
+    pub oidc: Option<OidcSettings>,
+    /// `IMGSTREAM_SERVE_OPEN_ACCESS=true`: listen beyond loopback without sign-in. Only for a
+    /// container whose port is published on its host's loopback alone (deploy/compose.yaml).
+    pub open_access: bool,
+    /// `IMGSTREAM_SERVE_ALLOWED_HOSTS`: `Host` names answered (port ignored), lowercase.
+    pub allowed_hosts: Vec<String>,
+    /// `IMGSTREAM_SERVE_MAX_URL_TTL_SECS`: the longest life of a presigned URL.
+    pub max_url_ttl: Duration,
+    /// `IMGSTREAM_SERVE_HEADER_TIMEOUT_SECS`: a request's headers must arrive within this, and an
+    /// idle keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// `IMGSTREAM_SERVE_REQUEST_TIMEOUT_SECS`: the longest a request is worked on.
+    pub request_timeout: Duration,
+    /// `IMGSTREAM_SERVE_MAX_CONNECTIONS`: open connections; more wait to be accepted.
+    pub max_connections: usize,
+    /// `IMGSTREAM_SERVE_MAX_REQUESTS`: requests worked on at once; more are answered 503.
+    pub max_requests: usize,
+    /// `IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB`: memory all thumbnail decodes together may take.
+    pub thumbnail_memory_bytes: u64,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings::from_vars(&HashMap::new()).expect("the defaults are valid")
+    }
+}
+
+impl ServeSettings {
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<ServeSettings, ConfigError> {
+        let set = |name: &str| {
+            vars.get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let get = |name: &str, default: &str| set(name).unwrap_or_else(|| default.to_string());
+        let oidc = match set("IMGSTREAM_OIDC_ISSUER") {
+            None => {
+                if set("IMGSTREAM_OIDC_AUDIENCE").is_some() {
+                    return Err(invalid(
+                        "IMGSTREAM_OIDC_ISSUER",
+                        "is unset while IMGSTREAM_OIDC_AUDIENCE is set; set both to turn sign-in on",
+                    ));
+                }
+                None
+            }
+            Some(raw) => {
+                let issuer = Url::parse(&raw)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .ok_or_else(|| {
+                        invalid(
+                            "IMGSTREAM_OIDC_ISSUER",
+                            format!("{raw:?} is not an http(s) URL"),
+                        )
+                    })?;
+                let audience = set("IMGSTREAM_OIDC_AUDIENCE").ok_or_else(|| {
+                    invalid(
+                        "IMGSTREAM_OIDC_AUDIENCE",
+                        "must be set with IMGSTREAM_OIDC_ISSUER: the `aud` this server's tokens carry",
+                    )
+                })?;
+                Some(OidcSettings {
+                    issuer,
+                    audience,
+                    ca_file: readable_file(vars, "IMGSTREAM_OIDC_CA_FILE")?,
+                    customers_claim: get("IMGSTREAM_OIDC_CUSTOMERS_CLAIM", "customers"),
+                    roles_claim: get("IMGSTREAM_OIDC_ROLES_CLAIM", "roles"),
+                    admin_role: get("IMGSTREAM_OIDC_ADMIN_ROLE", "imgstream-admin"),
+                    leeway: Duration::from_secs(parse_number(
+                        "IMGSTREAM_OIDC_LEEWAY_SECS",
+                        &get("IMGSTREAM_OIDC_LEEWAY_SECS", "30"),
+                        0,
+                        300,
+                    )?),
+                })
+            }
+        };
+        let allowed_hosts: Vec<String> =
+            get("IMGSTREAM_SERVE_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect();
+        if let Some(bad) = allowed_hosts
+            .iter()
+            .find(|h| h.contains(['/', ' ', '@']) || h.contains("*"))
+        {
+            return Err(invalid(
+                "IMGSTREAM_SERVE_ALLOWED_HOSTS",
+                format!(
+                    "{bad:?} is not a host name (a comma-separated list, no ports or wildcards)"
+                ),
+            ));
+        }
+        let secs = |name: &'static str, default: &str, max: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(parse_number(
+                name,
+                &get(name, default),
+                1,
+                max,
+            )?))
+        };
+        let open_access = match get("IMGSTREAM_SERVE_OPEN_ACCESS", "false").as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(invalid(
+                    "IMGSTREAM_SERVE_OPEN_ACCESS",
+                    format!("{other:?} is neither true nor false"),
+                ));
+            }
+        };
+        Ok(ServeSettings {
+            oidc,
+            open_access,
+            allowed_hosts,
+            max_url_ttl: secs("IMGSTREAM_SERVE_MAX_URL_TTL_SECS", "3600", 7 * 24 * 3600)?,
+            header_timeout: secs("IMGSTREAM_SERVE_HEADER_TIMEOUT_SECS", "10", 600)?,
+            request_timeout: secs("IMGSTREAM_SERVE_REQUEST_TIMEOUT_SECS", "60", 3600)?,
+            max_connections: parse_number(
+                "IMGSTREAM_SERVE_MAX_CONNECTIONS",
+                &get("IMGSTREAM_SERVE_MAX_CONNECTIONS", "1024"),
+                1,
+                1_000_000,
+            )?,
+            max_requests: parse_number(
+                "IMGSTREAM_SERVE_MAX_REQUESTS",
+                &get("IMGSTREAM_SERVE_MAX_REQUESTS", "256"),
+                1,
+                1_000_000,
+            )?,
+            thumbnail_memory_bytes: parse_number::<u64>(
+                "IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB",
+                &get("IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB", "256"),
+                16,
+                1 << 20,
+            )? << 20,
+        })
+    }
+
+    /// Loads them the way [`super::Settings::load`] does.
+    pub fn load() -> Result<ServeSettings, ConfigError> {
+        ServeSettings::from_vars(&super::load_vars()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::vars;
+
+    #[test]
+    fn sign_in_is_off_by_default_and_needs_issuer_and_audience_together() {
+        let s = ServeSettings::default();
+        assert_eq!(s.oidc, None);
+        assert_eq!(s.max_url_ttl, Duration::from_secs(3600));
+        assert_eq!(s.allowed_hosts, ["127.0.0.1", "localhost", "[::1]"]);
+        let err =
+            ServeSettings::from_vars(&vars(&[("IMGSTREAM_OIDC_ISSUER", "http://kc/realms/x")]))
+                .unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_OIDC_AUDIENCE");
+        let err =
+            ServeSettings::from_vars(&vars(&[("IMGSTREAM_OIDC_AUDIENCE", "api")])).unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_OIDC_ISSUER");
+        let s = ServeSettings::from_vars(&vars(&[
+            ("IMGSTREAM_OIDC_ISSUER", "https://kc.example/realms/x"),
+            ("IMGSTREAM_OIDC_AUDIENCE", "api"),
+        ]))
+        .unwrap();
+        let oidc = s.oidc.unwrap();
+        assert_eq!(oidc.customers_claim, "customers");
+        assert_eq!(oidc.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn hosts_and_limits_are_checked_by_name() {
+        let err =
+            ServeSettings::from_vars(&vars(&[("IMGSTREAM_SERVE_ALLOWED_HOSTS", "*.example")]))
+                .unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_ALLOWED_HOSTS");
+        let err = ServeSettings::from_vars(&vars(&[("IMGSTREAM_SERVE_MAX_URL_TTL_SECS", "0")]))
+            .unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_MAX_URL_TTL_SECS");
+        let s = ServeSettings::from_vars(&vars(&[(
+            "IMGSTREAM_SERVE_ALLOWED_HOSTS",
+            "Gallery.Example.com, 10.0.0.5",
+        )]))
+        .unwrap();
+        assert_eq!(s.allowed_hosts, ["gallery.example.com", "10.0.0.5"]);
+        assert!(!s.open_access);
+        let err =
+            ServeSettings::from_vars(&vars(&[("IMGSTREAM_SERVE_OPEN_ACCESS", "yes")])).unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_OPEN_ACCESS");
+    }
+}
