@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // Spans still queued go to the collector now (bounded by OTEL_BSP_EXPORT_TIMEOUT).
+    // Spans still queued go to the collector now (the SDK waits at most 5 s).
     if let Some(telemetry) = telemetry {
         telemetry.shutdown();
     }

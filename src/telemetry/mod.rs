@@ -139,7 +139,7 @@ impl Telemetry {
         self.provider.tracer("imgstream")
     }
 
-    /// Exports the spans still queued (bounded by `OTEL_BSP_EXPORT_TIMEOUT`) and stops.
+    /// Exports the spans still queued and stops; the SDK waits at most 5 s for the collector.
     pub fn shutdown(self) {
         ON.store(false, Ordering::Relaxed);
         if let Err(e) = self.provider.shutdown() {
