@@ -389,8 +389,11 @@ async fn one_images_spans_from_produce_to_commit_share_a_trace_and_its_batch_lin
         .output()
         .unwrap();
     assert!(produced.status.success(), "{}", common::stderr(&produced));
-    // Tracing off: the record carries no trace context.
+    // Tracing off: the record carries no trace context; nor does one from another producer,
+    // which is not even an image.
     env.produce(1, &small);
+    let producer = common::raw_producer(&env);
+    common::send_raw(&producer, &env.name, "garbage", Some(b"not an image")).await;
 
     let mut consumer = env.command(&["consume", "--until-idle", "3"]);
     let consumed = consumer.envs(otel("consumer")).output().unwrap();
@@ -406,7 +409,11 @@ async fn one_images_spans_from_produce_to_commit_share_a_trace_and_its_batch_lin
         .iter()
         .filter_map(|m| common::header(m, "traceparent"))
         .collect();
-    assert_eq!(traced.len(), 3, "one record was produced with tracing off");
+    assert_eq!(
+        traced.len(),
+        3,
+        "two records were produced with tracing off"
+    );
     for p in &produce {
         assert_eq!(p.service, "producer");
         assert_eq!(p.span.kind, SpanKind::Producer as i32);
@@ -477,12 +484,25 @@ async fn one_images_spans_from_produce_to_commit_share_a_trace_and_its_batch_lin
         assert!(batches[0].span.parent_span_id.is_empty());
         assert_ne!(&batches[0].span.trace_id, trace);
     }
-    // The record produced with tracing off started a trace of its own in the consumer.
+    // The records without a context started traces of their own in the consumer; the one
+    // refused says why, and went through check and commit only.
     let roots: Vec<&Received> = spans
         .iter()
         .filter(|s| s.name() == "process" && s.span.parent_span_id.is_empty())
         .collect();
-    assert_eq!(roots.len(), 1, "{spans:#?}");
+    assert_eq!(roots.len(), 2, "{spans:#?}");
+    let refused: Vec<&&Received> = roots
+        .iter()
+        .filter(|r| r.attribute("imgstream.dead_letter.code").is_some())
+        .collect();
+    assert_eq!(refused.len(), 1, "{roots:#?}");
+    let mut stages: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.span.parent_span_id == refused[0].span.span_id)
+        .map(Received::name)
+        .collect();
+    stages.sort();
+    assert_eq!(stages, ["check", "commit"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
