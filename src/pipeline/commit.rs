@@ -22,11 +22,8 @@ impl Pipeline {
             let mut letters = batch.letters;
             let spans = batch.spans;
             let started = Instant::now();
-            let indexing: Vec<_> = batch
-                .stored
-                .iter()
-                .map(|(polled, _)| spans.record_stage(&polled.origin, "index"))
-                .collect();
+            let indexing =
+                spans.records_stage(batch.stored.iter().map(|(p, _)| &p.origin), "index");
             self.index_rows(batch.stored, &mut letters).await?;
             drop(indexing);
             let indexed = started.elapsed();

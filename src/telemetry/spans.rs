@@ -191,6 +191,22 @@ impl RecordSpans {
         }
     }
 
+    /// [`RecordSpans::record_stage`] for several records at once (`index`: the records whose
+    /// objects are stored); nothing is allocated while no record is sampled.
+    pub fn records_stage<'a>(
+        &self,
+        origins: impl Iterator<Item = &'a Origin>,
+        stage: &'static str,
+    ) -> Vec<Span> {
+        if self.records.is_empty() {
+            return Vec::new();
+        }
+        origins
+            .filter_map(|o| self.records.get(&(o.partition, o.offset)))
+            .map(|parent| stage_span(parent, stage))
+            .collect()
+    }
+
     /// The record went to the dead-letter topic, with this code.
     pub fn dead_lettered(&self, origin: &Origin, code: &str) {
         if let Some(span) = self.records.get(&(origin.partition, origin.offset)) {
