@@ -409,7 +409,7 @@ PY
   (cd "$tmp" && "$BIN/promtool" test rules alerts.test.yaml) \
     || fail "promtool test rules: the chart's alerts do not fire as deploy/prometheus/alerts.test.yaml expects"
 
-  python3 - "$tmp/rules.yaml" "$tmp/dashboard.json" "$list" <<'PY' || fail "the alerts or the dashboard name metrics imgstream does not export (deploy/metrics.txt)"
+  python3 - "$tmp/rules.yaml" "$tmp/dashboard.json" "$list" <<'PY' || fail "the dashboard is not a loadable dashboard, or it or the alerts name metrics imgstream does not export (deploy/metrics.txt; above)"
 import json, re, sys, yaml
 rules_file, dash_file, list_file = sys.argv[1:4]
 suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
