@@ -26,6 +26,9 @@
 //! - [`dlq`] lists dead letters and replays the ones whose cause is fixed (`imgstream dlq`).
 //! - [`serve`] is `imgstream serve`: the gallery, image pages, the JSON API with presigned URLs,
 //!   thumbnails and the pipeline page; [`search`] is what a search asks for and where a page ends.
+//! - [`telemetry`] exports traces with OpenTelemetry when the `OTEL_*` variables ask for it: a
+//!   span per record from the producer, carried in its `traceparent` header, through the
+//!   consumer's stages to the commit.
 //! - [`config`] reads settings once; [`shutdown`] turns SIGINT/SIGTERM into one flag.
 
 pub mod audit;
@@ -48,5 +51,6 @@ pub mod serve;
 pub mod setup;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 pub mod validate;
 pub mod wiring;

@@ -12,7 +12,13 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::logging::init();
+    let telemetry = match cli::logging::init() {
+        Ok(telemetry) => telemetry,
+        Err(message) => {
+            eprintln!("imgstream: tracing: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     // One async thread, with decoding, hashing and blocking librdkafka calls on the blocking pool.
     // Measured on the consumer (README, "Choices the measurements made"): the multi-threaded
     // runtime spent 4.8 context switches per 16 KiB image handing HTTP and Kafka work between
@@ -32,6 +38,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
+    // Spans still queued go to the collector now (the SDK waits at most 5 s).
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     // The work is done and reported; what is left is saying goodbye to the services (a consumer
     // leaving its group), which must not hold the process when a service stopped answering.
     let limit = Duration::from_secs(10);

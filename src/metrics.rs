@@ -161,14 +161,19 @@ impl Metrics {
             }));
     }
 
-    /// Reports how often this member's assignment changed, by kind, from now on.
+    /// Reports how often this member's assignment changed, by kind, and how long it has been
+    /// out of its group, from now on.
     pub fn watch_rebalances(
         &mut self,
         counts: impl Fn() -> [(&'static str, u64); 3] + Send + Sync + 'static,
+        out_of_group: impl Fn() -> f64 + Send + Sync + 'static,
     ) {
         self.registry
             .sub_registry_with_prefix("imgstream")
-            .register_collector(Box::new(RebalanceCollector(Box::new(counts))));
+            .register_collector(Box::new(RebalanceCollector {
+                counts: Box::new(counts),
+                out_of_group: Box::new(out_of_group),
+            }));
     }
 
     /// Prometheus text exposition (OpenMetrics).
@@ -393,8 +398,11 @@ impl Collector for PipelineCollector {
 
 type RebalanceCounts = Box<dyn Fn() -> [(&'static str, u64); 3] + Send + Sync>;
 
-/// The member's rebalance callbacks, read at each scrape.
-struct RebalanceCollector(RebalanceCounts);
+/// The member's rebalance callbacks and its time out of the group, read at each scrape.
+struct RebalanceCollector {
+    counts: RebalanceCounts,
+    out_of_group: Box<dyn Fn() -> f64 + Send + Sync>,
+}
 
 impl std::fmt::Debug for RebalanceCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -410,9 +418,17 @@ impl Collector for RebalanceCollector {
             None,
             MetricType::Counter,
         )?;
-        for (kind, n) in (self.0)() {
+        for (kind, n) in (self.counts)() {
             ConstCounter::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
         }
+        // librdkafka rejoins by itself within seconds; a member out for long owns nothing while
+        // its group may think it alive (it exits after 90 s when the brokers answer).
+        ConstGauge::new((self.out_of_group)()).encode(encoder.encode_descriptor(
+            "consumer_out_of_group",
+            "How long this member has been out of its consumer group (0 while in it), from librdkafka's statistics",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?)?;
         Ok(())
     }
 }

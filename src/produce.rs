@@ -280,11 +280,26 @@ pub async fn produce(
             }
             next_send = next_send.max(tokio::time::Instant::now() - interval) + interval;
         }
+        // A span per record while tracing is on, ended by the broker's acknowledgement; its
+        // context travels in the record's `traceparent` header.
+        let span = crate::telemetry::spans::produce(producer.topic(), &prepared.key);
+        let headers = span.as_ref().map_or(&[][..], |s| &s.headers[..]);
         let delivery = producer
-            .enqueue(&prepared.key, &prepared.payload, prepared.timestamp_ms)
+            .enqueue_with(
+                &prepared.key,
+                &prepared.payload,
+                prepared.timestamp_ms,
+                headers,
+            )
             .await?;
         let size = prepared.image_bytes as u64;
-        in_flight.push(async move { (delivery.await, size) });
+        in_flight.push(async move {
+            let report = delivery.await;
+            if let (Some(span), Ok(Err((e, _)))) = (&span, &report) {
+                span.failed(&e.to_string());
+            }
+            (report, size)
+        });
         // Delivery reports are drained as they come, so this set stays near the broker's pace.
         while in_flight.len() > 10_000 {
             if let Some(done) = in_flight.next().await {

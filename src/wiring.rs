@@ -167,7 +167,11 @@ pub async fn consumer(
         let lag_of = source.clone();
         m.watch(pipeline.stats(), move || lag_of.lag());
         let rebalances_of = source.clone();
-        m.watch_rebalances(move || rebalances_of.rebalances());
+        let membership_of = source.clone();
+        m.watch_rebalances(
+            move || rebalances_of.rebalances(),
+            move || membership_of.out_of_group().as_secs_f64(),
+        );
     }
     Ok(ConsumerPipeline {
         pipeline,

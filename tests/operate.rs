@@ -7,7 +7,7 @@ mod common;
 use common::{TestEnv, encode, valid_record};
 use imgstream::domain::ImageFormat;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const PARTITIONS: [i32; 3] = [0, 1, 2];
@@ -22,6 +22,32 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
             metric == name && (labels.is_empty() || rest.starts_with('{') && rest.contains(labels))
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The metric families a scrape declares (its `# TYPE` lines), with their types.
+fn families(text: &str) -> BTreeSet<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_string(), kind.to_string()))
+        .collect()
+}
+
+/// The families deploy/metrics.txt lists for `command`: what the chart's alerts and dashboard
+/// may use (`make check-deploy` holds them to it).
+fn listed(command: &str) -> BTreeSet<(String, String)> {
+    let list = include_str!("../deploy/metrics.txt");
+    list.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (name, kind, commands) = (fields.next()?, fields.next()?, fields.next()?);
+            commands
+                .split(',')
+                .any(|c| c == command)
+                .then(|| (name.to_string(), kind.to_string()))
+        })
+        .collect()
 }
 
 async fn scrape(addr: &str) -> Option<String> {
@@ -138,6 +164,11 @@ async fn group_lag_rises_while_the_consumers_are_dead_and_falls_to_zero_when_one
     })
     .await;
     assert!(risen, "lag never reached 3 per partition:\n{text}");
+    assert_eq!(
+        families(&text),
+        listed("monitor"),
+        "deploy/metrics.txt lists other metrics than the monitor exports"
+    );
     assert_eq!(exported_lag(&text), broker_lag(&env));
     let truth = (now_ms() - stamped) as f64 / 1000.0;
     for p in PARTITIONS {
@@ -207,6 +238,11 @@ async fn the_end_to_end_histogram_counts_every_record_the_index_holds() {
     let (_, rows) = env.counts().await;
     assert_eq!(rows, 25);
     assert_eq!(
+        families(&text),
+        listed("consume"),
+        "deploy/metrics.txt lists other metrics than the consumer exports"
+    );
+    assert_eq!(
         sample(&text, "imgstream_record_end_to_end_seconds_count", ""),
         Some(rows as f64),
         "{text}"
@@ -254,4 +290,245 @@ async fn the_end_to_end_histogram_counts_every_record_the_index_holds() {
         .wait_within(Duration::from_secs(120))
         .expect("the consumer did not exit");
     assert!(status.success(), "{}", env.read_log("consumer"));
+}
+
+/// One span as an OTLP exporter sent it, with the service that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: otlp::trace::v1::Span,
+}
+
+impl Received {
+    fn name(&self) -> &str {
+        &self.span.name
+    }
+
+    fn attribute(&self, key: &str) -> Option<String> {
+        use otlp::common::v1::any_value::Value;
+        let value = self.span.attributes.iter().find(|a| a.key == key)?;
+        match value.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+use opentelemetry_proto::tonic as otlp;
+
+/// An OTLP/HTTP receiver of the test's own (what an OpenTelemetry Collector's `otlphttp`
+/// receiver does): it decodes each export request with OpenTelemetry's protobuf types and keeps
+/// every span.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use otlp::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use prost::Message;
+    type Spans = std::sync::Arc<std::sync::Mutex<Vec<Received>>>;
+
+    async fn export(State(spans): State<Spans>, body: Bytes) -> impl axum::response::IntoResponse {
+        let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
+        let mut spans = spans.lock().unwrap();
+        for resource in request.resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    otlp::common::v1::any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        )
+    }
+
+    let spans = Spans::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(export))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_images_spans_from_produce_to_commit_share_a_trace_and_its_batch_links_to_it() {
+    use otlp::trace::v1::span::SpanKind;
+    let env = TestEnv::new("traces").await;
+    let (endpoint, received) = otlp_receiver().await;
+    let otel = |service: &'static str| {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_SERVICE_NAME", service.to_string()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+        ]
+    };
+    let small = ["--width", "64-96", "--height", "48-64", "--key", "image"];
+    let produced = env
+        .command(&[&["produce", "--count", "3"][..], &small].concat())
+        .envs(otel("producer"))
+        .output()
+        .unwrap();
+    assert!(produced.status.success(), "{}", common::stderr(&produced));
+    // Tracing off: the record carries no trace context; nor does one from another producer,
+    // which is not even an image.
+    env.produce(1, &small);
+    let producer = common::raw_producer(&env);
+    common::send_raw(&producer, &env.name, "garbage", Some(b"not an image")).await;
+
+    let mut consumer = env.command(&["consume", "--until-idle", "3"]);
+    let consumed = consumer.envs(otel("consumer")).output().unwrap();
+    assert!(consumed.status.success(), "{}", common::stderr(&consumed));
+    assert_eq!(env.counts().await, (4, 4));
+
+    // Each process sent what it still held when it exited.
+    let spans = received.lock().unwrap().clone();
+    let produce: Vec<&Received> = spans.iter().filter(|s| s.name() == "produce").collect();
+    assert_eq!(produce.len(), 3, "{spans:#?}");
+    let records = common::read_topic(&env, &env.name);
+    let traced: Vec<String> = records
+        .iter()
+        .filter_map(|m| common::header(m, "traceparent"))
+        .collect();
+    assert_eq!(
+        traced.len(),
+        3,
+        "two records were produced with tracing off"
+    );
+    for p in &produce {
+        assert_eq!(p.service, "producer");
+        assert_eq!(p.span.kind, SpanKind::Producer as i32);
+        assert!(p.span.parent_span_id.is_empty());
+        assert_eq!(
+            p.attribute("messaging.destination.name"),
+            Some(env.name.clone())
+        );
+        let trace = &p.span.trace_id;
+        let traceparent = format!("00-{}-{}-01", hex(trace), hex(&p.span.span_id));
+        assert!(
+            traced.contains(&traceparent),
+            "{traceparent} not in {traced:?}"
+        );
+
+        // The consumer continues the producer's trace: a process span, child of the produce span.
+        let in_trace = |s: &&Received| &s.span.trace_id == trace;
+        let process: Vec<&Received> = spans
+            .iter()
+            .filter(in_trace)
+            .filter(|s| s.name() == "process")
+            .collect();
+        assert_eq!(process.len(), 1, "{spans:#?}");
+        let process = process[0];
+        assert_eq!(process.service, "consumer");
+        assert_eq!(process.span.kind, SpanKind::Consumer as i32);
+        assert_eq!(process.span.parent_span_id, p.span.span_id);
+        assert!(process.attribute("messaging.kafka.offset").is_some());
+
+        // Its stages, children of it, one after another, within it.
+        let mut last_end = process.span.start_time_unix_nano;
+        for stage in ["check", "upload", "index", "commit"] {
+            let found: Vec<&Received> = spans
+                .iter()
+                .filter(in_trace)
+                .filter(|s| s.name() == stage)
+                .collect();
+            assert_eq!(found.len(), 1, "{stage}: {spans:#?}");
+            let s = &found[0].span;
+            assert_eq!(s.parent_span_id, process.span.span_id, "{stage}");
+            assert!(
+                s.start_time_unix_nano >= last_end,
+                "{stage} began before the stage before it ended"
+            );
+            assert!(
+                s.end_time_unix_nano <= process.span.end_time_unix_nano,
+                "{stage}"
+            );
+            last_end = s.end_time_unix_nano;
+        }
+
+        // The batch that held it: a root span of its own, linked to where the record was made.
+        let batches: Vec<&Received> = spans
+            .iter()
+            .filter(|s| s.name() == "batch")
+            .filter(|s| {
+                s.span
+                    .links
+                    .iter()
+                    .any(|l| &l.trace_id == trace && l.span_id == p.span.span_id)
+            })
+            .collect();
+        assert_eq!(
+            batches.len(),
+            1,
+            "no batch links to {traceparent}: {spans:#?}"
+        );
+        assert!(batches[0].span.parent_span_id.is_empty());
+        assert_ne!(&batches[0].span.trace_id, trace);
+    }
+    // The records without a context started traces of their own in the consumer; the one
+    // refused says why, and went through check and commit only.
+    let roots: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.name() == "process" && s.span.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(roots.len(), 2, "{spans:#?}");
+    let refused: Vec<&&Received> = roots
+        .iter()
+        .filter(|r| r.attribute("imgstream.dead_letter.code").is_some())
+        .collect();
+    assert_eq!(refused.len(), 1, "{roots:#?}");
+    let mut stages: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.span.parent_span_id == refused[0].span.span_id)
+        .map(Received::name)
+        .collect();
+    stages.sort();
+    assert_eq!(stages, ["check", "commit"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_the_producer_did_not_sample_leave_no_span_in_the_consumer() {
+    let env = TestEnv::new("unsampled").await;
+    let (endpoint, received) = otlp_receiver().await;
+    let small = ["--width", "64-96", "--height", "48-64"];
+    let produced = env
+        .command(&[&["produce", "--count", "3"][..], &small].concat())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_TRACES_SAMPLER", "always_off")
+        .output()
+        .unwrap();
+    assert!(produced.status.success(), "{}", common::stderr(&produced));
+    // The context travels, flagged not sampled.
+    for m in common::read_topic(&env, &env.name) {
+        let traceparent = common::header(&m, "traceparent").expect("a traceparent");
+        assert!(traceparent.ends_with("-00"), "{traceparent}");
+    }
+    let consumed = env
+        .command(&["consume", "--until-idle", "3"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .output()
+        .unwrap();
+    assert!(consumed.status.success(), "{}", common::stderr(&consumed));
+    assert_eq!(env.counts().await, (3, 3));
+    let spans = received.lock().unwrap().clone();
+    assert!(spans.is_empty(), "{spans:#?}");
 }

@@ -3,6 +3,7 @@
 use super::{BrokerError, base_config, quiet};
 use crate::config::{KafkaSettings, LimitSettings};
 use crate::pipeline::RecordHeader;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use std::time::Duration;
@@ -90,11 +91,37 @@ impl ImageProducer {
         payload: &[u8],
         timestamp_ms: i64,
     ) -> Result<DeliveryFuture, BrokerError> {
+        self.enqueue_with(key, payload, timestamp_ms, &[]).await
+    }
+
+    /// [`ImageProducer::enqueue`] with headers (the trace context); none is written when
+    /// `headers` is empty.
+    pub async fn enqueue_with(
+        &self,
+        key: &str,
+        payload: &[u8],
+        timestamp_ms: i64,
+        headers: &[(&str, String)],
+    ) -> Result<DeliveryFuture, BrokerError> {
+        let owned = (!headers.is_empty()).then(|| {
+            headers.iter().fold(
+                OwnedHeaders::new_with_capacity(headers.len()),
+                |hs, (k, v)| {
+                    hs.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    })
+                },
+            )
+        });
         loop {
-            let record = FutureRecord::to(&self.topic)
+            let mut record = FutureRecord::to(&self.topic)
                 .key(key)
                 .payload(payload)
                 .timestamp(timestamp_ms);
+            if let Some(owned) = &owned {
+                record = record.headers(owned.clone());
+            }
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((e, _))

@@ -133,6 +133,21 @@ impl KafkaSource {
         self.consumer.context().rebalances.counts()
     }
 
+    /// How long this member has been out of its consumer group, as librdkafka's statistics last
+    /// said (0 while in it, or before any statistics arrived).
+    pub fn out_of_group(&self) -> std::time::Duration {
+        let membership = self
+            .consumer
+            .context()
+            .membership
+            .lock()
+            .expect("membership lock");
+        if !membership.observed {
+            return std::time::Duration::ZERO;
+        }
+        membership.last_in_group.elapsed()
+    }
+
     /// Lag per owned partition, as librdkafka's statistics last reported it.
     pub fn lag(&self) -> std::collections::BTreeMap<Partition, i64> {
         let owned = self.assignment();

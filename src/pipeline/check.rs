@@ -35,6 +35,7 @@ impl Pipeline {
                 return Ok(());
             };
             let checking = Instant::now();
+            let spans = batch.spans.stage("check");
             let mut valid = Vec::new();
             let mut letters = Vec::new();
             for (polled, checked) in self.decode_and_validate(batch.records).await? {
@@ -43,12 +44,14 @@ impl Pipeline {
                     Err(refusal) => letters.push(DeadLetter::new(&polled, refusal)),
                 }
             }
+            drop(spans);
             debug!(checked_in = ?checking.elapsed(), "batch checked");
             self.stats.stage_took(Stage::Check, checking.elapsed());
             let checked = CheckedBatch {
                 positions: batch.positions,
                 valid,
                 letters,
+                spans: batch.spans,
             };
             if tx.send(checked).await.is_err() {
                 return Ok(());

@@ -3,6 +3,7 @@
 use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
 use super::{BatchError, Committed, Failure, Pipeline, Positions, Stage, StoredBatch};
+use crate::telemetry::spans::RecordSpans;
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -19,12 +20,20 @@ impl Pipeline {
     ) -> Result<(), BatchError> {
         while let Some(batch) = rx.recv().await {
             let mut letters = batch.letters;
+            let spans = batch.spans;
             let started = Instant::now();
+            let indexing =
+                spans.records_stage(batch.stored.iter().map(|(p, _)| &p.origin), "index");
             self.index_rows(batch.stored, &mut letters).await?;
+            drop(indexing);
             let indexed = started.elapsed();
             self.stats.stage_took(Stage::Index, indexed);
-            self.dead_letter(&letters).await?;
+            let committing = spans.stage("commit");
+            self.dead_letter(&letters, &spans).await?;
             self.commit_positions(&batch.positions).await?;
+            drop(committing);
+            // The records' spans end here: their batch is committed.
+            drop(spans);
             self.stats
                 .stage_took(Stage::Commit, started.elapsed().saturating_sub(indexed));
             debug!(?indexed, total = ?started.elapsed(), "batch indexed and committed");
@@ -34,7 +43,11 @@ impl Pipeline {
     }
 
     /// Dead letters, each acknowledged before the offset moves past it.
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), BatchError> {
+    async fn dead_letter(
+        &self,
+        letters: &[DeadLetter],
+        spans: &RecordSpans,
+    ) -> Result<(), BatchError> {
         let sink = &self.ports.dead_letters;
         let results: Vec<_> = futures::stream::iter(letters)
             .map(|letter| async move {
@@ -56,6 +69,7 @@ impl Pipeline {
                 Ok(()) => {
                     let refusal = &letter.refusal;
                     self.stats.count_dead_letter(refusal.code());
+                    spans.dead_lettered(&letter.origin, refusal.code());
                     warn!(origin = %letter.origin, code = refusal.code(), reason = %letter.reason, "record dead-lettered");
                 }
                 Err(Stopped::Permanent(e)) => return Err(BatchError::fatal(e.to_string())),

@@ -2,6 +2,7 @@
 
 use super::ports::next_positions;
 use super::{BatchError, BatchLimits, Failure, Pipeline, PolledBatch, Positions, StopReason};
+use crate::telemetry::spans::RecordSpans;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -80,10 +81,12 @@ impl Pipeline {
                 "batch polled"
             );
             let positions = next_positions(&batch);
+            let spans = RecordSpans::start(batch.iter().map(|p| (&p.origin, &p.headers[..])));
             if tx
                 .send(PolledBatch {
                     positions,
                     records: batch,
+                    spans,
                 })
                 .await
                 .is_err()

@@ -69,6 +69,7 @@ pub use report::{RunSummary, Stage, Stats, StopReason, Timings};
 use crate::domain::{ImageRecord, IndexEntry};
 use crate::schema::ImageCodec;
 use crate::shutdown::Shutdown;
+use crate::telemetry::spans::RecordSpans;
 use crate::validate::Limits;
 use retry::Backoff;
 use std::sync::Arc;
@@ -156,22 +157,26 @@ pub struct Pipeline {
     shutdown: Shutdown,
 }
 
-/// The stages' messages: a batch as it moves along, with the positions it will commit.
+/// The stages' messages: a batch as it moves along, with the positions it will commit and its
+/// records' trace spans (none while tracing is off), which end once it is committed.
 struct PolledBatch {
     positions: Positions,
     records: Vec<Polled>,
+    spans: RecordSpans,
 }
 
 struct CheckedBatch {
     positions: Positions,
     valid: Vec<(Polled, ImageRecord)>,
     letters: Vec<DeadLetter>,
+    spans: RecordSpans,
 }
 
 struct StoredBatch {
     positions: Positions,
     stored: Vec<(Polled, IndexEntry)>,
     letters: Vec<DeadLetter>,
+    spans: RecordSpans,
 }
 
 /// Why a stage stopped early.

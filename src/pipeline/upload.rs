@@ -8,6 +8,7 @@ use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, Stage, StoredBatch};
 use crate::domain::{ImageRecord, IndexEntry};
+use crate::telemetry::spans::RecordSpans;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use std::collections::VecDeque;
@@ -94,7 +95,14 @@ impl Pipeline {
         let mut letters = batch.letters;
         let (records, started) = (batch.valid.len(), Instant::now());
         let stored = self
-            .put_objects(batch.valid, turns, &mut letters, uploads, unfinished)
+            .put_objects(
+                batch.valid,
+                turns,
+                &mut letters,
+                uploads,
+                unfinished,
+                &batch.spans,
+            )
             .await?;
         debug!(records, took = ?started.elapsed(), "batch uploaded");
         self.stats.stage_took(Stage::Upload, started.elapsed());
@@ -102,6 +110,7 @@ impl Pipeline {
             positions: batch.positions,
             stored,
             letters,
+            spans: batch.spans,
         })
     }
 
@@ -113,10 +122,13 @@ impl Pipeline {
         letters: &mut Vec<DeadLetter>,
         uploads: &Semaphore,
         unfinished: &Unfinished,
+        spans: &RecordSpans,
     ) -> Result<Vec<(Polled, IndexEntry)>, BatchError> {
         let images = &self.ports.images;
         let results: Vec<_> = futures::stream::iter(valid.into_iter().zip(turns))
             .map(|((polled, record), turn)| async move {
+                // From waiting for its turn and a slot to the object's write, retries included.
+                let span = spans.record_stage(&polled.origin, "upload");
                 // The earliest record of an image id writes first; the wait comes before taking
                 // an upload slot, so waiting never holds up other uploads.
                 turn.wait().await;
@@ -136,6 +148,7 @@ impl Pipeline {
                 self.stats.uploads_running.fetch_sub(1, Ordering::Relaxed);
                 unfinished.finished();
                 drop(turn);
+                drop(span);
                 (polled, record, result)
             })
             .buffer_unordered(self.opts.uploads_in_flight.max(1))
