@@ -424,3 +424,107 @@ async fn bad_requests_are_one_line_each_and_change_nothing() {
     member.wait_within(Duration::from_secs(20));
     assert_eq!(committed(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retain_erases_what_is_older_than_the_retention_as_the_eraser_whom_the_consumer_cannot_be()
+{
+    use common::identities::{Mc, S3User, TestRole, policy};
+    // Declared first, so they are dropped last: the roles outlive the database.
+    let app = TestRole::create("app").await;
+    let eraser = TestRole::create("eraser").await;
+    let env = TestEnv::with(
+        "retain",
+        &[
+            ("DATABASE_APP_ROLE", &app.name),
+            ("DATABASE_ERASER_ROLE", &eraser.name),
+        ],
+    )
+    .await;
+    // Six images created 500 days ago and four today, one of each kind per key.
+    let producer = common::raw_producer(&env);
+    for n in 0..10u64 {
+        let mut record = common::valid_record(n, imgstream::domain::ImageFormat::Png);
+        if n < 6 {
+            record.created_at -= chrono::Duration::days(500);
+        }
+        let value = common::encode(&env, &record).await;
+        common::send_raw(&producer, &env.name, &format!("r{n}"), Some(&value)).await;
+    }
+    let app_url = app.url(&env);
+    let first = consume(&env, &[("DATABASE_CONNECTION_STRING", &app_url)]);
+    assert_eq!(first["stored"], 10, "{first}");
+
+    // The consumer's identity may not delete, and no retention means nothing to do.
+    let mut as_app = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&app_url).await.unwrap()
+    };
+    for sql in [
+        "DELETE FROM images",
+        "DELETE FROM erasures",
+        "UPDATE erasures SET rows_removed = 0",
+    ] {
+        let answer = sqlx::query(sql).execute(&mut as_app).await;
+        assert!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("permission denied")),
+            "the consumer's role ran {sql}: {answer:?}"
+        );
+    }
+    let unset = env.run(&["retain"]);
+    assert!(
+        stdout(&unset).contains("kept forever"),
+        "{}",
+        stdout(&unset)
+    );
+
+    let mc = Mc::new(&env);
+    let bucket = env.settings.store.bucket.clone();
+    let key = S3User::create(&mc, "eraser", &policy("s3-eraser.json", &bucket));
+    let as_eraser = [
+        ("DATABASE_CONNECTION_STRING", eraser.url(&env)),
+        ("MINIO_ACCESS_KEY", key.access_key.clone()),
+        ("MINIO_SECRET_KEY", key.secret_key.clone()),
+        ("IMGSTREAM_RETENTION", "400d".to_string()),
+    ];
+    let dry = env
+        .command(&["retain", "--dry-run"])
+        .envs(as_eraser.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&dry).contains("6 rows"),
+        "{}{}",
+        stdout(&dry),
+        stderr(&dry)
+    );
+    let retained = env
+        .command(&["retain", "--batch-size", "4", "--json"])
+        .envs(as_eraser.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let report = erasures_json(&retained);
+    assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["erasure"]["kind"], "retention", "{report}");
+    assert_eq!(report["erasure"]["rows_removed"], 6, "{report}");
+    assert_eq!(report["erasure"]["database_role"], eraser.name, "{report}");
+    assert_eq!(env.counts().await, (4, 4));
+    assert_bucket_matches_index(&env).await;
+
+    // A fresh group reads all ten again: the old six stay erased.
+    let fresh_group = format!("{}-fresh", env.name);
+    let again = consume(
+        &env,
+        &[
+            ("KAFKA_GROUP_ID", &fresh_group),
+            ("DATABASE_CONNECTION_STRING", &app_url),
+        ],
+    );
+    assert_eq!(
+        (again["erased"].as_u64(), again["replayed"].as_u64()),
+        (Some(6), Some(4)),
+        "{again}"
+    );
+    assert_eq!(env.counts().await, (4, 4));
+}
