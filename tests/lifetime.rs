@@ -423,6 +423,18 @@ async fn bad_requests_are_one_line_each_and_change_nothing() {
     signal(member.child(), 15);
     member.wait_within(Duration::from_secs(20));
     assert_eq!(committed(), before);
+
+    // One image by id: its object and row go, and verify stays clean.
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT image_id FROM images LIMIT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let id = id.to_string();
+    let one = erasures_json(&env.run(&["erase", "--image", &id, "--json"]));
+    assert_eq!(one["erasure"]["rows_removed"], 1, "{one}");
+    assert_eq!(env.counts().await, (29, 29));
+    let verify = env.run(&["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
 }
 
 #[tokio::test(flavor = "multi_thread")]
