@@ -309,7 +309,7 @@ check_chart() {
       || { printf '%s\n' "$out" >&2; fail "kubeconform: rendered chart invalid for Kubernetes $v"; }
     say "Kubernetes $v, chart's own Secret: $out"
     local kind
-    for kind in Deployment ConfigMap Secret ServiceAccount PodDisruptionBudget Job; do
+    for kind in Deployment ConfigMap Secret ServiceAccount PodDisruptionBudget Job CronJob; do
       grep -q "^kind: $kind$" "$tmp/own-secret.yaml" || fail "rendered chart has no $kind"
     done
     grep -q '^kind: ScaledObject$' "$tmp/own-secret.yaml" && fail "ScaledObject rendered although KEDA is off by default"

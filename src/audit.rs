@@ -253,12 +253,19 @@ pub struct VerifyReport {
     /// was about to index them: the group did not finish what was on the topic within
     /// [`SETTLE_LIMIT`], or its offsets could not be read.
     pub orphans_kept_unsettled: Vec<String>,
+    /// Rows an erasure covers whose objects are already gone: an erasure under way (or killed;
+    /// running it again finishes it). Not missing objects.
+    pub erased_objects_gone: Vec<String>,
+    /// Orphans of erased images: objects a consumer wrote for an erased record, or that came
+    /// back after their erasure. `imgstream erase` (any request) or `verify --repair` removes them.
+    pub erased_objects_reappeared: Vec<String>,
     pub partitions: Vec<PartitionStatus>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.missing_objects.is_empty()
+            && self.erased_objects_reappeared.is_empty()
             && self.size_mismatches.is_empty()
             && self.checksum_mismatches.is_empty()
             && self.orphan_objects.len()
@@ -275,8 +282,16 @@ impl std::fmt::Display for VerifyReport {
             "objects {} · rows {} · checksums checked {}",
             self.objects, self.rows, self.checksums_checked
         )?;
-        let lists: [(&str, &Vec<String>); 8] = [
+        let lists: [(&str, &Vec<String>); 10] = [
             ("missing object", &self.missing_objects),
+            (
+                "object gone, its row erased next (an erasure under way)",
+                &self.erased_objects_gone,
+            ),
+            (
+                "object of an erased image reappeared",
+                &self.erased_objects_reappeared,
+            ),
             ("orphan object", &self.orphan_objects),
             ("size mismatch", &self.size_mismatches),
             ("checksum mismatch", &self.checksum_mismatches),
@@ -315,6 +330,67 @@ impl std::fmt::Display for VerifyReport {
         }
         Ok(())
     }
+}
+
+/// Sorts out what erasures explain: a missing object whose row an erasure covers is an erasure
+/// under way, and an orphan that a consumer named as an erasure's leftover, or whose id an
+/// erasure names, is an erased image that came back.
+async fn erasures_seen(
+    index: &ImageIndex,
+    rows: &[crate::domain::IndexEntry],
+    report: &mut VerifyReport,
+) -> Result<(), AuditError> {
+    use crate::domain::ErasureProbe;
+    if !report.missing_objects.is_empty() {
+        let missing: Vec<&crate::domain::IndexEntry> = rows
+            .iter()
+            .filter(|r| report.missing_objects.contains(&r.object_key))
+            .collect();
+        let probes: Vec<ErasureProbe> = missing
+            .iter()
+            .map(|r| ErasureProbe {
+                image_id: r.image_id,
+                customer_id: r.customer_id.clone(),
+                created_at: r.created_at,
+            })
+            .collect();
+        let erased = index.erased_among(&probes).await?;
+        let gone: Vec<String> = missing
+            .iter()
+            .zip(erased)
+            .filter(|(_, e)| *e)
+            .map(|(r, _)| r.object_key.clone())
+            .collect();
+        report.missing_objects.retain(|k| !gone.contains(k));
+        report.erased_objects_gone = gone;
+    }
+    if !report.orphan_objects.is_empty() {
+        let leftovers = index.leftover_keys().await?;
+        // An orphan has no row to say whose it is: only erasures by id can name it, with a
+        // creation time no cut-off reaches.
+        let ids: Vec<Option<uuid::Uuid>> = report
+            .orphan_objects
+            .iter()
+            .map(|k| k.rsplit('/').next().and_then(|id| id.parse().ok()))
+            .collect();
+        let probes: Vec<ErasureProbe> = ids
+            .iter()
+            .flatten()
+            .map(|id| ErasureProbe {
+                image_id: *id,
+                customer_id: String::new(),
+                created_at: DateTime::<Utc>::MAX_UTC,
+            })
+            .collect();
+        let mut by_id = index.erased_among(&probes).await?.into_iter();
+        for (key, id) in report.orphan_objects.iter().zip(&ids) {
+            let named = id.is_some() && by_id.next().unwrap_or(false);
+            if named || leftovers.contains(key) {
+                report.erased_objects_reappeared.push(key.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Object reads `verify` keeps in flight while it checks checksums.
@@ -356,6 +432,7 @@ pub async fn verify(
             report.orphan_objects.push(o.key.clone());
         }
     }
+    erasures_seen(index, &rows, &mut report).await?;
 
     let present: Vec<&crate::domain::IndexEntry> = rows
         .iter()
@@ -577,7 +654,7 @@ async fn write_back(store: &ImageStore, d: &Deleted) -> Result<(), StoreError> {
 /// Waits until no batch that was in flight when it was called can still insert a row: the
 /// group has committed up to the end the data topic had then, or has no member left. False
 /// after [`SETTLE_LIMIT`], or when Kafka cannot say.
-async fn settle(settings: &Settings) -> bool {
+pub(crate) async fn settle(settings: &Settings) -> bool {
     let settings = settings.clone();
     off_thread(move || settle_blocking(&settings))
         .await

@@ -18,6 +18,8 @@
 //! with where the original is, and the command fails.
 
 use crate::config::Settings;
+use crate::domain::ErasureProbe;
+use crate::index::IndexError;
 use crate::kafka::dlq::{StoredLetter, headers, read_letters};
 use crate::kafka::{BrokerError, off_thread};
 use crate::pipeline::RecordHeader;
@@ -133,6 +135,8 @@ pub struct Listing {
     pub topic: String,
     pub counts: BTreeMap<String, u64>,
     pub letters: Vec<Letter>,
+    /// Letters of erased images, left out: their bytes stay in the topic until its retention.
+    pub erased: usize,
 }
 
 /// `dlq replay`: what was (or, with `--dry-run`, would be) sent back.
@@ -146,12 +150,23 @@ pub struct ReplayReport {
     pub held_back: Vec<Letter>,
     /// Letters that carry a reference instead of the original value: nothing to send.
     pub not_replayable: Vec<Letter>,
+    /// Letters of erased images: never sent back.
+    pub erased: usize,
+    /// Letters an earlier `dlq replay` already sent back: not sent twice.
+    pub already_replayed: Vec<Letter>,
 }
 
 /// `imgstream dlq ls` for a person: the count, counts per code, then one line per letter.
 impl std::fmt::Display for Listing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} dead letter(s) in {}", self.letters.len(), self.topic)?;
+        if self.erased > 0 {
+            writeln!(
+                f,
+                "{} letter(s) of erased images left out (in the topic until its retention)",
+                self.erased
+            )?;
+        }
         for (code, n) in &self.counts {
             writeln!(f, "{n:>8}  {code}")?;
         }
@@ -182,12 +197,22 @@ impl ReplayReport {
             "replayed"
         };
         let mut out = format!(
-            "{verb} {} of {} selected letter(s) to {}; {} held back after {max_replays} replays\n",
+            "{verb} {} of {} selected letter(s) to {}; {} held back after {max_replays} replays",
             self.replayed.len(),
             self.selected,
             self.to_topic,
-            self.held_back.len()
+            self.held_back.len(),
         );
+        if !self.already_replayed.is_empty() {
+            out += &format!(
+                "; {} sent by an earlier replay, not again",
+                self.already_replayed.len()
+            );
+        }
+        if self.erased > 0 {
+            out += &format!("; {} of erased images skipped", self.erased);
+        }
+        out.push('\n');
         for l in &self.held_back {
             out += &format!(
                 "held back: {} from {} ({} replays)\n",
@@ -208,27 +233,79 @@ async fn stored_letters(
     off_thread(move || read_letters(&reader, &topic, timeout, last)).await
 }
 
+/// The selected letters, and how many of them hold a record an erasure covers (left out).
 async fn selected_letters(
     settings: &Settings,
     selection: &Selection,
-) -> Result<Vec<(StoredLetter, Letter)>, BrokerError> {
+) -> Result<(Vec<(StoredLetter, Letter)>, usize), DlqError> {
     let stored = stored_letters(settings, None).await?;
-    Ok(stored
+    let selected: Vec<(StoredLetter, Letter)> = stored
         .into_iter()
         .map(|s| {
             let letter = Letter::from_stored(&s);
             (s, letter)
         })
         .filter(|(_, letter)| letter.selected(selection))
-        .collect())
+        .collect();
+    let erased = erased_letters(settings, &selected).await?;
+    let before = selected.len();
+    let kept: Vec<_> = selected
+        .into_iter()
+        .zip(erased)
+        .filter(|(_, erased)| !erased)
+        .map(|(letter, _)| letter)
+        .collect();
+    let left_out = before - kept.len();
+    Ok((kept, left_out))
 }
 
-pub async fn list(settings: &Settings, selection: &Selection) -> Result<Listing, BrokerError> {
-    let letters: Vec<Letter> = selected_letters(settings, selection)
-        .await?
-        .into_iter()
-        .map(|(_, letter)| letter)
-        .collect();
+/// Which letters carry a record an erasure covers. A letter whose value does not decode (the
+/// reason many are letters) names no image or customer, so no erasure can be matched to it.
+async fn erased_letters(
+    settings: &Settings,
+    letters: &[(StoredLetter, Letter)],
+) -> Result<Vec<bool>, DlqError> {
+    if letters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let codec = wiring::codec(settings).map_err(DlqError::Registry)?;
+    let mut probes = Vec::new();
+    let mut at = Vec::new();
+    for (i, (stored, _)) in letters.iter().enumerate() {
+        if let Some(value) = &stored.value
+            && let Ok(record) = codec.decode(&bytes::Bytes::copy_from_slice(value)).await
+        {
+            probes.push(ErasureProbe::of(&record));
+            at.push(i);
+        }
+    }
+    let mut erased = vec![false; letters.len()];
+    if probes.is_empty() {
+        return Ok(erased);
+    }
+    let index = wiring::index(settings).await?;
+    let found = index.erased_among(&probes).await;
+    index.close().await;
+    for (i, e) in at.into_iter().zip(found?) {
+        erased[i] = e;
+    }
+    Ok(erased)
+}
+
+/// Why `dlq ls` or `dlq replay` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("{0}")]
+    Registry(String),
+}
+
+pub async fn list(settings: &Settings, selection: &Selection) -> Result<Listing, DlqError> {
+    let (selected, erased) = selected_letters(settings, selection).await?;
+    let letters: Vec<Letter> = selected.into_iter().map(|(_, letter)| letter).collect();
     let mut counts = BTreeMap::new();
     for letter in &letters {
         *counts.entry(letter.code.clone()).or_default() += 1;
@@ -237,6 +314,7 @@ pub async fn list(settings: &Settings, selection: &Selection) -> Result<Listing,
         topic: settings.kafka.dlq_topic.clone(),
         counts,
         letters,
+        erased,
     })
 }
 
@@ -260,16 +338,23 @@ pub async fn replay(
     selection: &Selection,
     max_replays: u32,
     dry_run: bool,
-) -> Result<ReplayReport, BrokerError> {
-    let selected = selected_letters(settings, selection).await?;
+) -> Result<ReplayReport, DlqError> {
+    let (selected, erased) = selected_letters(settings, selection).await?;
     let mut report = ReplayReport {
         to_topic: settings.kafka.data_topic.clone(),
         dry_run,
-        selected: selected.len(),
+        selected: selected.len() + erased,
         replayed: Vec::new(),
         held_back: Vec::new(),
         not_replayable: Vec::new(),
+        erased,
+        already_replayed: Vec::new(),
     };
+    // What earlier runs sent: recorded after each send, so a crash between the two sends that
+    // one letter again (the consumer stores it once), and nothing else twice.
+    let index = wiring::index(settings).await?;
+    let topic = &settings.kafka.dlq_topic;
+    let sent = index.replayed_letters(topic).await?;
     let producer = if dry_run {
         None
     } else {
@@ -284,6 +369,10 @@ pub async fn replay(
             report.held_back.push(letter);
             continue;
         }
+        if sent.contains(&(stored.partition, stored.offset)) {
+            report.already_replayed.push(letter);
+            continue;
+        }
         if let Some(producer) = &producer {
             producer
                 .send_as_is(
@@ -292,9 +381,13 @@ pub async fn replay(
                     &replay_headers(&stored),
                 )
                 .await?;
+            index
+                .record_replay(topic, stored.partition, stored.offset)
+                .await?;
         }
         report.replayed.push(letter);
     }
+    index.close().await;
     Ok(report)
 }
 
@@ -467,6 +560,7 @@ mod tests {
             topic: "images-dlq".into(),
             counts: BTreeMap::from([("bad-field".to_string(), 1)]),
             letters: vec![letter],
+            erased: 0,
         };
         assert_eq!(
             listing.to_string(),
@@ -487,10 +581,12 @@ mod tests {
             replayed: vec![fresh],
             held_back: vec![tired],
             not_replayable: Vec::new(),
+            erased: 1,
+            already_replayed: Vec::new(),
         };
         assert_eq!(
             report.render(3),
-            "would replay 1 of 2 selected letter(s) to images; 1 held back after 3 replays\n\
+            "would replay 1 of 2 selected letter(s) to images; 1 held back after 3 replays; 1 of erased images skipped\n\
              held back: bad-field from images/2@41 (3 replays)\n"
         );
     }

@@ -189,6 +189,97 @@ impl IndexEntry {
     }
 }
 
+/// What an erasure is matched against: an image's id, its customer and when it was created. A
+/// record is erased when an erasure names its id, or its customer (or every customer, for
+/// retention) with a cut-off later than its creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureProbe {
+    pub image_id: Uuid,
+    pub customer_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ErasureProbe {
+    pub fn of(record: &ImageRecord) -> Self {
+        ErasureProbe {
+            image_id: record.image_id,
+            customer_id: record.customer_id.clone(),
+            created_at: record.created_at,
+        }
+    }
+}
+
+/// What an erasure asks to forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erasing {
+    /// One customer's images created before `cutoff`; `before_given` when the request named
+    /// the cut-off (otherwise it is the time the request started).
+    Customer {
+        customer_id: String,
+        cutoff: DateTime<Utc>,
+        before_given: bool,
+    },
+    /// These images, whoever they belong to; sorted, without repeats.
+    Images(Vec<Uuid>),
+    /// Every image created before `cutoff`: the retention period ran out.
+    Retention { cutoff: DateTime<Utc> },
+}
+
+impl Erasing {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Erasing::Customer { .. } => "customer",
+            Erasing::Images(_) => "images",
+            Erasing::Retention { .. } => "retention",
+        }
+    }
+
+    /// Whether a record so described is erased by this.
+    pub fn covers(&self, probe: &ErasureProbe) -> bool {
+        match self {
+            Erasing::Customer {
+                customer_id,
+                cutoff,
+                ..
+            } => probe.customer_id == *customer_id && probe.created_at < *cutoff,
+            Erasing::Images(ids) => ids.binary_search(&probe.image_id).is_ok(),
+            Erasing::Retention { cutoff } => probe.created_at < *cutoff,
+        }
+    }
+}
+
+impl fmt::Display for Erasing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Erasing::Customer {
+                customer_id,
+                cutoff,
+                before_given,
+            } => {
+                let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                if *before_given {
+                    write!(
+                        f,
+                        "customer {customer_id:?}, images created before {cutoff}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "customer {customer_id:?}, every image (created before {cutoff})"
+                    )
+                }
+            }
+            Erasing::Images(ids) if ids.len() == 1 => write!(f, "image {}", ids[0]),
+            Erasing::Images(ids) => write!(f, "{} images by id", ids.len()),
+            Erasing::Retention { cutoff } => write!(
+                f,
+                "retention: every image created before {}",
+                cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }
+    }
+}
+
 /// An indexed image as the index returns it: its entry and when it was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredImage {

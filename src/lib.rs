@@ -35,6 +35,7 @@ pub mod audit;
 pub mod config;
 pub mod dlq;
 pub mod domain;
+pub mod erase;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fakes;
 pub mod generate;

@@ -262,6 +262,18 @@ impl<T: IndexSink> IndexSink for Timed<T> {
             inserted
         })
     }
+
+    fn erased<'a>(
+        &'a self,
+        probes: &'a [crate::domain::ErasureProbe],
+    ) -> BoxFuture<'a, Result<Vec<bool>, Failure>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let erased = self.inner.erased(probes).await;
+            self.seconds.observe(started.elapsed().as_secs_f64());
+            erased
+        })
+    }
 }
 
 /// The pipeline's counters, read at each scrape.
@@ -311,6 +323,13 @@ impl Collector for PipelineCollector {
             "Records found already stored and indexed",
             None,
             load(&s.replayed),
+        )?;
+        counter(
+            &mut encoder,
+            "records_erased",
+            "Records an erasure covers, left unstored with their offsets committed",
+            None,
+            load(&s.erased),
         )?;
         counter(
             &mut encoder,

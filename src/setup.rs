@@ -135,6 +135,7 @@ async fn index(settings: &Settings, check_only: bool) -> Vec<Item> {
         let roles = [
             (settings.app_role.as_deref(), Access::ReadInsert),
             (settings.reader_role.as_deref(), Access::Read),
+            (settings.eraser_role.as_deref(), Access::Erase),
         ];
         for (role, access) in roles {
             if let Some(role) = role {
@@ -155,6 +156,7 @@ async fn role_item(index: &ImageIndex, role: &str, access: Access, check_only: b
             match access {
                 Access::ReadInsert => "read and insert into",
                 Access::Read => "read",
+                Access::Erase => "read and delete from",
             }
         ),
         state,

@@ -6,10 +6,12 @@
 pub mod audit;
 pub mod consume;
 pub mod dlq;
+pub mod erase;
 pub mod logging;
 pub mod monitor;
 pub mod parse;
 pub mod produce;
+pub mod rewind;
 pub mod serve;
 pub mod setup;
 
@@ -43,6 +45,13 @@ pub enum Command {
     /// Inspect dead letters and send fixed ones back to the data topic
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Forget images: a customer's (before a time) or some by id, objects, thumbnails and rows,
+    /// kept as an erasure that no consumer stores again
+    Erase(erase::EraseArgs),
+    /// Erase every image older than IMGSTREAM_RETENTION, as an erasure
+    Retain(erase::RetainArgs),
+    /// Move the group's committed offsets to a time, the start or the end, to reprocess from there
+    Rewind(rewind::RewindArgs),
     /// Export the group's lag per partition (records, seconds) at /metrics, consumers alive or not
     Monitor(monitor::MonitorArgs),
     /// Browse and fetch stored images and watch the pipeline: gallery, JSON API, metrics

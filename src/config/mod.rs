@@ -238,6 +238,12 @@ pub struct Settings {
     pub app_role: Option<String>,
     /// `DATABASE_READER_ROLE`: the role `serve`, `status` and `verify` run as; SELECT only.
     pub reader_role: Option<String>,
+    /// `DATABASE_ERASER_ROLE`: the role `erase` and `retain` run as; SELECT and DELETE on the
+    /// index, and the erasure records.
+    pub eraser_role: Option<String>,
+    /// `IMGSTREAM_RETENTION` (e.g. `400d`): `retain` erases images created longer ago than this.
+    /// Unset: images are kept forever.
+    pub retention: Option<Duration>,
     pub limits: LimitSettings,
     /// How long to wait for a service to answer before calling it unreachable.
     pub connect_timeout: Duration,
@@ -257,6 +263,8 @@ impl fmt::Debug for Settings {
             registry_ca_file,
             app_role,
             reader_role,
+            eraser_role,
+            retention,
             limits,
             connect_timeout,
         } = self;
@@ -270,6 +278,8 @@ impl fmt::Debug for Settings {
             .field("registry_ca_file", registry_ca_file)
             .field("app_role", app_role)
             .field("reader_role", reader_role)
+            .field("eraser_role", eraser_role)
+            .field("retention", retention)
             .field("limits", limits)
             .field("connect_timeout", connect_timeout)
             .finish()
@@ -586,6 +596,8 @@ impl Settings {
             registry_ca_file: readable_file(vars, "SCHEMA_REGISTRY_SSL_CA_LOCATION")?,
             app_role: role_name(vars, "DATABASE_APP_ROLE")?,
             reader_role: role_name(vars, "DATABASE_READER_ROLE")?,
+            eraser_role: role_name(vars, "DATABASE_ERASER_ROLE")?,
+            retention: retention(vars)?,
             limits,
             connect_timeout: Duration::from_secs(parse_number(
                 "IMGSTREAM_CONNECT_TIMEOUT_SECS",
@@ -595,6 +607,30 @@ impl Settings {
             )?),
         })
     }
+}
+
+/// `IMGSTREAM_RETENTION`, when set: a whole number of days or more (`400d`, `2y`), humantime's
+/// forms; less than a day is refused as a likely slip (`400` read as seconds would erase all).
+fn retention(vars: &HashMap<String, String>) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = vars
+        .get("IMGSTREAM_RETENTION")
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let period = humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(
+            "IMGSTREAM_RETENTION",
+            format!("{e}; expected a period such as 400d or 2years"),
+        )
+    })?;
+    if period < Duration::from_secs(24 * 3600) {
+        return Err(invalid(
+            "IMGSTREAM_RETENTION",
+            "shorter than a day; write the period with its unit, e.g. 400d",
+        ));
+    }
+    Ok(Some(period))
 }
 
 /// A PostgreSQL role name, when set: a plain identifier, so it can be quoted into SQL safely.
@@ -880,6 +916,9 @@ pub(crate) mod tests {
             ("SCHEMA_REGISTRY_URL", "nope"),
             ("DATABASE_APP_ROLE", "app; DROP TABLE images"),
             ("DATABASE_READER_ROLE", "Reader"),
+            ("DATABASE_ERASER_ROLE", "eraser!"),
+            ("IMGSTREAM_RETENTION", "400"),
+            ("IMGSTREAM_RETENTION", "forever"),
             ("KAFKA_GROUP_INSTANCE_ID", "pod 0"),
             ("KAFKA_SESSION_TIMEOUT_MS", "3000"),
             ("KAFKA_GROUP_PROTOCOL", "eager"),

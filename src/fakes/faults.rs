@@ -1,6 +1,6 @@
 //! Scripted failures for the in-memory fakes.
 
-use crate::domain::{ImageRecord, IndexEntry};
+use crate::domain::{ErasureProbe, ImageRecord, IndexEntry};
 use crate::pipeline::{DeadLetter, DeadLetterSink, Failure, ImageSink, IndexSink, Indexed, Put};
 use futures::future::BoxFuture;
 use std::collections::VecDeque;
@@ -96,6 +96,15 @@ impl<T: IndexSink> IndexSink for Flaky<T> {
             self.faults.enter().await?;
             self.inner.insert(entries).await
         })
+    }
+
+    fn erased<'a>(
+        &'a self,
+        probes: &'a [ErasureProbe],
+    ) -> BoxFuture<'a, Result<Vec<bool>, Failure>> {
+        // The scripted faults are the insert's (a crash between put and insert holds the
+        // inserts); the erasure check before uploading passes through.
+        self.inner.erased(probes)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The index, dead-letter and schema twins.
 
-use crate::domain::IndexEntry;
+use crate::domain::{Erasing, ErasureProbe, IndexEntry};
 use crate::pipeline::letter::Stamp;
 use crate::pipeline::{
     DeadLetter, DeadLetterSink, Failure, IndexSink, Indexed, LetterBudget, WireLetter,
@@ -18,6 +18,10 @@ pub struct MemoryIndex {
     rows: Mutex<HashMap<Uuid, IndexEntry>>,
     /// Ids whose row the database refuses for a value it holds, and its words.
     refused: Mutex<HashMap<Uuid, String>>,
+    /// The `erasures` table.
+    erasures: Mutex<Vec<Erasing>>,
+    /// Objects written for records found erased at insert (`erasure_leftovers`).
+    leftovers: Mutex<Vec<String>>,
 }
 
 impl MemoryIndex {
@@ -28,6 +32,28 @@ impl MemoryIndex {
             .lock()
             .expect("index lock")
             .insert(image_id, detail.to_string());
+    }
+
+    /// Records an erasure and removes the rows it covers, as `imgstream erase` does.
+    pub fn erase(&self, erasing: Erasing) {
+        self.rows
+            .lock()
+            .expect("index lock")
+            .retain(|_, row| !erasing.covers(&probe(row)));
+        self.erasures.lock().expect("index lock").push(erasing);
+    }
+
+    /// Objects written for records found erased at insert.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.leftovers.lock().expect("index lock").clone()
+    }
+
+    fn is_erased(&self, probe: &ErasureProbe) -> bool {
+        self.erasures
+            .lock()
+            .expect("index lock")
+            .iter()
+            .any(|e| e.covers(probe))
     }
 
     pub fn rows(&self) -> Vec<IndexEntry> {
@@ -64,6 +90,13 @@ impl IndexSink for MemoryIndex {
             let outcomes = entries
                 .iter()
                 .map(|entry| match rows.get(&entry.image_id) {
+                    _ if self.is_erased(&probe(entry)) => {
+                        self.leftovers
+                            .lock()
+                            .expect("index lock")
+                            .push(entry.object_key.clone());
+                        Indexed::Erased
+                    }
                     None if refused.contains_key(&entry.image_id) => {
                         Indexed::Refused(refused[&entry.image_id].clone())
                     }
@@ -77,6 +110,21 @@ impl IndexSink for MemoryIndex {
                 .collect();
             Ok(outcomes)
         })
+    }
+
+    fn erased<'a>(
+        &'a self,
+        probes: &'a [ErasureProbe],
+    ) -> BoxFuture<'a, Result<Vec<bool>, Failure>> {
+        Box::pin(async move { Ok(probes.iter().map(|p| self.is_erased(p)).collect()) })
+    }
+}
+
+fn probe(entry: &IndexEntry) -> ErasureProbe {
+    ErasureProbe {
+        image_id: entry.image_id,
+        customer_id: entry.customer_id.clone(),
+        created_at: entry.created_at,
     }
 }
 

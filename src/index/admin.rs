@@ -13,7 +13,7 @@ use std::borrow::Cow;
 /// Listed by hand rather than found by sqlx's `migrate!` macro: the macro alone cost every release
 /// build a second, host-side build of sqlx, rustls and aws-lc (about 50 s of a cold build's CPU).
 /// A unit test keeps this list and the directory in step.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "images",
@@ -23,6 +23,11 @@ const MIGRATIONS: [(i64, &str, &str); 2] = [
         2,
         "browsing",
         include_str!("../../migrations/0002_browsing.sql"),
+    ),
+    (
+        3,
+        "erasures",
+        include_str!("../../migrations/0003_erasures.sql"),
     ),
 ];
 
@@ -173,6 +178,17 @@ impl ImageIndex {
             format!("REVOKE {} ON images FROM {role}", revoked.join(", ")),
             format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
         ];
+        // The erasure tables: the consumer reads the erasures and leaves its leftovers; the
+        // eraser keeps the records. Nobody but the owner may change what an erasure says.
+        let companions = COMPANION_TABLES.iter().flat_map(|table| {
+            let granted = access.companion_privileges(table);
+            let mut both = vec![format!("REVOKE ALL ON {table} FROM {role}")];
+            if !granted.is_empty() {
+                both.push(format!("GRANT {} ON {table} TO {role}", granted.join(", ")));
+            }
+            both
+        });
+        let statements: Vec<String> = statements.into_iter().chain(companions).collect();
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         for statement in statements {
             sqlx::query(&statement)
@@ -195,6 +211,9 @@ const TABLE_PRIVILEGES: [&str; 7] = [
     "TRIGGER",
 ];
 
+/// The tables beside `images` (migrations/0003_erasures.sql).
+const COMPANION_TABLES: [&str; 3] = ["erasures", "erasure_leftovers", "dlq_replays"];
+
 /// What an identity may do to the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -202,6 +221,8 @@ pub enum Access {
     ReadInsert,
     /// `serve`, `status`, `verify`: read rows.
     Read,
+    /// `erase` and `retain`: read and delete rows, and record each erasure.
+    Erase,
 }
 
 impl Access {
@@ -209,6 +230,21 @@ impl Access {
         match self {
             Access::ReadInsert => &["SELECT", "INSERT"],
             Access::Read => &["SELECT"],
+            Access::Erase => &["SELECT", "DELETE"],
+        }
+    }
+
+    /// What it may do to the erasure tables: the consumer reads erasures (to store no erased
+    /// image), leaves leftovers and records its replays (`dlq replay` runs as the consumer).
+    fn companion_privileges(self, table: &str) -> &'static [&'static str] {
+        match (self, table) {
+            (Access::ReadInsert, "erasures") => &["SELECT"],
+            (Access::ReadInsert, "erasure_leftovers") => &["SELECT", "INSERT"],
+            (Access::ReadInsert, "dlq_replays") => &["SELECT", "INSERT"],
+            (Access::Read, "erasures" | "erasure_leftovers") => &["SELECT"],
+            (Access::Erase, "erasures") => &["SELECT", "INSERT", "UPDATE"],
+            (Access::Erase, "erasure_leftovers") => &["SELECT", "DELETE"],
+            _ => &[],
         }
     }
 }

@@ -3,15 +3,18 @@
 //! - [`write`](self::write): the index sink port, the one place a row is written (a batched
 //!   idempotent insert, row by row when PostgreSQL refuses one row of a batch);
 //! - [`read`](self::read): what `serve`, `verify` and `status` ask;
+//! - [`erasure`](self::erasure): the erasures, what they remove, and whether a record is erased;
 //! - [`admin`](self::admin): migrations (embedded) and the roles' grants, for `setup`;
 //! - [`error`](self::error): the one place a PostgreSQL failure is judged transient or not.
 
 mod admin;
+mod erasure;
 mod error;
 mod read;
 mod write;
 
 pub use admin::{Access, RoleAudit};
+pub use erasure::{Erasable, ErasureRecord};
 pub use error::IndexError;
 
 use crate::config::DatabaseUrl;

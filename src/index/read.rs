@@ -16,9 +16,22 @@ impl ImageIndex {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        self.entries_by_id_on(&mut conn, ids).await
+    }
+
+    /// [`Self::entries_by_id`] on a connection of the caller's (a transaction's).
+    pub(super) async fn entries_by_id_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, IndexEntry>, IndexError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let rows = sqlx::query(&format!("{SELECT_IMAGE} WHERE image_id = ANY($1)"))
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| self.err(e))?;
         rows.into_iter()

@@ -1,7 +1,8 @@
 //! Writing rows: the index sink port. Rows are written here and nowhere else.
 
+use super::erasure::{ERASURE_LOCK, erased_positions};
 use super::{ImageIndex, IndexError};
-use crate::domain::IndexEntry;
+use crate::domain::{ErasureProbe, IndexEntry};
 use crate::pipeline::{Failure, IndexSink, Indexed};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -19,6 +20,18 @@ impl IndexSink for ImageIndex {
                 // One statement writes the whole batch, so one row's refusal fails it all: find
                 // the rows at fault one by one, and write the others.
                 Err(IndexError::RowRefused { .. }) => self.insert_one_by_one(entries).await,
+                Err(e) => Err(Failure::from(self.explained(e).await)),
+            }
+        })
+    }
+
+    fn erased<'a>(
+        &'a self,
+        probes: &'a [ErasureProbe],
+    ) -> BoxFuture<'a, Result<Vec<bool>, Failure>> {
+        Box::pin(async move {
+            match self.erased_among(probes).await {
+                Ok(erased) => Ok(erased),
                 Err(e) => Err(Failure::from(self.explained(e).await)),
             }
         })
@@ -42,8 +55,75 @@ impl ImageIndex {
 
 impl ImageIndex {
     /// Inserts a batch in one statement. Existing rows are never changed: each entry comes back as
-    /// inserted, already indexed (identical), or in conflict with what is there.
+    /// inserted, already indexed (identical), in conflict with what is there, or erased.
+    ///
+    /// Erased entries are left out under the erasure lock, and their objects named as leftovers
+    /// for the eraser, in the same transaction (see [`super::erasure`] for why this is safe).
     pub async fn insert_batch(&self, entries: &[IndexEntry]) -> Result<Vec<Indexed>, IndexError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(ERASURE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        let probes: Vec<ErasureProbe> = entries
+            .iter()
+            .map(|e| ErasureProbe {
+                image_id: e.image_id,
+                customer_id: e.customer_id.clone(),
+                created_at: e.created_at,
+            })
+            .collect();
+        let erased = erased_positions(&mut tx, &probes)
+            .await
+            .map_err(|e| self.err(e))?;
+        let gone: Vec<&IndexEntry> = entries
+            .iter()
+            .zip(&erased)
+            .filter(|(_, e)| **e)
+            .map(|(entry, _)| entry)
+            .collect();
+        if !gone.is_empty() {
+            sqlx::query(
+                "INSERT INTO erasure_leftovers (object_key, bucket)
+                 SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(
+                gone.iter()
+                    .map(|e| e.object_key.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(gone.iter().map(|e| e.bucket.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        let kept: Vec<IndexEntry> = entries
+            .iter()
+            .zip(&erased)
+            .filter(|(_, e)| !**e)
+            .map(|(entry, _)| entry.clone())
+            .collect();
+        let mut outcomes = self.insert_kept(&mut tx, &kept).await?.into_iter();
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(erased
+            .iter()
+            .map(|erased| match erased {
+                true => Indexed::Erased,
+                false => outcomes.next().unwrap_or(Indexed::Erased),
+            })
+            .collect())
+    }
+
+    /// The insert proper, of entries no erasure covers, inside the index transaction.
+    async fn insert_kept(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        entries: &[IndexEntry],
+    ) -> Result<Vec<Indexed>, IndexError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -76,7 +156,7 @@ impl ImageIndex {
         .bind(column!(kafka_topic))
         .bind(column!(kafka_partition))
         .bind(column!(kafka_offset))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
 
@@ -87,7 +167,7 @@ impl ImageIndex {
             .filter(|e| !inserted.contains_key(&e.image_id))
             .map(|e| e.image_id)
             .collect();
-        let existing = self.entries_by_id(&skipped).await?;
+        let existing = self.entries_by_id_on(tx, &skipped).await?;
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
             let outcome = match inserted.get_mut(&entry.image_id) {

@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod header_bytes;
 pub mod incremental;
 pub mod producer;
+pub mod rewind;
 pub mod source;
 
 use crate::config::KafkaSettings;

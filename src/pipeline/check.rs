@@ -1,16 +1,18 @@
 //! Stage 2, check: decode each record against its writer's schema and validate it, on the
 //! blocking pool, while the next batch is being fetched.
 
+use super::Failure;
 use super::ports::DeadLetter;
 use super::refusal::Refusal;
 use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Pipeline, Polled, PolledBatch, Stage};
-use crate::domain::ImageRecord;
+use crate::domain::{ErasureProbe, ImageRecord};
 use crate::schema::codec::Writer;
 use crate::schema::{DecodeError, ImageCodec, wire};
 use crate::validate::{Limits, validate};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -44,6 +46,7 @@ impl Pipeline {
                     Err(refusal) => letters.push(DeadLetter::new(&polled, refusal)),
                 }
             }
+            let valid = self.drop_erased(valid).await?;
             drop(spans);
             debug!(checked_in = ?checking.elapsed(), "batch checked");
             self.stats.stage_took(Stage::Check, checking.elapsed());
@@ -57,6 +60,51 @@ impl Pipeline {
                 return Ok(());
             }
         }
+    }
+
+    /// Leaves out the records an erasure covers: they are neither uploaded nor dead-lettered
+    /// (a letter would carry the bytes to forget), only counted, and their offsets committed
+    /// with the batch. An erasure recorded after this question is caught by the index
+    /// transaction instead ([`super::ports::IndexSink::insert`]).
+    async fn drop_erased(
+        &self,
+        valid: Vec<(Polled, ImageRecord)>,
+    ) -> Result<Vec<(Polled, ImageRecord)>, BatchError> {
+        if valid.is_empty() {
+            return Ok(valid);
+        }
+        let probes: Vec<ErasureProbe> = valid.iter().map(|(_, r)| ErasureProbe::of(r)).collect();
+        let index = &self.ports.index;
+        let erased = match retry(
+            &self.stats.outages.index,
+            self.opts.backoff,
+            &self.shutdown,
+            Failure::is_transient,
+            || index.erased(&probes),
+        )
+        .await
+        {
+            Ok(erased) if erased.len() == valid.len() => erased,
+            Ok(erased) => {
+                return Err(BatchError::fatal(format!(
+                    "the index answered {} erasure checks for {} records",
+                    erased.len(),
+                    valid.len()
+                )));
+            }
+            Err(Stopped::Permanent(e)) => return Err(BatchError::fatal(e.to_string())),
+            Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
+        };
+        let mut kept = Vec::with_capacity(valid.len());
+        for ((polled, record), erased) in valid.into_iter().zip(erased) {
+            if erased {
+                self.stats.erased.fetch_add(1, Ordering::Relaxed);
+                debug!(origin = %polled.origin, image_id = %record.image_id, "record erased: not stored");
+            } else {
+                kept.push((polled, record));
+            }
+        }
+        Ok(kept)
     }
 
     async fn decode_and_validate(

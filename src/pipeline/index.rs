@@ -48,6 +48,11 @@ impl Pipeline {
                 Indexed::AlreadyIndexed => {
                     self.stats.replayed.fetch_add(1, Ordering::Relaxed);
                 }
+                // An erasure came after this record was checked: no row, and its object is
+                // the eraser's to remove. Not a dead letter: its bytes are to be forgotten.
+                Indexed::Erased => {
+                    self.stats.erased.fetch_add(1, Ordering::Relaxed);
+                }
                 Indexed::Conflict(existing) => letters.push(DeadLetter::new(
                     polled,
                     Refusal::IndexConflict {

@@ -9,7 +9,7 @@
 //! failure's one line).
 
 use super::refusal::{Refusal, bounded_reason};
-use crate::domain::{ImageRecord, IndexEntry, Origin};
+use crate::domain::{ErasureProbe, ImageRecord, IndexEntry, Origin};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashSet};
@@ -166,6 +166,8 @@ pub enum Indexed {
     /// The database refused this row for what it holds (a value it cannot store, a constraint);
     /// the other rows of the batch are written.
     Refused(String),
+    /// An erasure covers this image: no row is written, and its object is left for the eraser.
+    Erased,
 }
 
 /// Where index rows go.
@@ -175,6 +177,13 @@ pub trait IndexSink: Send + Sync {
         &'a self,
         entries: &'a [IndexEntry],
     ) -> BoxFuture<'a, Result<Vec<Indexed>, Failure>>;
+
+    /// Which of these images an erasure covers, by position: their records are not stored.
+    /// Asked before uploading; `insert` decides again, atomically with the erasures.
+    fn erased<'a>(
+        &'a self,
+        probes: &'a [ErasureProbe],
+    ) -> BoxFuture<'a, Result<Vec<bool>, Failure>>;
 }
 
 /// Where refused records go.

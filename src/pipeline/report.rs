@@ -94,6 +94,8 @@ pub struct Stats {
     pub last_stored_unix_secs: AtomicU64,
     pub stored: AtomicU64,
     pub replayed: AtomicU64,
+    /// Records an erasure covers: not stored, not dead-lettered, their offsets committed.
+    pub erased: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Image bytes of the records counted as stored.
     pub bytes: AtomicU64,
@@ -115,6 +117,7 @@ impl Stats {
     pub fn processed(&self) -> u64 {
         self.stored.load(Ordering::Relaxed)
             + self.replayed.load(Ordering::Relaxed)
+            + self.erased.load(Ordering::Relaxed)
             + self.dead_lettered.load(Ordering::Relaxed)
     }
 
@@ -196,6 +199,7 @@ impl Stats {
             stopped,
             stored,
             replayed: self.replayed.load(Ordering::Relaxed),
+            erased: self.erased.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             dead_lettered_by_code: self
                 .dead_lettered_by_code
@@ -235,6 +239,9 @@ pub struct RunSummary {
     pub stored: u64,
     /// Records found already stored and indexed (redone work after a crash or rebalance).
     pub replayed: u64,
+    /// Records an erasure covers, left unstored (their offsets committed, no dead letter).
+    #[serde(default)]
+    pub erased: u64,
     pub dead_lettered: u64,
     pub dead_lettered_by_code: BTreeMap<String, u64>,
     pub bytes: u64,
@@ -260,6 +267,7 @@ impl RunSummary {
             reason = ?self.stopped,
             stored = self.stored,
             replayed = self.replayed,
+            erased = self.erased,
             dead_lettered = self.dead_lettered,
             bytes = self.bytes,
             images_per_sec = self.images_per_sec,
