@@ -18,8 +18,8 @@ export RUST_BACKTRACE=0
 echo "== unit, protocol and fuzz tests (no services; a short fuzz run, \`make fuzz\` for a long one)"
 cargo test --locked --lib --bins --test protocol --test fuzz
 
-INTEGRATION=(setup produce consume group_protocol dlq foreign serve signin browser least_privilege secured operate lifetime kills)
-OWN_SERVICES=(network storage cluster)
+INTEGRATION=(setup produce consume group_protocol dlq foreign serve signin browser least_privilege secured operate kills)
+OWN_SERVICES=(network storage lifetime cluster)
 ALONE=(faults)
 
 # The test binaries, built once; the lanes run them directly, as two `cargo test` at once would
@@ -76,7 +76,7 @@ integration=$!
 {
   lane=0
   run_binaries 3 network || lane=1
-  run_binaries 2 storage || lane=1
+  run_binaries 2 storage lifetime || lane=1
   run_binaries 1 cluster || lane=1
   exit "$lane"
 } >"$logs/own-services" 2>&1 &
