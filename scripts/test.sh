@@ -16,7 +16,7 @@ export RUST_BACKTRACE=0
 echo "== unit, protocol and fuzz tests (no services; a short fuzz run, \`make fuzz\` for a long one)"
 cargo test --locked --lib --bins --test protocol --test fuzz
 echo "== integration tests"
-cargo test --locked --test setup --test produce --test consume --test group_protocol --test dlq --test foreign --test serve --test browser --test least_privilege --test secured --test operate -- --test-threads=2
+cargo test --locked --test setup --test produce --test consume --test group_protocol --test dlq --test foreign --test large --test serve --test browser --test least_privilege --test secured --test operate -- --test-threads=2
 echo "== fault tests"
 # The fault tests' own brokers: the three-node cluster and the broker behind Toxiproxy.
 stop_test_brokers() {

@@ -169,11 +169,11 @@ async fn a_mix_from_10_kb_to_64_mb_is_stored_once_each_with_the_bucket_holding_i
         expected.insert(record.image_id, (size as i64, record.sha256.clone()));
     }
     // And the producer's own path: images too large for the topic, made and uploaded by
-    // `imgstream produce` (JPEG of 2.4 Mpx: well above 1 MiB of noise and texture).
+    // `imgstream produce` (PNG of 1.9 Mpx: megabytes of texture and noise).
     let produced = env.produce(
         2,
         &[
-            "--width", "1800", "--height", "1350", "--format", "jpeg", "--key", "image",
+            "--width", "1600", "--height", "1200", "--format", "png", "--key", "image",
         ],
     );
     let summary: Value = serde_json::from_str(stdout(&produced).trim()).unwrap();
@@ -207,14 +207,19 @@ async fn a_mix_from_10_kb_to_64_mb_is_stored_once_each_with_the_bucket_holding_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_producer_killed_between_upload_and_send_leaves_an_orphan_that_only_repair_removes() {
-    let env = TestEnv::new("large-kill-producer").await;
+    // Records up to 64 KiB inline, so that small images are large here and quick to make.
+    let env = TestEnv::with(
+        "large-kill-producer",
+        &[("IMGSTREAM_INLINE_MAX_BYTES", "65536")],
+    )
+    .await;
     let store = env.store();
     // Two large images, one every 20 s: the second is uploaded, then waits for its turn to be
     // sent; the producer is killed in that wait.
     let producer = env.spawn(
         &[
-            "produce", "--count", "2", "--rate", "0.05", "--width", "1800", "--height", "1350",
-            "--format", "jpeg",
+            "produce", "--count", "2", "--rate", "0.05", "--width", "640", "--height", "480",
+            "--format", "png",
         ],
         "produce",
     );
@@ -270,27 +275,32 @@ async fn a_producer_killed_between_upload_and_send_leaves_an_orphan_that_only_re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_killed_mid_batch_of_references_stores_each_exactly_once_after_a_restart() {
-    let env = TestEnv::new("large-kill-consumer").await;
+    // Parts of 5 MiB (S3's smallest), so that a multipart upload is quick to make.
+    let env = TestEnv::with(
+        "large-kill-consumer",
+        &[("IMGSTREAM_UPLOAD_PART_BYTES", "5242880")],
+    )
+    .await;
     let store = env.store();
     let inline_max = env.settings.limits.inline_max_bytes;
-    let count = 12;
+    let count = 8;
     for i in 0..count {
-        // 6 MB in one PUT, or 18 MB in two parts (a streamed hash on the consumer).
-        let size = if i % 3 == 0 { 18 * MIB } else { 6 * MIB };
+        // 3 MB in one PUT, or 6 MB in two parts (a streamed hash on the consumer).
+        let size = if i % 2 == 0 { 6 * MIB } else { 3 * MIB };
         let data = png_of_size(size, 100 + i);
         let record = record_for(&data, inline_max);
         upload(&store, &env, &record, &data).await;
         send(&env, &format!("ref-{i}"), &record).await;
     }
     let consumer: Spawned = env.spawn(
-        &["consume", "--until-idle", "60", "--batch-size", "3"],
+        &["consume", "--until-idle", "60", "--batch-size", "2"],
         "consume-1",
     );
     let some = common::eventually(Duration::from_secs(60), || async {
         let index = env.index().await;
         let n = index.count().await.unwrap();
         index.close().await;
-        n >= 2
+        n >= 1
     })
     .await;
     assert!(some, "{}", env.read_log("consume-1"));
