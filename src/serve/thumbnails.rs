@@ -3,7 +3,7 @@
 //! number at a time, so a cold gallery cannot take every core from the rest of the server.
 
 use crate::domain::{StoredImage, sha256_hex, thumbnail_key};
-use crate::store::{ImageStore, StoreError};
+use crate::store::{ImageStore, ObjectLabels, StoreError};
 use bytes::Bytes;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +35,25 @@ pub struct ThumbnailMetrics {
 pub struct Thumbnails {
     store: ImageStore,
     makers: Semaphore,
+    /// MiB of memory thumbnails being made may hold together (see [`MAKING_BUDGET_MIB`]).
+    memory: Semaphore,
     metrics: ThumbnailMetrics,
+}
+
+/// What the thumbnails being made may hold at once, in MiB: the original's bytes and its decoded
+/// pixels (the decoder's RGBA and the RGB copy). A 48-megapixel scan needs about 400 MiB, so two
+/// are never made at once; gallery-sized images (about 6 MiB) are made one per core, as before.
+pub const MAKING_BUDGET_MIB: u32 = 512;
+
+/// The MiB an image needs while its thumbnail is made, within the budget (a larger one waits
+/// until it can be made alone).
+fn making_cost_mib(size_bytes: i64, width: i32, height: i32) -> u32 {
+    let pixels = i64::from(width.max(0)) * i64::from(height.max(0));
+    let bytes = size_bytes.max(0) + pixels * 4 + pixels * 3;
+    let mib = (bytes >> 20) + 1;
+    u32::try_from(mib)
+        .unwrap_or(u32::MAX)
+        .min(MAKING_BUDGET_MIB)
 }
 
 impl Thumbnails {
@@ -43,6 +61,7 @@ impl Thumbnails {
         Thumbnails {
             store,
             makers: Semaphore::new(concurrent_makers.max(1)),
+            memory: Semaphore::new(MAKING_BUDGET_MIB as usize),
             metrics,
         }
     }
@@ -58,6 +77,12 @@ impl Thumbnails {
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        let entry = &image.entry;
+        let _memory = self
+            .memory
+            .acquire_many(making_cost_mib(entry.size_bytes, entry.width, entry.height))
+            .await
+            .expect("the semaphore is never closed");
         let _maker = self
             .makers
             .acquire()
@@ -79,11 +104,16 @@ impl Thumbnails {
         // remake next time, so the thumbnail is served either way.
         if let Err(e) = self
             .store
-            .put_image(
+            .put_image_labelled(
                 &key,
                 thumbnail.clone(),
                 "image/jpeg",
                 &sha256_hex(&thumbnail),
+                Some(ObjectLabels {
+                    customer: &entry.customer_id,
+                    source: &entry.source_id,
+                }),
+                false,
             )
             .await
         {
@@ -156,6 +186,18 @@ pub fn make_thumbnail(original: &[u8], side: u32) -> Result<Made, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_of_48_megapixels_is_made_alone_and_gallery_images_side_by_side() {
+        let scan = making_cost_mib(60 << 20, 8000, 6000);
+        assert!(
+            2 * scan > MAKING_BUDGET_MIB && scan <= MAKING_BUDGET_MIB,
+            "{scan}"
+        );
+        assert_eq!(making_cost_mib(500 << 20, 16000, 12000), MAKING_BUDGET_MIB);
+        assert!(making_cost_mib(300_000, 1024, 768) <= 6);
+        assert_eq!(making_cost_mib(-1, -1, 5), 1);
+    }
     use crate::domain::ImageFormat;
     use crate::generate::{ImageSpec, render};
 
