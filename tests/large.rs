@@ -278,7 +278,11 @@ async fn a_consumer_killed_mid_batch_of_references_stores_each_exactly_once_afte
     // Parts of 5 MiB (S3's smallest), so that a multipart upload is quick to make.
     let env = TestEnv::with(
         "large-kill-consumer",
-        &[("IMGSTREAM_UPLOAD_PART_BYTES", "5242880")],
+        // A killed member's partitions go to the next one after 10 s, not 45.
+        &[
+            ("IMGSTREAM_UPLOAD_PART_BYTES", "5242880"),
+            common::SHORT_SESSION,
+        ],
     )
     .await;
     let store = env.store();
