@@ -520,4 +520,99 @@ mod tests {
         assert!(matches!(err, StoreError::ChecksumMismatch { .. }), "{err}");
         assert!(!err.is_transient());
     }
+
+    /// A 320x240 PNG padded to `size` bytes, and its record with a reference to its own key.
+    fn referenced(size: usize) -> (ImageRecord, Bytes) {
+        let spec = crate::generate::ImageSpec {
+            width: 320,
+            height: 240,
+            format: crate::domain::ImageFormat::Png,
+        };
+        let mut data = crate::generate::render(&spec, 1).unwrap();
+        data.resize(size, 7);
+        let data = Bytes::from(data);
+        let image_id = uuid::Uuid::new_v4();
+        let sha256 = sha256_hex(&data);
+        let record = ImageRecord {
+            image_id,
+            customer_id: "c".into(),
+            source_id: "s".into(),
+            created_at: chrono::Utc::now(),
+            content_type: "image/png".into(),
+            width: 320,
+            height: 240,
+            sha256: sha256.clone(),
+            data: Bytes::new(),
+            reference: Some(ImageReference {
+                key: object_key(&image_id),
+                size: size as u64,
+                sha256,
+            }),
+        };
+        (record, data)
+    }
+
+    const SHAPE: UploadShape = UploadShape {
+        part_bytes: 5 << 20,
+        parts_in_flight: 2,
+    };
+
+    async fn uploaded(store: &ImageStore, record: &ImageRecord, data: &Bytes) -> PutOutcome {
+        store
+            .upload_image(
+                &object_key(&record.image_id),
+                data.clone(),
+                &record.content_type,
+                &record.sha256,
+                ObjectLabels::of(record),
+                SHAPE,
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upload_in_parts_is_whole_marked_and_claimed_and_a_second_upload_is_a_replay() {
+        let store = ImageStore::in_memory("b");
+        let (record, data) = referenced(12 << 20);
+        assert_eq!(uploaded(&store, &record, &data).await, PutOutcome::Created);
+        assert_eq!(
+            uploaded(&store, &record, &data).await,
+            PutOutcome::AlreadyStored
+        );
+        let key = object_key(&record.image_id);
+        assert_eq!(store.get(&key).await.unwrap(), data);
+        assert!(store.head(&key).await.unwrap().producer_upload);
+        let reference = record.reference.clone().unwrap();
+        assert_eq!(
+            store.claim(&record, &reference).await.unwrap(),
+            Put::AlreadyStored
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reference_to_nothing_or_to_other_bytes_is_refused_with_its_code() {
+        let store = ImageStore::in_memory("b");
+        let (record, data) = referenced(1 << 20);
+        let reference = record.reference.clone().unwrap();
+        let code = |put: Put| match put {
+            Put::Refused(r) => r.code(),
+            other => panic!("stored: {other:?}"),
+        };
+        let missing = store.claim(&record, &reference).await.unwrap();
+        assert_eq!(code(missing), "reference-missing");
+        uploaded(&store, &record, &data).await;
+        let mut longer = reference.clone();
+        longer.size += 1;
+        let sized = store.claim(&record, &longer).await.unwrap();
+        assert_eq!(code(sized), "reference-size-mismatch");
+        let mut other = reference.clone();
+        other.sha256 = sha256_hex(b"other");
+        let hashed = store.claim(&record, &other).await.unwrap();
+        assert_eq!(code(hashed), "reference-checksum-mismatch");
+        let mut wider = record.clone();
+        wider.width = 321;
+        let header = store.claim(&wider, &reference).await.unwrap();
+        assert_eq!(code(header), "dimension-mismatch");
+    }
 }
