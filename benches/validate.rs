@@ -28,6 +28,7 @@ fn record(format: ImageFormat, width: u32, height: u32) -> ImageRecord {
         height,
         sha256: sha256_hex(&data),
         data: Bytes::from(data),
+        reference: None,
     }
 }
 

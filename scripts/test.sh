@@ -18,7 +18,7 @@ export RUST_BACKTRACE=0
 echo "== unit, protocol and fuzz tests (no services; a short fuzz run, \`make fuzz\` for a long one)"
 cargo test --locked --lib --bins --test protocol --test fuzz
 
-INTEGRATION=(setup produce consume group_protocol dlq foreign serve signin browser least_privilege secured operate kills)
+INTEGRATION=(setup produce consume group_protocol dlq foreign large serve signin browser least_privilege secured operate kills)
 OWN_SERVICES=(network storage lifetime cluster)
 ALONE=(faults)
 

@@ -65,9 +65,33 @@ pub struct ImageRecord {
     pub content_type: String,
     pub width: u32,
     pub height: u32,
-    /// Lowercase hex SHA-256 of `data`, as declared by the producer.
+    /// Lowercase hex SHA-256 of the image, as declared by the producer.
     pub sha256: String,
+    /// The image bytes, when the record carries them (empty when it carries a `reference`).
     pub data: Bytes,
+    /// Where the producer uploaded the image when it was too large for the topic (the claim
+    /// check, docs/claim-check.md).
+    pub reference: Option<ImageReference>,
+}
+
+/// An image the producer uploaded to the bucket before sending its record: what the record
+/// claims is there. The consumer believes none of it until the store confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageReference {
+    pub key: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the object's bytes.
+    pub sha256: String,
+}
+
+impl ImageRecord {
+    /// The image's size in bytes: the inline bytes, or what the reference declares.
+    pub fn size(&self) -> u64 {
+        match &self.reference {
+            Some(r) => r.size,
+            None => self.data.len() as u64,
+        }
+    }
 }
 
 impl fmt::Debug for ImageRecord {
@@ -83,6 +107,7 @@ impl fmt::Debug for ImageRecord {
             .field("height", &self.height)
             .field("sha256", &self.sha256)
             .field("bytes", &self.data.len())
+            .field("reference", &self.reference)
             .finish()
     }
 }
@@ -158,7 +183,7 @@ impl IndexEntry {
             // One spelling in the index, whatever case the producer used: `verify` compares it
             // with the lowercase hex it computes.
             sha256: record.sha256.to_ascii_lowercase(),
-            size_bytes: record.data.len() as i64,
+            size_bytes: record.size() as i64,
             width: record.width as i32,
             height: record.height as i32,
             content_type: record.content_type.clone(),
@@ -334,6 +359,7 @@ mod tests {
             height: 1,
             sha256: sha256_hex(&data).to_uppercase(),
             data: data.clone(),
+            reference: None,
         };
         let origin = Origin {
             topic: "t".into(),

@@ -3,11 +3,12 @@
 //! bounded channel, so the producer never holds more than a few images it has not yet sent.
 
 use crate::config::Settings;
-use crate::domain::{ImageFormat, ImageRecord, sha256_hex};
+use crate::domain::{ImageFormat, ImageRecord, ImageReference, object_key, sha256_hex};
 use crate::generate::{ImageSpec, render};
 use crate::kafka::BrokerError;
 use crate::schema::{RegistryError, codec, value_subject};
 use crate::shutdown::Shutdown;
+use crate::store::{ObjectLabels, UploadShape};
 use apache_avro::Schema;
 use bytes::Bytes;
 use chrono::Utc;
@@ -63,6 +64,8 @@ pub struct ProduceSummary {
     pub delivered: u64,
     pub failed: u64,
     pub refused_too_large: u64,
+    /// Images too large for the topic, uploaded to the bucket before their record was sent.
+    pub uploaded: u64,
     pub bytes_delivered: u64,
     pub elapsed_secs: f64,
     pub images_per_sec: f64,
@@ -96,6 +99,8 @@ pub enum ProduceError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("schema file is not valid Avro: {0}")]
     Schema(String),
     #[error("image generation failed: {0}")]
@@ -112,7 +117,29 @@ struct Prepared {
     payload: Vec<u8>,
     timestamp_ms: i64,
     image_bytes: usize,
+    /// An image too large for the topic: uploaded first, then the record (which references it)
+    /// is sent.
+    upload: Option<Upload>,
+    /// Held until the image is uploaded and its record handed to the producer: large images are
+    /// made and held a few at a time (`LARGE_IMAGES_AT_ONCE`).
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+struct Upload {
+    object_key: String,
+    data: Bytes,
+    content_type: String,
+    sha256: String,
+    customer_id: String,
+    source_id: String,
+}
+
+/// Images above this many pixels are made at most [`LARGE_IMAGES_AT_ONCE`] at a time: one
+/// 8000x6000 image is 144 MB of pixels while it is drawn, and its encoding tens of MB more.
+const LARGE_IMAGE_PIXELS: u64 = 4_000_000;
+
+/// One uploading while the next is made.
+const LARGE_IMAGES_AT_ONCE: usize = 2;
 
 /// The per-image seed: the run's seed mixed with the image's index (splitmix64), so image `n` of
 /// a seeded run is the same whatever the number of workers.
@@ -142,10 +169,11 @@ fn prepare(
     schema: &Schema,
     schema_id: u32,
     n: u64,
+    inline_max_bytes: usize,
 ) -> Result<Prepared, String> {
     let (spec, source_id, data) = seeded_image(opts, n)?;
     let created_at = Utc::now();
-    let record = ImageRecord {
+    let mut record = ImageRecord {
         image_id: Uuid::new_v4(),
         customer_id: opts.customer_id.clone(),
         source_id: source_id.clone(),
@@ -155,8 +183,27 @@ fn prepare(
         height: spec.height,
         sha256: sha256_hex(&data),
         data: Bytes::from(data),
+        reference: None,
     };
     let image_bytes = record.data.len();
+    // Too large for the topic: the claim check (docs/claim-check.md). The record names the
+    // image's own key, its size and checksum, and carries no bytes.
+    let upload = (image_bytes > inline_max_bytes).then(|| {
+        let object_key = object_key(&record.image_id);
+        record.reference = Some(ImageReference {
+            key: object_key.clone(),
+            size: image_bytes as u64,
+            sha256: record.sha256.clone(),
+        });
+        Upload {
+            object_key,
+            data: std::mem::take(&mut record.data),
+            content_type: record.content_type.clone(),
+            sha256: record.sha256.clone(),
+            customer_id: record.customer_id.clone(),
+            source_id: record.source_id.clone(),
+        }
+    });
     let payload = codec::encode(schema, schema_id, &record).map_err(|e| e.to_string())?;
     let key = match opts.key {
         RecordKey::Source => source_id,
@@ -167,6 +214,8 @@ fn prepare(
         payload,
         timestamp_ms: created_at.timestamp_millis(),
         image_bytes,
+        upload,
+        _held: None,
     })
 }
 
@@ -194,6 +243,17 @@ pub async fn produce(
     }
     let max_image_bytes = settings.limits.max_image_bytes;
     let max_payload = settings.limits.max_message_bytes();
+    let inline_max_bytes = settings.limits.inline_max_bytes;
+    // The bucket, for images too large for the topic (building the client sends nothing).
+    let largest = u64::from(opts.width.1) * u64::from(opts.height.1);
+    let store = crate::wiring::store(settings)?;
+    let shape = UploadShape {
+        part_bytes: settings.limits.upload_part_bytes,
+        parts_in_flight: 2,
+    };
+    let large_images = (largest > LARGE_IMAGE_PIXELS)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(LARGE_IMAGES_AT_ONCE)));
+    let runtime = tokio::runtime::Handle::current();
 
     let started = Instant::now();
     let total = opts.count.unwrap_or(u64::MAX);
@@ -206,17 +266,27 @@ pub async fn produce(
     for _ in 0..workers {
         let (tx, stop, next_index, shared) =
             (tx.clone(), stop.clone(), next_index.clone(), shared.clone());
+        let (large_images, runtime) = (large_images.clone(), runtime.clone());
         tokio::task::spawn_blocking(move || {
             let (opts, schema) = &*shared;
             while !stop.load(Ordering::Relaxed) {
+                let held = match &large_images {
+                    Some(s) => match runtime.block_on(s.clone().acquire_owned()) {
+                        Ok(permit) => Some(permit),
+                        Err(_) => break,
+                    },
+                    None => None,
+                };
                 let n = next_index.fetch_add(1, Ordering::Relaxed);
                 if n >= total || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                if tx
-                    .blocking_send(prepare(opts, schema, schema_id, n))
-                    .is_err()
-                {
+                let prepared =
+                    prepare(opts, schema, schema_id, n, inline_max_bytes).map(|mut p| {
+                        p._held = held;
+                        p
+                    });
+                if tx.blocking_send(prepared).is_err() {
                     break;
                 }
             }
@@ -232,6 +302,7 @@ pub async fn produce(
         delivered: 0,
         failed: 0,
         refused_too_large: 0,
+        uploaded: 0,
         bytes_delivered: 0,
         elapsed_secs: 0.0,
         images_per_sec: 0.0,
@@ -273,6 +344,37 @@ pub async fn produce(
             }
             continue;
         }
+        if let Some(upload) = &prepared.upload {
+            // The upload first, and only then (after the pacing of --rate) the record that names
+            // it: a record never points at an object that is not there yet. A producer that dies
+            // in between leaves an orphan for `verify --repair` (docs/claim-check.md).
+            let labels = ObjectLabels {
+                customer: &upload.customer_id,
+                source: &upload.source_id,
+            };
+            let uploaded = tokio::select! {
+                biased;
+                _ = shutdown.triggered() => { summary.interrupted = true; break; }
+                u = store.upload_image(
+                    &upload.object_key,
+                    upload.data.clone(),
+                    &upload.content_type,
+                    &upload.sha256,
+                    labels,
+                    shape,
+                ) => u,
+            };
+            if let Err(e) = uploaded {
+                summary.failed += 1;
+                let msg = format!("upload of {} failed: {e}", upload.object_key);
+                if summary.first_error.is_none() {
+                    warn!("{msg}");
+                    summary.first_error = Some(msg);
+                }
+                continue;
+            }
+            summary.uploaded += 1;
+        }
         if let Some(interval) = interval {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_send) => {}
@@ -293,6 +395,8 @@ pub async fn produce(
             )
             .await?;
         let size = prepared.image_bytes as u64;
+        // The image's bytes (and its place among the large ones) go now: the record is sent.
+        drop(prepared);
         in_flight.push(async move {
             let report = delivery.await;
             if let (Some(span), Ok(Err((e, _)))) = (&span, &report) {

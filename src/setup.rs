@@ -334,7 +334,10 @@ async fn bucket(settings: &Settings, check_only: bool) -> Item {
         Err(e) => return item(State::Unreachable(e)),
     };
     if exists {
-        item(State::Ok)
+        match store.check_write_options().await {
+            Ok(()) => item(State::Ok),
+            Err(e) => item(State::Failed(e.to_string())),
+        }
     } else if check_only {
         item(State::Missing("does not exist".into()))
     } else {
@@ -408,6 +411,11 @@ pub async fn preflight(settings: &Settings, schema: &str, needs: Needs) -> Resul
         Needs::Producer => {
             let mut items = topics(settings, true, &[Topic::Data]).await;
             items.extend(registry(settings, schema, true).await);
+            // Large images go to the bucket with the write options: a refused option is
+            // named now rather than at the first large image.
+            if settings.store.write != crate::config::WriteOptions::default() {
+                items.push(bucket(settings, true).await);
+            }
             items
         }
     };

@@ -1,7 +1,7 @@
 //! Checks a decoded record before anything is stored. Cheap on purpose: the image header is parsed
 //! for its dimensions, the pixels are never decoded.
 
-use crate::domain::{ImageFormat, ImageRecord};
+use crate::domain::{ImageFormat, ImageRecord, ImageReference, OBJECT_PREFIX, object_key};
 use chrono::{DateTime, Utc};
 use std::io::Cursor;
 use thiserror::Error;
@@ -147,6 +147,14 @@ pub enum Invalid {
     },
     #[error("created_at {0} is outside years 1 to 9999")]
     CreatedAtOutOfRange(String),
+    #[error("the record carries both image bytes and a reference; it must carry one")]
+    ReferenceWithData,
+    #[error("reference key {key:?} is outside imgstream's key space ({prefix})")]
+    ReferenceOutsidePrefix { key: String, prefix: &'static str },
+    #[error("reference key {key:?} is not this image's key {expected}")]
+    ReferenceForeignKey { key: String, expected: String },
+    #[error("reference sha256 {reference:?} is not the record's sha256 {declared:?}")]
+    ReferenceChecksumDiffers { reference: String, declared: String },
 }
 
 impl Invalid {
@@ -166,6 +174,10 @@ impl Invalid {
             Invalid::FieldTooLong { .. } => "field-too-long",
             Invalid::ForbiddenCharacter { .. } => "forbidden-character",
             Invalid::CreatedAtOutOfRange(_) => "created-at-out-of-range",
+            Invalid::ReferenceWithData => "reference-with-data",
+            Invalid::ReferenceOutsidePrefix { .. } => "reference-outside-prefix",
+            Invalid::ReferenceForeignKey { .. } => "reference-foreign-key",
+            Invalid::ReferenceChecksumDiffers { .. } => "reference-checksum-mismatch",
         }
     }
 }
@@ -185,17 +197,25 @@ pub fn validate(record: &ImageRecord, limits: &Limits) -> Result<ImageFormat, In
         return Err(Invalid::CreatedAtOutOfRange(record.created_at.to_string()));
     }
     let data = &record.data[..];
-    if data.is_empty() {
+    let size = record.size();
+    if size == 0 {
         return Err(Invalid::Empty);
     }
-    if data.len() > limits.max_image_bytes {
+    if size > limits.max_image_bytes as u64 {
         return Err(Invalid::TooLarge {
-            size: data.len(),
+            size: usize::try_from(size).unwrap_or(usize::MAX),
             limit: limits.max_image_bytes,
         });
     }
     // Declared dimensions are checked before the header is touched, so a bomb is refused unread.
     check_dimensions(record.width, record.height, limits)?;
+    if let Some(reference) = &record.reference {
+        // The image is in the bucket: what can be checked without it is checked here, the rest
+        // (existence, size, checksum, signature, header) by the store's sink (store::claim).
+        check_reference(record, reference)?;
+        check_checksum_form(&record.sha256)?;
+        return Ok(declared);
+    }
 
     let found = sniff(data);
     if found != Some(declared) {
@@ -215,10 +235,68 @@ pub fn validate(record: &ImageRecord, limits: &Limits) -> Result<ImageFormat, In
     }
     // Only the form of the checksum is checked here: the object store hashes the bytes as it
     // persists them and refuses a mismatch (store::put_image), so the image is hashed once.
-    if record.sha256.len() != 64 || !record.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Invalid::MalformedChecksum(bounded(&record.sha256)));
-    }
+    check_checksum_form(&record.sha256)?;
     Ok(declared)
+}
+
+fn check_checksum_form(sha256: &str) -> Result<(), Invalid> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Invalid::MalformedChecksum(bounded(sha256)));
+    }
+    Ok(())
+}
+
+/// A reference may name only this record's own key: a producer cannot point the consumer at
+/// another image's object, or at anything outside the image prefix (docs/claim-check.md).
+fn check_reference(record: &ImageRecord, reference: &ImageReference) -> Result<(), Invalid> {
+    if !record.data.is_empty() {
+        return Err(Invalid::ReferenceWithData);
+    }
+    let expected = object_key(&record.image_id);
+    if reference.key != expected {
+        if !reference.key.starts_with(OBJECT_PREFIX) || reference.key.contains("..") {
+            return Err(Invalid::ReferenceOutsidePrefix {
+                key: bounded(&reference.key),
+                prefix: OBJECT_PREFIX,
+            });
+        }
+        return Err(Invalid::ReferenceForeignKey {
+            key: bounded(&reference.key),
+            expected,
+        });
+    }
+    if !reference.sha256.eq_ignore_ascii_case(&record.sha256) {
+        return Err(Invalid::ReferenceChecksumDiffers {
+            reference: bounded(&reference.sha256),
+            declared: bounded(&record.sha256),
+        });
+    }
+    Ok(())
+}
+
+/// The checks of an inline image's bytes that a referenced image gets from the head of its
+/// object (a ranged read): signature, and header dimensions against the declared ones.
+pub fn validate_head(record: &ImageRecord, head: &[u8]) -> Result<(), Invalid> {
+    let declared = ImageFormat::from_content_type(&record.content_type)
+        .filter(|f| f.content_type() == record.content_type)
+        .ok_or_else(|| Invalid::UnsupportedContentType(bounded(&record.content_type)))?;
+    let found = sniff(head);
+    if found != Some(declared) {
+        return Err(Invalid::SignatureMismatch {
+            declared,
+            found: found.map_or_else(|| describe_unknown(head), |f| f.to_string()),
+        });
+    }
+    let (actual_width, actual_height) = header_dimensions(head, declared)?;
+    if (actual_width, actual_height) != (record.width, record.height) {
+        return Err(Invalid::DimensionMismatch {
+            declared_width: record.width,
+            declared_height: record.height,
+            actual_width,
+            actual_height,
+        });
+    }
+    Ok(())
 }
 
 /// An id is present, within its length and made of allowed characters.
@@ -412,6 +490,7 @@ mod tests {
             height,
             sha256: sha256_hex(&data),
             data: Bytes::from(data),
+            reference: None,
         }
     }
 

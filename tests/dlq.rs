@@ -178,7 +178,7 @@ fn total_lag(env: &TestEnv) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_record_just_under_the_topic_limit_is_dead_lettered_as_a_reference_and_the_next_is_stored()
  {
-    let env = TestEnv::with("dlqfits", &[("IMGSTREAM_MAX_IMAGE_BYTES", "262144")]).await;
+    let env = TestEnv::with("dlqfits", &[("IMGSTREAM_INLINE_MAX_BYTES", "262144")]).await;
     let limit = env.settings.limits.max_message_bytes();
     let mut long_field = valid_record(1, ImageFormat::Png);
     long_field.sha256 = String::new();

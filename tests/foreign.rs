@@ -110,7 +110,8 @@ async fn images_a_foreign_producer_compresses_with_any_codec_are_all_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_record_a_foreign_producer_shapes_stops_the_pipeline() {
-    let env = TestEnv::new("hostile").await;
+    // Topics of 10 MiB and 16 KiB, for the record just under that limit.
+    let env = TestEnv::with("hostile", &[("IMGSTREAM_INLINE_MAX_BYTES", "10485760")]).await;
     let sent = foreign_produce(&env, "hostile", &[]);
     let refused: Vec<&str> = sent.iter().filter_map(|s| s["code"].as_str()).collect();
     let valid = expected_ids(&sent);

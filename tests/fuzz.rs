@@ -127,6 +127,7 @@ fn valid_record(seed: u64) -> ImageRecord {
         height: 4,
         sha256: sha256_hex(&data),
         data,
+        reference: None,
     }
 }
 

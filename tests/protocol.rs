@@ -167,6 +167,7 @@ fn image(seed: u64) -> ImageRecord {
         height: spec.height,
         sha256: sha256_hex(&data),
         data,
+        reference: None,
     }
 }
 

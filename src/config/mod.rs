@@ -134,6 +134,8 @@ pub struct StoreSettings {
     /// imgstream does (a container network, a cluster-internal service name). Presigned URLs are
     /// signed for it.
     pub public_endpoint: Option<String>,
+    /// Encryption, storage class and tags for every object written.
+    pub write: WriteOptions,
 }
 
 impl fmt::Debug for StoreSettings {
@@ -207,7 +209,14 @@ impl fmt::Debug for DatabaseUrl {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSettings {
+    /// `IMGSTREAM_MAX_IMAGE_BYTES`: the largest image, inline or uploaded.
     pub max_image_bytes: usize,
+    /// `IMGSTREAM_INLINE_MAX_BYTES`: the largest image a record carries itself; a larger one is
+    /// uploaded first and referenced (docs/claim-check.md).
+    pub inline_max_bytes: usize,
+    /// `IMGSTREAM_UPLOAD_PART_BYTES`: an upload larger than this goes in multipart parts of this
+    /// size, two in flight.
+    pub upload_part_bytes: usize,
     pub max_pixels: u64,
     /// `IMGSTREAM_MAX_ID_CHARS` and `IMGSTREAM_ID_CHARACTERS`: what `customer_id` and `source_id`
     /// may hold.
@@ -218,8 +227,41 @@ impl LimitSettings {
     /// `max.message.bytes` for the data topic: the largest image plus room for the record's other
     /// fields, the wire-format header and Kafka's batch overhead.
     pub fn max_message_bytes(&self) -> usize {
-        self.max_image_bytes + 64 * 1024
+        self.inline_max_bytes + RECORD_ENVELOPE_BYTES
     }
+}
+
+/// Room a record needs besides its image: the other fields (ids of up to 512 four-byte
+/// characters each), the key, the wire-format header and Kafka's batch overhead. With the default
+/// `IMGSTREAM_INLINE_MAX_BYTES`, `max.message.bytes` is exactly 1 MiB, what a topic gets by default.
+pub const RECORD_ENVELOPE_BYTES: usize = 16 * 1024;
+
+/// `IMGSTREAM_INLINE_MAX_BYTES` by default: what fits a topic left at Kafka's 1 MiB.
+pub const DEFAULT_INLINE_MAX_BYTES: usize = (1 << 20) - RECORD_ENVELOPE_BYTES;
+
+/// Server-side encryption of the objects imgstream writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Encryption {
+    #[default]
+    None,
+    /// SSE-S3 (`AES256`): keys the store manages.
+    S3,
+    /// SSE-KMS (`aws:kms`), with the store's default key or the one named.
+    Kms { key_id: Option<String> },
+}
+
+/// Options sent with every object imgstream writes (images, uploads, thumbnails), as Vector's and
+/// Confluent's S3 sinks offer them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteOptions {
+    /// `MINIO_SERVER_SIDE_ENCRYPTION` (`AES256` or `aws:kms`) and `MINIO_SSE_KMS_KEY_ID`.
+    pub encryption: Encryption,
+    /// `MINIO_STORAGE_CLASS`, e.g. `STANDARD_IA`; the store's default when unset.
+    pub storage_class: Option<String>,
+    /// `MINIO_OBJECT_TAGS=customer,source`: tag each object with its record's customer and
+    /// source, for lifecycle rules and cost reports.
+    pub tag_customer: bool,
+    pub tag_source: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -515,6 +557,7 @@ impl Settings {
             },
             region: get("MINIO_REGION", "us-east-1"),
             ca_file: readable_file(vars, "MINIO_CA_FILE")?,
+            write: write_options(vars)?,
         };
 
         let registry_url = get(
@@ -534,8 +577,24 @@ impl Settings {
         let limits = LimitSettings {
             max_image_bytes: parse_number(
                 "IMGSTREAM_MAX_IMAGE_BYTES",
-                &get("IMGSTREAM_MAX_IMAGE_BYTES", &(10 << 20).to_string()),
+                &get("IMGSTREAM_MAX_IMAGE_BYTES", &(512 << 20).to_string()),
                 1024,
+                5 << 30,
+            )?,
+            inline_max_bytes: parse_number(
+                "IMGSTREAM_INLINE_MAX_BYTES",
+                &get(
+                    "IMGSTREAM_INLINE_MAX_BYTES",
+                    &DEFAULT_INLINE_MAX_BYTES.to_string(),
+                ),
+                1024,
+                64 << 20,
+            )?,
+            // S3's smallest part is 5 MiB (but the last); its largest 5 GiB.
+            upload_part_bytes: parse_number(
+                "IMGSTREAM_UPLOAD_PART_BYTES",
+                &get("IMGSTREAM_UPLOAD_PART_BYTES", &(16 << 20).to_string()),
+                5 << 20,
                 512 << 20,
             )?,
             max_pixels: parse_number(
@@ -631,6 +690,72 @@ fn retention(vars: &HashMap<String, String>) -> Result<Option<Duration>, ConfigE
         ));
     }
     Ok(Some(period))
+}
+
+/// The S3 write options, each checked here so a typo is named before anything is written.
+fn write_options(vars: &HashMap<String, String>) -> Result<WriteOptions, ConfigError> {
+    let set = |name: &str| {
+        vars.get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let key_id = set("MINIO_SSE_KMS_KEY_ID");
+    let encryption = match set("MINIO_SERVER_SIDE_ENCRYPTION").as_deref() {
+        None | Some("none") => None,
+        Some("AES256") => Some(Encryption::S3),
+        Some("aws:kms") => Some(Encryption::Kms {
+            key_id: key_id.clone(),
+        }),
+        Some(other) => {
+            return Err(invalid(
+                "MINIO_SERVER_SIDE_ENCRYPTION",
+                format!("{other:?} is not AES256, aws:kms or none"),
+            ));
+        }
+    };
+    if key_id.is_some() && !matches!(encryption, Some(Encryption::Kms { .. })) {
+        return Err(invalid(
+            "MINIO_SSE_KMS_KEY_ID",
+            "a key id needs MINIO_SERVER_SIDE_ENCRYPTION=aws:kms",
+        ));
+    }
+    let header_safe = |name: &'static str, v: &str| {
+        if v.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(())
+        } else {
+            Err(invalid(
+                name,
+                format!("{v:?} holds a character a header cannot carry"),
+            ))
+        }
+    };
+    if let Some(k) = &key_id {
+        header_safe("MINIO_SSE_KMS_KEY_ID", k)?;
+    }
+    let storage_class = set("MINIO_STORAGE_CLASS");
+    if let Some(c) = &storage_class {
+        header_safe("MINIO_STORAGE_CLASS", c)?;
+    }
+    let (mut tag_customer, mut tag_source) = (false, false);
+    for tag in set("MINIO_OBJECT_TAGS").unwrap_or_default().split(',') {
+        match tag.trim() {
+            "" => {}
+            "customer" => tag_customer = true,
+            "source" => tag_source = true,
+            other => {
+                return Err(invalid(
+                    "MINIO_OBJECT_TAGS",
+                    format!("{other:?} is neither customer nor source"),
+                ));
+            }
+        }
+    }
+    Ok(WriteOptions {
+        encryption: encryption.unwrap_or_default(),
+        storage_class,
+        tag_customer,
+        tag_source,
+    })
 }
 
 /// A PostgreSQL role name, when set: a plain identifier, so it can be quoted into SQL safely.
@@ -1083,7 +1208,44 @@ pub(crate) mod tests {
 
     #[test]
     fn topic_size_limit_leaves_room_for_the_envelope() {
-        let s = Settings::from_vars(&vars(&[("IMGSTREAM_MAX_IMAGE_BYTES", "1048576")])).unwrap();
+        let s = Settings::from_vars(&vars(&[("IMGSTREAM_INLINE_MAX_BYTES", "1048576")])).unwrap();
         assert!(s.limits.max_message_bytes() > 1_048_576);
+    }
+
+    #[test]
+    fn by_default_a_topic_at_kafkas_one_mib_carries_every_inline_record() {
+        let s = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(s.limits.max_message_bytes(), 1 << 20);
+        assert_eq!(s.limits.max_image_bytes, 512 << 20);
+    }
+
+    #[test]
+    fn write_options_are_read_and_a_wrong_one_is_named() {
+        let s = Settings::from_vars(&vars(&[
+            ("MINIO_SERVER_SIDE_ENCRYPTION", "aws:kms"),
+            ("MINIO_SSE_KMS_KEY_ID", "key-1"),
+            ("MINIO_STORAGE_CLASS", "STANDARD_IA"),
+            ("MINIO_OBJECT_TAGS", "customer, source"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.store.write,
+            WriteOptions {
+                encryption: Encryption::Kms {
+                    key_id: Some("key-1".into())
+                },
+                storage_class: Some("STANDARD_IA".into()),
+                tag_customer: true,
+                tag_source: true,
+            }
+        );
+        for (var, value) in [
+            ("MINIO_SERVER_SIDE_ENCRYPTION", "aes"),
+            ("MINIO_SSE_KMS_KEY_ID", "key-without-kms"),
+            ("MINIO_OBJECT_TAGS", "customer,camera"),
+        ] {
+            let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
     }
 }

@@ -35,6 +35,13 @@ pub enum Refusal {
     IndexRefused { image_id: Uuid, detail: String },
     /// No request to the store can be built from the record's fields.
     Unstorable { image_id: Uuid, detail: String },
+    /// The object a reference names is not what it claims (missing, another size, another
+    /// sha256): `reference-missing`, `reference-size-mismatch`, `reference-checksum-mismatch`.
+    Reference {
+        image_id: Uuid,
+        code: &'static str,
+        detail: String,
+    },
 }
 
 /// The two kinds of refusal, as written to the `imgstream.dlq.class` header.
@@ -72,6 +79,7 @@ impl Refusal {
             Refusal::IndexConflict { .. } => "index-conflict",
             Refusal::IndexRefused { .. } => "index-refused",
             Refusal::Unstorable { .. } => "unstorable-record",
+            Refusal::Reference { code, .. } => code,
         }
     }
 
@@ -89,7 +97,10 @@ impl Refusal {
             Refusal::Invalid { image_id, invalid } => format!("image {image_id}: {invalid}"),
             Refusal::ChecksumMismatch { image_id, detail }
             | Refusal::IndexRefused { image_id, detail }
-            | Refusal::Unstorable { image_id, detail } => format!("image {image_id}: {detail}"),
+            | Refusal::Unstorable { image_id, detail }
+            | Refusal::Reference {
+                image_id, detail, ..
+            } => format!("image {image_id}: {detail}"),
             Refusal::ObjectConflict {
                 image_id,
                 key,

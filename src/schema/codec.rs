@@ -7,7 +7,7 @@
 use super::bounds;
 use super::registry::{RegistryError, SchemaLookup};
 use super::wire::{self, WireError};
-use crate::domain::ImageRecord;
+use crate::domain::{ImageRecord, ImageReference};
 use apache_avro::Schema;
 use apache_avro::schema::RecordSchema;
 use apache_avro::types::Value;
@@ -187,7 +187,7 @@ impl ImageCodec {
 /// through apache-avro's schema resolution instead.
 mod fast {
     use super::DecodeError;
-    use crate::domain::ImageRecord;
+    use crate::domain::{ImageRecord, ImageReference};
     use bytes::Bytes;
     use chrono::{DateTime, Utc};
     use uuid::Uuid;
@@ -269,6 +269,21 @@ mod fast {
         let height = r.int("height")?;
         let sha256 = r.string("sha256")?;
         let data = r.bytes("data")?;
+        // The union ["null", ImageReference]: branch 0 or 1, nothing else.
+        let reference = match r.long()? {
+            0 => None,
+            1 => {
+                let key = r.string("reference.key")?;
+                let size = r.long()?;
+                let sha256 = r.string("reference.sha256")?;
+                let size = u64::try_from(size).map_err(|_| DecodeError::Field {
+                    field: "reference.size",
+                    detail: format!("{size} is negative"),
+                })?;
+                Some(ImageReference { key, size, sha256 })
+            }
+            n => return Err(r.fail(format!("reference: union branch {n} does not exist"))),
+        };
         if r.pos != r.buf.len() {
             return Err(r.fail(format!(
                 "{} bytes left after the record",
@@ -291,6 +306,7 @@ mod fast {
             height: dimension(height, "height")?,
             sha256,
             data,
+            reference,
         })
     }
 }
@@ -323,6 +339,17 @@ pub fn encode(
             "height" => Value::Int(record.height as i32),
             "sha256" => Value::String(record.sha256.clone()),
             "data" => Value::Bytes(record.data.to_vec()),
+            "reference" => match &record.reference {
+                None => Value::Union(0, Box::new(Value::Null)),
+                Some(r) => Value::Union(
+                    1,
+                    Box::new(Value::Record(vec![
+                        ("key".into(), Value::String(r.key.clone())),
+                        ("size".into(), Value::Long(r.size as i64)),
+                        ("sha256".into(), Value::String(r.sha256.clone())),
+                    ])),
+                ),
+            },
             other => {
                 let default = field.default.clone().ok_or_else(|| {
                     fail(format!(
@@ -378,7 +405,46 @@ fn record_from_value(value: Value) -> Result<ImageRecord, DecodeError> {
             Value::Bytes(b) => Bytes::from(b),
             other => return Err(bad("data", format!("unexpected {}", kind(&other)))),
         },
+        // A writer without the field: the reader's default, null.
+        reference: match fields.remove("reference") {
+            None => None,
+            Some(value) => reference_from_value(value)?,
+        },
     })
+}
+
+fn reference_from_value(value: Value) -> Result<Option<ImageReference>, DecodeError> {
+    let value = match value {
+        Value::Union(_, inner) => *inner,
+        other => other,
+    };
+    let fields = match value {
+        Value::Null => return Ok(None),
+        Value::Record(fields) => fields,
+        other => return Err(bad("reference", format!("unexpected {}", kind(&other)))),
+    };
+    let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+    let mut take = |name: &'static str| {
+        fields.remove(name).ok_or(DecodeError::Field {
+            field: name,
+            detail: "missing".into(),
+        })
+    };
+    let size = match take("size")? {
+        Value::Long(n) if n >= 0 => n as u64,
+        Value::Int(n) if n >= 0 => n as u64,
+        other => {
+            return Err(bad(
+                "reference.size",
+                format!("unexpected {}", kind(&other)),
+            ));
+        }
+    };
+    Ok(Some(ImageReference {
+        key: string(take("key")?, "reference.key")?,
+        size,
+        sha256: string(take("sha256")?, "reference.sha256")?,
+    }))
 }
 
 fn bad(field: &'static str, detail: impl ToString) -> DecodeError {
@@ -446,6 +512,7 @@ mod tests {
             height: 480,
             sha256: sha256_hex(&data),
             data,
+            reference: None,
         }
     }
 
@@ -474,6 +541,44 @@ mod tests {
             ..writer
         };
         assert_eq!(codec.decode_with(&generic, 42, &bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn a_reference_record_round_trips_on_both_paths() {
+        let schema = Schema::parse_str(IMAGE_RECORD_SCHEMA).unwrap();
+        let mut record = sample();
+        record.reference = Some(ImageReference {
+            key: format!("images/ab/{}", record.image_id),
+            size: 64 << 20,
+            sha256: record.sha256.clone(),
+        });
+        record.data = Bytes::new();
+        let bytes = Bytes::from(encode(&schema, 42, &record).unwrap());
+        let codec = codec();
+        let writer = codec.writer(schema);
+        assert_eq!(codec.decode_with(&writer, 42, &bytes).unwrap(), record);
+        let generic = Writer {
+            same_as_reader: false,
+            ..writer
+        };
+        assert_eq!(codec.decode_with(&generic, 42, &bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn a_record_written_before_references_existed_reads_as_inline() {
+        // The schema as it was: without the reference field.
+        let mut v1: serde_json::Value = serde_json::from_str(IMAGE_RECORD_SCHEMA).unwrap();
+        v1["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "reference");
+        let v1 = Schema::parse_str(&v1.to_string()).unwrap();
+        let record = sample();
+        let bytes = Bytes::from(encode(&v1, 41, &record).unwrap());
+        let codec = codec();
+        let writer = codec.writer(v1);
+        assert!(!writer.same_as_reader);
+        assert_eq!(codec.decode_with(&writer, 41, &bytes).unwrap(), record);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! costs nothing.
 
 use crate::domain::{StoredImage, sha256_hex, thumbnail_key};
-use crate::store::{ImageStore, StoreError};
+use crate::store::{ImageStore, ObjectLabels, StoreError};
 use bytes::Bytes;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +52,17 @@ pub struct Thumbnails {
     memory_mib: u32,
     failed: Mutex<HashMap<Uuid, String>>,
     metrics: ThumbnailMetrics,
+}
+
+/// The MiB an image needs while its thumbnail is made: the original's bytes and its decoded
+/// pixels (the decoder's RGBA and the RGB copy), from what the index knows of it, at most the
+/// whole `budget_mib` (a larger one waits until it can be made alone, then is refused by its
+/// decode cost). A 48-megapixel scan needs about 400 MiB; a gallery-sized image about 6 MiB.
+fn making_cost_mib(size_bytes: i64, width: i32, height: i32, budget_mib: u32) -> u32 {
+    let pixels = i64::from(width.max(0)) * i64::from(height.max(0));
+    let bytes = size_bytes.max(0) + pixels * 4 + pixels * 3;
+    let mib = (bytes >> 20) + 1;
+    u32::try_from(mib).unwrap_or(u32::MAX).min(budget_mib)
 }
 
 impl Thumbnails {
@@ -103,6 +114,17 @@ impl Thumbnails {
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        let entry = &image.entry;
+        let _memory = self
+            .memory
+            .acquire_many(making_cost_mib(
+                entry.size_bytes,
+                entry.width,
+                entry.height,
+                self.memory_mib,
+            ))
+            .await
+            .expect("the semaphore is never closed");
         let _maker = self
             .makers
             .acquire()
@@ -127,11 +149,6 @@ impl Thumbnails {
                 self.memory_mib
             )));
         }
-        let _memory = self
-            .memory
-            .acquire_many(mib.max(1))
-            .await
-            .expect("the semaphore is never closed");
         // Those who waited while another made this very thumbnail find it kept.
         match self.store.get(&key).await {
             Ok(bytes) => {
@@ -157,11 +174,16 @@ impl Thumbnails {
         // remake next time, so the thumbnail is served either way.
         if let Err(e) = self
             .store
-            .put_image(
+            .put_image_labelled(
                 &key,
                 thumbnail.clone(),
                 "image/jpeg",
                 &sha256_hex(&thumbnail),
+                Some(ObjectLabels {
+                    customer: &entry.customer_id,
+                    source: &entry.source_id,
+                }),
+                false,
             )
             .await
         {
@@ -278,6 +300,17 @@ pub fn make_thumbnail_within(original: &[u8], side: u32, max_bytes: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_of_48_megapixels_is_made_alone_in_512_mib_and_gallery_images_side_by_side() {
+        const BUDGET: u32 = 512;
+        let scan = making_cost_mib(60 << 20, 8000, 6000, BUDGET);
+        assert!(2 * scan > BUDGET && scan <= BUDGET, "{scan}");
+        assert_eq!(making_cost_mib(500 << 20, 16000, 12000, BUDGET), BUDGET);
+        assert!(making_cost_mib(300_000, 1024, 768, BUDGET) <= 6);
+        assert_eq!(making_cost_mib(-1, -1, 5, BUDGET), 1);
+    }
+
     use crate::domain::ImageFormat;
     use crate::generate::{ImageSpec, render};
 

@@ -81,6 +81,7 @@ impl ImageStore {
             ),
         };
         Ok(ImageStore {
+            write: settings.write.clone(),
             signer: Some(signer),
             objects: store,
             bucket: settings.bucket.clone(),

@@ -5,7 +5,7 @@
 
 use super::builder::bucket_url;
 use super::error::{S3ErrorBody, one_line};
-use super::{Backend, StoreError};
+use super::{Backend, ObjectHead, StoreError, UPLOAD_MARK_HEADER, UPLOAD_MARK_VALUE, UploadedPart};
 use crate::config::{StoreSettings, redact};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -31,6 +31,9 @@ struct S3Answer {
     checksum: Option<http::HeaderValue>,
     date: Option<http::HeaderValue>,
     error: S3ErrorBody,
+    headers: http::HeaderMap,
+    /// The body of a POST's answer (multipart uploads answer in XML), else empty.
+    text: String,
 }
 
 const CHECKSUM_SHA256: &str = "x-amz-checksum-sha256";
@@ -45,10 +48,11 @@ impl Backend for S3Direct {
         data: Bytes,
         content_type: &'a str,
         sha256: &'a [u8; 32],
+        extra: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let checksum = BASE64.encode(sha256);
-            let headers = [
+            let mut headers = vec![
                 (
                     http::header::CONTENT_TYPE.as_str(),
                     content_type.to_string(),
@@ -56,6 +60,7 @@ impl Backend for S3Direct {
                 (http::header::IF_NONE_MATCH.as_str(), "*".to_string()),
                 (CHECKSUM_SHA256, checksum.clone()),
             ];
+            headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
             let answer = self
                 .send(http::Method::PUT, Some(key), &headers, Some(data))
                 .await?;
@@ -104,6 +109,183 @@ impl Backend for S3Direct {
                     key: key.to_string(),
                 }),
                 _ => Err(self.refused(&answer, &format!("HEAD {key}"))),
+            }
+        })
+    }
+
+    fn head_object<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectHead, StoreError>> {
+        Box::pin(async move {
+            let headers = [("x-amz-checksum-mode", "ENABLED".to_string())];
+            let answer = self
+                .send(http::Method::HEAD, Some(key), &headers, None)
+                .await?;
+            match answer.status {
+                200 => {
+                    let header = |name: &str| {
+                        answer
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    let size = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| self.refused(&answer, &format!("HEAD {key} (no size)")))?;
+                    Ok(ObjectHead {
+                        size,
+                        // A composite checksum (`…-N`, multipart) is no SHA-256 of the object.
+                        sha256: header(CHECKSUM_SHA256)
+                            .and_then(|v| BASE64.decode(v.as_bytes()).ok())
+                            .and_then(|d| d.try_into().ok()),
+                        producer_upload: header(UPLOAD_MARK_HEADER).as_deref()
+                            == Some(UPLOAD_MARK_VALUE),
+                        encryption: header("x-amz-server-side-encryption"),
+                        storage_class: header("x-amz-storage-class"),
+                    })
+                }
+                404 => Err(StoreError::NotFound {
+                    key: key.to_string(),
+                }),
+                _ => Err(self.refused(&answer, &format!("HEAD {key}"))),
+            }
+        })
+    }
+
+    fn create_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        content_type: &'a str,
+        extra: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            let mut headers = vec![
+                (
+                    http::header::CONTENT_TYPE.as_str(),
+                    content_type.to_string(),
+                ),
+                ("x-amz-checksum-algorithm", "SHA256".to_string()),
+            ];
+            headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            let answer = self
+                .send(
+                    http::Method::POST,
+                    Some(&format!("{key}?uploads")),
+                    &headers,
+                    Some(Bytes::new()),
+                )
+                .await?;
+            match answer.status {
+                200 => xml_field(&answer.text, "UploadId").ok_or_else(|| {
+                    self.refused(&answer, &format!("start an upload of {key} (no UploadId)"))
+                }),
+                _ => Err(self.refused(&answer, &format!("start an upload of {key}"))),
+            }
+        })
+    }
+
+    fn upload_part<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        number: u32,
+        data: Bytes,
+        sha256: [u8; 32],
+    ) -> BoxFuture<'a, Result<UploadedPart, StoreError>> {
+        Box::pin(async move {
+            let checksum = BASE64.encode(sha256);
+            let headers = [(CHECKSUM_SHA256, checksum.clone())];
+            let target = format!(
+                "{key}?partNumber={number}&uploadId={}",
+                query_value(upload_id)
+            );
+            let answer = self
+                .send(http::Method::PUT, Some(&target), &headers, Some(data))
+                .await?;
+            let etag = answer
+                .headers
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let echoed = answer.checksum.as_ref().map(|v| v.as_bytes());
+            match (answer.status, etag) {
+                (200, Some(etag)) if echoed == Some(checksum.as_bytes()) => Ok(UploadedPart {
+                    number,
+                    etag,
+                    checksum,
+                }),
+                (200, _) => Err(StoreError::ChecksumUnsupported {
+                    endpoint: self.endpoint.clone(),
+                }),
+                (400, _)
+                    if matches!(
+                        answer.error.code.as_deref(),
+                        Some("XAmzContentChecksumMismatch" | "BadDigest")
+                    ) =>
+                {
+                    Err(StoreError::ChecksumMismatch {
+                        key: key.to_string(),
+                        declared: hex::encode(sha256),
+                        detail: format!("part {number}: the store computed another"),
+                    })
+                }
+                _ => Err(self.refused(&answer, &format!("upload part {number} of {key}"))),
+            }
+        })
+    }
+
+    fn complete_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        parts: &'a [UploadedPart],
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut body = String::from("<CompleteMultipartUpload>");
+            for p in parts {
+                body.push_str(&format!(
+                    "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>",
+                    p.number,
+                    xml_escape(&p.etag),
+                    p.checksum
+                ));
+            }
+            body.push_str("</CompleteMultipartUpload>");
+            // Create-only, like every write: the object appears whole or not at all.
+            let headers = [(http::header::IF_NONE_MATCH.as_str(), "*".to_string())];
+            let target = format!("{key}?uploadId={}", query_value(upload_id));
+            let answer = self
+                .send(
+                    http::Method::POST,
+                    Some(&target),
+                    &headers,
+                    Some(Bytes::from(body)),
+                )
+                .await?;
+            match answer.status {
+                // S3 may answer 200 and put its error in the body.
+                200 if !answer.text.contains("<Error>") => Ok(true),
+                412 => Ok(false),
+                409 => {
+                    Err(self.unavailable(format!("completing {key} answered HTTP 409, retrying")))
+                }
+                _ => Err(self.refused(&answer, &format!("complete the upload of {key}"))),
+            }
+        })
+    }
+
+    fn abort_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let target = format!("{key}?uploadId={}", query_value(upload_id));
+            let answer = self
+                .send(http::Method::DELETE, Some(&target), &[], None)
+                .await?;
+            match answer.status {
+                200 | 204 | 404 => Ok(()),
+                _ => Err(self.refused(&answer, &format!("abort the upload of {key}"))),
             }
         })
     }
@@ -256,16 +438,32 @@ impl S3Direct {
         let status = response.status().as_u16();
         let checksum = response.headers().get(CHECKSUM_SHA256).cloned();
         let date = response.headers().get(http::header::DATE).cloned();
-        let error = if status >= 300 {
-            S3ErrorBody::parse(&response.text().await.unwrap_or_default())
+        let headers = response.headers().clone();
+        let (error, text) = if status >= 300 {
+            let text = response.text().await.unwrap_or_default();
+            (S3ErrorBody::parse(&text), String::new())
+        } else if method == http::Method::POST {
+            // Small XML answers; a stalled body is an outage like a stalled request.
+            let text = response
+                .text()
+                .await
+                .map_err(|e| self.unavailable(one_line(&e)))?;
+            let error = if text.contains("<Error>") {
+                S3ErrorBody::parse(&text)
+            } else {
+                S3ErrorBody::default()
+            };
+            (error, text)
         } else {
-            S3ErrorBody::default()
+            (S3ErrorBody::default(), String::new())
         };
         let answer = S3Answer {
             status,
             checksum,
             date,
             error,
+            headers,
+            text,
         };
         match status {
             401 | 403 => Err(StoreError::Denied {
@@ -303,6 +501,36 @@ impl S3Answer {
     fn describe(&self) -> String {
         self.error.describe(self.status)
     }
+}
+
+/// The text of the first `<name>` element of a small S3 XML answer.
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(
+        xml[start..end]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&"),
+    )
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+}
+
+/// An upload id in a query string: S3's ids are URL-safe base64-ish, but percent-encode anyway.
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An HTTP `Date` (`Tue, 15 Nov 1994 08:12:31 GMT`, RFC 9110's IMF-fixdate).
@@ -355,6 +583,7 @@ mod tests {
             aws_chain: None,
             virtual_hosted: false,
             public_endpoint: None,
+            write: Default::default(),
         }
     }
 

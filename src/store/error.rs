@@ -41,6 +41,10 @@ pub enum StoreError {
         "object store at {endpoint} stored an image without verifying its x-amz-checksum-sha256 (no checksum in its answer); use an S3 store that supports additional checksums (AWS S3, MinIO)"
     )]
     ChecksumUnsupported { endpoint: String },
+    #[error(
+        "object store at {endpoint} refused the write options ({detail}); check MINIO_SERVER_SIDE_ENCRYPTION, MINIO_SSE_KMS_KEY_ID, MINIO_STORAGE_CLASS and MINIO_OBJECT_TAGS against what the store offers"
+    )]
+    WriteOptionsRefused { endpoint: String, detail: String },
     #[error("no request for {key} can be built from the record ({detail})")]
     UnbuildableRequest { key: String, detail: String },
     #[error("object store at {endpoint} refused {what} ({detail})")]
@@ -134,7 +138,8 @@ impl S3ErrorBody {
     /// request (a lock it lost, seen on a loaded machine mid-rebalance). Every request we send
     /// is idempotent, so each of these is sent again after a backoff, not treated as a refusal.
     pub fn is_transient(&self, status: u16) -> bool {
-        matches!(status, 408 | 429 | 499 | 500..)
+        // 501 Not Implemented is a feature the store lacks (MinIO without a KMS asked for SSE).
+        matches!(status, 408 | 429 | 499 | 500 | 502..)
             || matches!(self.code.as_deref(), Some("RequestTimeout" | "SlowDown"))
     }
 

@@ -26,7 +26,9 @@ mod error;
 mod memory;
 mod write;
 
+pub use crate::config::{Encryption, WriteOptions};
 pub use error::StoreError;
+pub use write::{ObjectLabels, UploadShape};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -74,18 +76,87 @@ pub struct ImageStore {
     backend: Arc<dyn Backend>,
     /// Presigns GET URLs, so a reader fetches bytes from the store itself, not through us.
     signer: Option<Arc<AmazonS3>>,
+    /// Server-side encryption, storage class and tags, sent with every object written.
+    write: WriteOptions,
+}
+
+/// The user metadata that marks an object a producer uploaded for a reference record (the claim
+/// check): `verify --repair` may delete such an orphan only once no record on the topic can still
+/// name it, since no consumer can write it again (docs/claim-check.md).
+pub(crate) const UPLOAD_MARK_HEADER: &str = "x-amz-meta-imgstream-upload";
+pub(crate) const UPLOAD_MARK_VALUE: &str = "producer";
+
+/// What a HEAD of an object says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    /// The full-object SHA-256 the store kept, when it kept one (a single PUT with the checksum;
+    /// a multipart upload keeps only a composite of its parts').
+    pub sha256: Option<[u8; 32]>,
+    /// Uploaded by a producer for a reference record.
+    pub producer_upload: bool,
+    /// `x-amz-server-side-encryption` as the store reports it.
+    pub encryption: Option<String>,
+    pub storage_class: Option<String>,
+}
+
+/// A part of a multipart upload, as CompleteMultipartUpload needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadedPart {
+    number: u32,
+    etag: String,
+    /// Base64 SHA-256 of the part.
+    checksum: String,
 }
 
 /// What the S3 client (`direct.rs`) and its in-memory twin (`memory.rs`) both answer.
 trait Backend: Send + Sync {
     /// A create-only write that the store verifies against `sha256`. False when the key exists.
+    /// `extra` are further request headers: write options, tags, metadata.
     fn put_object<'a>(
         &'a self,
         key: &'a str,
         data: Bytes,
         content_type: &'a str,
         sha256: &'a [u8; 32],
+        extra: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Size, kept checksum and marks of `key`; `NotFound` when it is missing.
+    fn head_object<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectHead, StoreError>>;
+
+    /// Starts a multipart upload whose parts carry SHA-256 checksums; its upload id.
+    fn create_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        content_type: &'a str,
+        extra: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<String, StoreError>>;
+
+    /// Uploads one part, which the store verifies against `sha256`.
+    fn upload_part<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        number: u32,
+        data: Bytes,
+        sha256: [u8; 32],
+    ) -> BoxFuture<'a, Result<UploadedPart, StoreError>>;
+
+    /// Completes an upload create-only: false (and nothing written) when the key exists.
+    fn complete_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        parts: &'a [UploadedPart],
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Drops an unfinished upload and its parts.
+    fn abort_multipart<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The SHA-256 checksum the store kept for `key`, if it was written with one.
     fn stored_checksum<'a>(
@@ -111,6 +182,44 @@ trait Backend: Send + Sync {
 impl ImageStore {
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The first bytes of `key` (fewer when the object is shorter).
+    pub async fn get_head(&self, key: &str, len: u64) -> Result<Bytes, StoreError> {
+        let result = self
+            .objects
+            .get_opts(
+                &Path::from(key),
+                object_store::GetOptions::default()
+                    .with_range(Some(object_store::GetRange::Bounded(0..len.max(1)))),
+            )
+            .await
+            .map_err(|e| self.error(e, key))?;
+        result.bytes().await.map_err(|e| self.error(e, key))
+    }
+
+    /// The SHA-256 and length of `key`'s bytes, read as a stream: memory stays at one chunk
+    /// whatever the object's size.
+    pub async fn streamed_sha256(&self, key: &str) -> Result<([u8; 32], u64), StoreError> {
+        use sha2::Digest;
+        let result = self
+            .objects
+            .get(&Path::from(key))
+            .await
+            .map_err(|e| self.error(e, key))?;
+        let mut stream = result.into_stream();
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.error(e, key))? {
+            len += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((hasher.finalize().into(), len))
+    }
+
+    /// Size, kept checksum and marks of `key`; `NotFound` when it is missing.
+    pub async fn head(&self, key: &str) -> Result<ObjectHead, StoreError> {
+        self.backend.head_object(key).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

@@ -410,6 +410,7 @@ pub fn valid_record(
         height: 30,
         sha256: imgstream::domain::sha256_hex(&data),
         data: bytes::Bytes::from(data),
+        reference: None,
     }
 }
 

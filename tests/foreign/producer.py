@@ -179,7 +179,7 @@ def hostile(bootstrap, topic, registry_url):
     valid(8)
     refused("created_at in the year 10000", "created-at-out-of-range", with_fields(9, created_at=253_402_300_800 * 1_000_000))
     valid(10)
-    # Just under the data topic's limit (10 MiB + 64 KiB by default), refused for a long field
+    # Just under the data topic's limit (10 MiB + 16 KiB in this test), refused for a long field
     # its refusal would quote.
     refused(
         "record near the topic's limit quoting a long field",

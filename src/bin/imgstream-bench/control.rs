@@ -32,6 +32,10 @@ pub fn case_settings(
     ] {
         vars.insert(k.into(), v);
     }
+    // The size scenarios measure images of up to 2 MiB carried inline, as they were before the
+    // claim check: their topics are sized for 10 MiB records unless the caller says otherwise.
+    vars.entry("IMGSTREAM_INLINE_MAX_BYTES".into())
+        .or_insert_with(|| (10 << 20).to_string());
     (settings_or_exit(&vars), vars)
 }
 

@@ -87,6 +87,7 @@ pub async fn preload(
             height: spec.height,
             sha256: shas[i % pool.len()].clone(),
             data: bytes::Bytes::from(data.clone()),
+            reference: None,
         };
         let payload = codec::encode(&schema, schema_id, &record).unwrap();
         let delivery = producer
