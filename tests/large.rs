@@ -296,9 +296,30 @@ async fn a_consumer_killed_mid_batch_of_references_stores_each_exactly_once_afte
         upload(&store, &env, &record, &data).await;
         send(&env, &format!("ref-{i}"), &record).await;
     }
-    let consumer: Spawned = env.spawn(
+    // The first consumer reads the store at 2 MB/s through a proxy: a 6 MB object's streamed hash
+    // takes about 3 s, so the kill lands mid-run. At full speed the eight checks (a HEAD and a
+    // ranged read each, or a streamed hash) ended before the kill, as the rows were first seen.
+    let toxiproxy = common::toxiproxy::Toxiproxy::start().await;
+    let direct = env
+        .vars
+        .get("MINIO_CONNECTION_STRING")
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:9000".to_string());
+    let upstream = direct
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = toxiproxy
+        .proxy("large-kill-store", "127.0.0.1:0", &upstream)
+        .await;
+    proxy
+        .add("bandwidth", serde_json::json!({"rate": 2048}))
+        .await;
+    let proxied = direct.replace(&upstream, &proxy.listen);
+    let consumer: Spawned = env.spawn_with(
         &["consume", "--until-idle", "60", "--batch-size", "2"],
         "consume-1",
+        &[("MINIO_CONNECTION_STRING", &proxied)],
     );
     let some = common::eventually(Duration::from_secs(60), || async {
         let index = env.index().await;

@@ -35,7 +35,12 @@ pub fn producer_config(
         // 0.7% at less than half the produce rate. So none, unless KAFKA_COMPRESSION_TYPE says so.
         .set("compression.type", &kafka.compression)
         .set("linger.ms", "5")
-        .set("batch.size", "4000000")
+        // No batch larger than the topic takes (`max.message.bytes`, which `setup` sizes from
+        // IMGSTREAM_INLINE_MAX_BYTES; 1 MiB by default): at 4 MB, records piled up behind a slow
+        // broker left as one batch the broker refused whole (MessageSizeTooLarge, tests/network.rs).
+        // A single record that fits the topic always goes: librdkafka applies the bound after a
+        // batch's first record.
+        .set("batch.size", limits.max_message_bytes().to_string())
         .set(
             "message.max.bytes",
             (limits.max_message_bytes() + 1024).to_string(),
@@ -163,5 +168,27 @@ impl ImageProducer {
         self.producer
             .flush(Timeout::After(timeout))
             .map_err(|e| BrokerError::from_kafka(&e, &self.bootstrap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn no_batch_outgrows_what_the_topic_takes() {
+        for inline in ["1032192", "65536", "10485760"] {
+            let vars = crate::config::tests::vars(&[("IMGSTREAM_INLINE_MAX_BYTES", inline)]);
+            let settings = Settings::from_vars(&vars).unwrap();
+            let config = producer_config(&settings.kafka, &settings.limits, "test");
+            let batch: usize = config.get("batch.size").unwrap().parse().unwrap();
+            // What `setup` gives the topic as `max.message.bytes`.
+            assert_eq!(
+                batch,
+                settings.limits.max_message_bytes(),
+                "inline {inline}"
+            );
+        }
     }
 }
