@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: unit and protocol tests (no services), then the service outages (which stop the
 # stack's own services, so they run alone, one at a time), then every other test in two lanes at
-# once: the integration tests with the consumers killed (`kills`), and the faults that bring their
-# own services (network faults through Toxiproxy, MinIO drives of their own, a three-broker cluster).
+# once: the integration tests, and the faults that bring their own services (network faults through
+# Toxiproxy, MinIO drives of their own, a three-broker cluster) with the archive's lifetime and the
+# consumers killed, which balance the lanes.
 # Most of a fault test's time is spent waiting out its fault, so two lanes on two cores cost little
 # more than the longer of them.
 set -euo pipefail
@@ -18,8 +19,8 @@ export RUST_BACKTRACE=0
 echo "== unit, protocol and fuzz tests (no services; a short fuzz run, \`make fuzz\` for a long one)"
 cargo test --locked --lib --bins --test protocol --test fuzz
 
-INTEGRATION=(setup produce consume group_protocol dlq foreign large serve signin browser least_privilege secured operate kills)
-OWN_SERVICES=(network storage lifetime cluster)
+INTEGRATION=(setup produce consume group_protocol dlq foreign large serve signin browser least_privilege secured operate)
+OWN_SERVICES=(network storage lifetime kills cluster)
 ALONE=(faults)
 
 # The test binaries, built once; the lanes run them directly, as two `cargo test` at once would
@@ -76,17 +77,17 @@ integration=$!
 {
   lane=0
   run_binaries 3 network || lane=1
-  run_binaries 2 storage lifetime || lane=1
+  run_binaries 2 storage lifetime kills || lane=1
   run_binaries 1 cluster || lane=1
   exit "$lane"
 } >"$logs/own-services" 2>&1 &
 own_services=$!
 status=0
 wait "$integration" || status=1
-echo "== lane: integration tests, and consumers killed"
+echo "== lane: integration tests"
 cat "$logs/integration"
 wait "$own_services" || status=1
-echo "== lane: faults with their own services"
+echo "== lane: faults with their own services, the archive's lifetime, consumers killed"
 cat "$logs/own-services"
 rm -rf "$logs"
 exit "$status"
