@@ -296,9 +296,10 @@ async fn a_consumer_killed_mid_batch_of_references_stores_each_exactly_once_afte
         upload(&store, &env, &record, &data).await;
         send(&env, &format!("ref-{i}"), &record).await;
     }
-    // The first consumer reads the store at 2 MB/s through a proxy: a 6 MB object's streamed hash
-    // takes about 3 s, so the kill lands mid-run. At full speed the eight checks (a HEAD and a
-    // ranged read each, or a streamed hash) ended before the kill, as the rows were first seen.
+    // The first consumer reads the store at 2 MB/s through a proxy, one record at a time: a 6 MB
+    // object's streamed hash takes about 3 s, so the kill lands mid-run. At full speed, or with
+    // the checks side by side (the proxy's rate is per connection), the eight checks ended before
+    // the kill, as the first rows were seen.
     let toxiproxy = common::toxiproxy::Toxiproxy::start().await;
     let direct = env
         .vars
@@ -317,7 +318,17 @@ async fn a_consumer_killed_mid_batch_of_references_stores_each_exactly_once_afte
         .await;
     let proxied = direct.replace(&upstream, &proxy.listen);
     let consumer: Spawned = env.spawn_with(
-        &["consume", "--until-idle", "60", "--batch-size", "2"],
+        &[
+            "consume",
+            "--until-idle",
+            "60",
+            "--batch-size",
+            "1",
+            "--batches-in-flight",
+            "1",
+            "--uploads",
+            "1",
+        ],
         "consume-1",
         &[("MINIO_CONNECTION_STRING", &proxied)],
     );
