@@ -33,7 +33,8 @@ case "${1:-}" in
       bash "$HERE/keycloak.sh" wait || die "Keycloak failed to start (see above)"
     fi
     for s in "${SERVICES[@]}"; do bash "$HERE/$s.sh" status || true; done
-    [[ "${2:-}" == --secured ]] && { bash "$HERE/keycloak.sh" status || true; }
+    # An `if`, not `[[ ]] &&`: as the branch's last command a false test made `up` exit 1.
+    if [[ "${2:-}" == --secured ]]; then bash "$HERE/keycloak.sh" status || true; fi
     ;;
   down)
     rc=0
