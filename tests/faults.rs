@@ -6,7 +6,10 @@
 mod common;
 
 use common::TestEnv;
-use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, stop_once_stored, wait_for_rows};
+use common::runs::{
+    CONSUME_SLOWLY, EXIT_WITHIN, assert_exactly_once, rows, stop_once_stored, wait_for_rows,
+    wait_ok,
+};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -29,19 +32,6 @@ impl Drop for Restart {
     fn drop(&mut self) {
         stack(self.0, "start");
     }
-}
-
-/// Every consumer in these tests ends well within this; one that does not is a hang.
-const EXIT_WITHIN: Duration = Duration::from_secs(300);
-
-fn wait_ok(process: common::Spawned, env: &TestEnv, log: &str) {
-    let status = process.wait_within(EXIT_WITHIN);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{log} ended with {status:?} (None: still running after {}s, killed):\n{}",
-        EXIT_WITHIN.as_secs(),
-        env.read_log(log)
-    );
 }
 
 /// Stops a service for a while in the middle of a run; the run must log the outage, heal by

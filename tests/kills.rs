@@ -6,22 +6,11 @@
 
 mod common;
 
-use common::runs::{CONSUME_SLOWLY, assert_exactly_once, rows, stop_once_stored, wait_for_rows};
+use common::runs::{
+    CONSUME_SLOWLY, assert_exactly_once, rows, stop_once_stored, wait_for_rows, wait_ok,
+};
 use common::{SHORT_SESSION, SIGCONT, SIGKILL, SIGSTOP, TestEnv, signal, stdout};
 use std::time::Duration;
-
-/// Every consumer in these tests ends well within this; one that does not is a hang.
-const EXIT_WITHIN: Duration = Duration::from_secs(300);
-
-fn wait_ok(process: common::Spawned, env: &TestEnv, log: &str) {
-    let status = process.wait_within(EXIT_WITHIN);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{log} ended with {status:?} (None: still running after {}s, killed):\n{}",
-        EXIT_WITHIN.as_secs(),
-        env.read_log(log)
-    );
-}
 
 const CONSUME: [&str; 5] = ["consume", "--batch-size", "20", "--until-idle", "25"];
 

@@ -143,3 +143,17 @@ pub async fn finish_group_change_without_redo(
         serde_json::from_str(&stdout(&env.run(&["status", "--json"]))).unwrap();
     assert_eq!(status["total_lag"], 0, "{status}");
 }
+
+/// Every consumer in the fault tests ends well within this; one that does not is a hang.
+pub const EXIT_WITHIN: Duration = Duration::from_secs(300);
+
+/// Waits for a consumer to exit 0 on its own, within [`EXIT_WITHIN`].
+pub fn wait_ok(process: Spawned, env: &TestEnv, log: &str) {
+    let status = process.wait_within(EXIT_WITHIN);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{log} ended with {status:?} (None: still running after {}s, killed):\n{}",
+        EXIT_WITHIN.as_secs(),
+        env.read_log(log)
+    );
+}
