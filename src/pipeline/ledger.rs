@@ -101,6 +101,11 @@ impl OffsetLedger {
         self.moved.notify_all();
     }
 
+    /// Whether the pipeline has stopped (see [`OffsetLedger::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Whether everything handed out of `partitions` is done (or the pipeline has stopped).
     fn settled(state: &State, partitions: &[Partition]) -> bool {
         state.closed || partitions.iter().all(|tp| Self::is_settled(state, tp))

@@ -46,6 +46,8 @@ pub fn image_pool(target: usize, format: ImageFormat, n: usize) -> Vec<(ImageSpe
 pub struct Preloaded {
     pub records_per_sec: f64,
     pub ack_secs: Vec<f64>,
+    /// From the first record sent to the last acknowledged.
+    pub elapsed_secs: f64,
 }
 
 /// Produces `count` records of pooled images with fresh ids, at `rate` per second if given.
@@ -115,8 +117,10 @@ pub async fn preload(
         ack_secs.push(waited.unwrap());
     }
     ack_secs.sort_by(f64::total_cmp);
+    let elapsed_secs = started.elapsed().as_secs_f64();
     Preloaded {
-        records_per_sec: count as f64 / started.elapsed().as_secs_f64(),
+        records_per_sec: count as f64 / elapsed_secs,
         ack_secs,
+        elapsed_secs,
     }
 }

@@ -66,6 +66,18 @@ pub fn print_table(r: &Value) {
             c["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    for c in r["cases"].as_array().unwrap() {
+        println!(
+            "latency {}: {} records paced at {:.0}/s over {:.0} s, p99 {:.0} ms",
+            c["size"].as_str().unwrap(),
+            c["latency"]["records"],
+            c["latency"]["paced_images_per_sec"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            c["latency"]["window_secs"].as_f64().unwrap_or(f64::NAN),
+            c["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     if let Some(rows) = r["scaling"].as_array() {
         for row in rows {
             println!(

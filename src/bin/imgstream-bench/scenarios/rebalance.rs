@@ -1,6 +1,6 @@
 //! Work redone when the consumer group changes mid-drain (`--only rebalance` runs it alone).
 
-use crate::control::{binary, case_settings, cleanup, fresh_database, setup, signal};
+use crate::control::{binary, case_settings, cleanup, consumer_log, fresh_database, setup, signal};
 use crate::fixtures::{image_pool, preload};
 use imgstream::domain::ImageFormat;
 use imgstream::pipeline::RunSummary;
@@ -36,13 +36,16 @@ pub async fn rebalance_redo(
     let pool = image_pool(16 << 10, ImageFormat::Jpeg, 16);
     preload(&settings, &pool, records, None).await;
     let index = wiring::index(&settings).await.unwrap();
-    let spawn = || {
+    let mut spawned = 0;
+    let mut spawn = || {
+        spawned += 1;
         Command::new(binary())
             .args(["consume", "--until-idle", "5", "--json"])
             .env_clear()
             .envs(&vars)
-            .env("IMGSTREAM_LOG", "warn")
+            .env("IMGSTREAM_LOG", consumer_log())
             .stdout(Stdio::piped())
+            .stderr(member_log(protocol, spawned))
             .spawn()
             .expect("spawn consumer")
     };
@@ -84,6 +87,17 @@ pub async fn rebalance_redo(
             "rows_at_each_step": stored_at_steps,
             "group_changed_mid_drain": changed_mid_drain,
             "elapsed_secs": started.elapsed().as_secs_f64() })
+}
+
+/// Where a member's log goes: `BENCH_MEMBER_LOGS=<dir>` gives each member a file of its own
+/// (`rebalance-<protocol>-<n>.log`), so one member's hand-overs read in order; otherwise the
+/// bench's own stderr.
+fn member_log(protocol: &str, member: usize) -> Stdio {
+    let Ok(dir) = std::env::var("BENCH_MEMBER_LOGS") else {
+        return Stdio::inherit();
+    };
+    let path = std::path::Path::new(&dir).join(format!("rebalance-{protocol}-{member}.log"));
+    std::fs::File::create(&path).map_or_else(|_| Stdio::inherit(), Stdio::from)
 }
 
 /// The longest time the index's row count stood still between the first row and the last

@@ -28,11 +28,16 @@ pub struct Case {
     records: usize,
     ceiling_puts: usize,
     naive_records: usize,
+    /// How long the paced latency measurement produces for.
+    latency_window: Duration,
 }
 
 /// The sizes measured; `quick` takes a fifth of the records of each.
 pub fn cases(quick: bool) -> Vec<Case> {
     let scale = if quick { 5 } else { 1 };
+    // A p99 over a few seconds is decided by one slow moment; a minute shows whether a tail is
+    // a moment or a steady state.
+    let latency_window = Duration::from_secs(if quick { 12 } else { 60 });
     vec![
         Case {
             label: "16KiB",
@@ -41,6 +46,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             records: 21_000 / scale,
             ceiling_puts: 10_000 / scale,
             naive_records: 600 / scale,
+            latency_window,
         },
         Case {
             label: "256KiB",
@@ -49,6 +55,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             records: 3_000 / scale,
             ceiling_puts: 2_000 / scale,
             naive_records: 200 / scale,
+            latency_window,
         },
         Case {
             label: "2MiB",
@@ -57,6 +64,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
             records: 1_200 / scale,
             ceiling_puts: 300 / scale,
             naive_records: 60 / scale,
+            latency_window,
         },
     ]
 }
@@ -94,6 +102,21 @@ async fn latency_by_second(settings: &Settings, since: chrono::DateTime<chrono::
     rows.into_iter()
         .map(|(second, n, mean, worst)| json!([second, n, mean.round(), worst.round()]))
         .collect()
+}
+
+/// With `BENCH_BROKER_REQUEST_LOG` set, the broker logs every request with its queue, local,
+/// remote and send times while the latency is measured (scripts/broker-request-log.sh), so a
+/// slow moment of the clients can be read beside the broker's own account of it.
+fn broker_request_log(state: &str) {
+    if std::env::var_os("BENCH_BROKER_REQUEST_LOG").is_none() {
+        return;
+    }
+    let done = Command::new("scripts/broker-request-log.sh")
+        .arg(state)
+        .status();
+    if !done.is_ok_and(|s| s.success()) {
+        eprintln!("[bench] could not turn the broker's request log {state}");
+    }
 }
 
 /// One size, start to end; its part of the JSON report.
@@ -187,7 +210,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
 
     eprintln!("[{}] latency at half pace", case.label);
     let paced_rate = (pipe_ips / 2.0).max(1.0);
-    let paced_count = ((paced_rate * 10.0) as usize).clamp(20, case.records);
+    let paced_count = ((paced_rate * case.latency_window.as_secs_f64()) as usize).max(20);
     let (lat_settings, lat_vars) =
         case_settings(base, &format!("{name}-lat"), "imgstream_bench", 6);
     setup(&lat_settings).await;
@@ -203,11 +226,13 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    broker_request_log("on");
     tokio::time::sleep(Duration::from_secs(4)).await; // joined and assigned before the first record
     let since_records = chrono::Utc::now();
     eprintln!("[{}] paced records from {since_records}", case.label);
     let paced = preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
     consumer.wait_with_output().unwrap();
+    broker_request_log("off");
     let index = wiring::index(&lat_settings).await.unwrap();
     let latencies = index
         .latencies_since(since_records.max(since))
@@ -215,6 +240,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
         .unwrap();
     index.close().await;
     let by_second = latency_by_second(&lat_settings, since_records.max(since)).await;
+    let window_secs = (chrono::Utc::now() - since_records).as_seconds_f64();
 
     cleanup(&settings).await;
     cleanup(&naive_settings).await;
@@ -246,6 +272,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
         "naive": { "images_per_sec": naive_ips, "records": case.naive_records },
         "latency": {
             "paced_images_per_sec": paced_rate, "records": latencies.len(),
+            "window_secs": paced.elapsed_secs, "measured_until_secs": window_secs,
             "p50_ms": percentile(&latencies, 0.5) * 1000.0, "p99_ms": percentile(&latencies, 0.99) * 1000.0,
             "produce_ack_p50_ms": percentile(&paced.ack_secs, 0.5) * 1000.0,
             "produce_ack_p99_ms": percentile(&paced.ack_secs, 0.99) * 1000.0,
