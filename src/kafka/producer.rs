@@ -67,17 +67,27 @@ impl ImageProducer {
         })
     }
 
-    /// Connects and learns the topic's partition leaders now, so the first record does not wait
-    /// for the client's start-up: without it the first records of a new producer waited about
-    /// half a second for their acknowledgement (the benchmark's produce-to-index tail).
+    /// Connects, learns the topic's partition leaders and gets the producer id now, so the first
+    /// record does not wait for the client's start-up.
+    ///
+    /// An idempotent librdkafka producer (2.12) sends nothing before it has a producer id. It asks
+    /// for one when a metadata answer arrives or when its retry timer fires, 500 ms after start,
+    /// and only from a broker that is up. The first metadata answer comes over the bootstrap
+    /// connection, which librdkafka drops once it has learnt the real brokers ("No brokers
+    /// available for Idempotent producer" in its `eos` log): the id then waited for the timer,
+    /// and so did every record of the first half second (the broker's request log showed
+    /// InitProducerId 450-470 ms after the connection, in 3 of 4 starts). A second metadata
+    /// request goes over a learnt broker's connection, and its answer asks for the id at once.
     pub async fn warm_up(&self, timeout: Duration) -> Result<(), BrokerError> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(timeout))
-                .map(|_| ())
+            for _ in 0..2 {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Timeout::After(timeout))?;
+            }
+            Ok(())
         })
         .await
         .expect("metadata fetch does not panic")
