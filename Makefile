@@ -72,8 +72,9 @@ soak: stack-up deps
 	cargo build --release --locked --bins
 	scripts/bench.sh --soak --minutes $(SOAK_MINUTES)
 
-# `imgstream serve` on an index of 1,000,000 rows: API and gallery p50/p99, cold thumbnails.
-bench-browse: stack-up deps
+# `imgstream serve` on an index of 1,000,000 rows: API and gallery p50/p99, cold thumbnails, and
+# sign-in on against off (Keycloak, hence the secured stack).
+bench-browse: stack-up-secured deps
 	cargo build --release --locked --bins
 	scripts/bench.sh --browse
 

@@ -14,13 +14,18 @@
 #    every profile and with none; every pulled image pinned; the versions equal the local stack's
 #    (stack/kafka/pom.xml, stack/registry/pom.xml, scripts/stack/minio.sh, Debian's PostgreSQL);
 #    the consumer runs with --metrics-addr and its healthcheck asks that port for a path that
-#    src/ serves (the same holds for the chart's probes and the Dockerfile's CMD and EXPOSE).
+#    src/ serves (the same holds for the chart's probes and the Dockerfile's CMD and EXPOSE);
+#    serve runs as its own identity (settings of its own, no MINIO_*_KEY or Kafka password, the
+#    read-only role imgstream_serve, an S3 key of its own).
 # 2. deploy/helm/imgstream: `helm lint --strict`, and `helm template` piped into `kubeconform
 #    -strict` against Kubernetes' JSON schemas for the oldest and newest versions the chart
 #    supports, offline (from the kubernetes-validate wheel). Rendered twice: with the chart's own
 #    Secret, and with existingSecret and KEDA on. KEDA's ScaledObject is a CRD with no schema
 #    here: it is skipped by kind in that render only (-skip ScaledObject), and its trigger fields
 #    are checked by name instead. Also: without credentials the chart must refuse to render.
+#    serve (on in both renders) reads a Secret of its own and none the consumer reads, holds its
+#    own S3 key, and its Ingress serves TLS; it is off by default, and on it refuses to render
+#    without serve.oidc.issuer or with the consumer's Secret as serve.existingSecret.
 #    The chart for operators (ci/observability-values.yaml: a monitor for two groups, the
 #    ServiceMonitor, PrometheusRule and Grafana dashboard): the same lint and kubeconform (the
 #    two CRDs skipped by kind), one monitor Deployment per group with its probes on served
@@ -34,8 +39,9 @@
 #    scripts/build-deps.sh, its cargo command is `cargo build --release --locked --bin imgstream`,
 #    build and runtime stages share a Debian release, the runtime installs ca-certificates, runs
 #    as a numeric non-root user that the file creates, has `imgstream` as entrypoint, and no
-#    ENV/ARG carries a secret; MinIO's pins equal minio.sh's; .dockerignore keeps .git, target/,
-#    .stack/, bench-results/ and .env files out of the build context.
+#    ENV/ARG carries a secret; MinIO's pins equal minio.sh's, and its mc test-deps.sh's;
+#    .dockerignore keeps .git, target/, .stack/, bench-results/ and .env files out of the build
+#    context.
 #    With a release binary at target/release/imgstream (CHECK_DEPLOY_BUILD=1 builds it with the
 #    command parsed from the Dockerfile), every shared library it loads must come from a package
 #    of the runtime stage: one it installs, or one of debian:bookworm-slim's (approximated by
@@ -279,6 +285,19 @@ check_compose() {
   port="$(grep -oE '"--metrics-addr", "[0-9.]*:[0-9]+"' <<<"$block" | grep -oE '[0-9]+"$' | tr -d '"' || true)"
   [[ -n "$port" ]] || fail "compose's consumer does not run with --metrics-addr"
   grep -q "/dev/tcp/127.0.0.1/$port" <<<"$block" || fail "compose's consumer healthcheck does not ask port $port (--metrics-addr)"
+  # serve runs as its own identity: settings of its own (not merged from the consumer's), no
+  # object-store root or consumer key, no Kafka password, a read-only role, its own S3 key.
+  block="$(awk '/^  serve:$/{on=1; next} on && /^  [a-z]/{exit} on' "$file")"
+  [[ -n "$block" ]] || fail "compose has no serve service"
+  if grep -qE '<<: \*imgstream' <<<"$block"; then
+    fail "compose's serve merges the shared settings (<<: *imgstream...), the consumer's credentials with them: it must run as its own identity"
+  fi
+  if grep -qE '^ +(MINIO_ACCESS_KEY|MINIO_SECRET_KEY|KAFKA_SASL_PASSWORD)(_FILE)?:' <<<"$block"; then
+    fail "compose's serve is given the consumer's credentials (MINIO_*_KEY or KAFKA_SASL_PASSWORD)"
+  fi
+  grep -qE '^ +IMGSTREAM_SERVE_S3_ACCESS_KEY:' <<<"$block" || fail "compose's serve has no S3 key of its own (IMGSTREAM_SERVE_S3_ACCESS_KEY)"
+  grep -qE '^ +DATABASE_CONNECTION_STRING: postgres://imgstream_serve:' <<<"$block" \
+    || fail "compose's serve does not log in to PostgreSQL as its read-only role imgstream_serve"
   say "compose: ok ($file)"
 }
 
@@ -291,6 +310,28 @@ kubeconform_check() {
   [[ -n "$skip" ]] && args=(-skip "$skip")
   "$BIN/kubeconform" -strict -summary -kubernetes-version "$version" \
     -schema-location "$SCHEMA_LOCATION" "${args[@]}" "$file"
+}
+
+# secret_refs: the Secrets a rendered workload reads (envFrom, env valueFrom, volumes), one a line.
+secret_refs() {
+  awk '/secretRef:$|secretKeyRef:$|secret:$/ {want=1; next}
+       want && /^ *(name|secretName): / {sub(/^ *(name|secretName): */, ""); gsub(/"/, ""); print; want=0}' | sort -u
+}
+
+# check_serve_identity FILE LABEL: in a rendered chart, serve reads Secrets, none of them one the
+# consumer reads (the consumer's may write the topic, the index and the bucket).
+check_serve_identity() {
+  local file="$1" label="$2" consumer serve s
+  consumer="$(awk 'BEGIN{RS="---"} /\nkind: Deployment\n/ && /component: consumer/' "$file" | secret_refs)"
+  serve="$(awk 'BEGIN{RS="---"} /\nkind: Deployment\n/ && /component: serve/' "$file" | secret_refs)"
+  [[ -n "$consumer" ]] || fail "$label: the consumer reads no Secret"
+  [[ -n "$serve" ]] || fail "$label: serve reads no Secret: it has no identity of its own"
+  while read -r s; do
+    if grep -qxF "$s" <<<"$consumer"; then
+      fail "$label: serve reads the consumer's Secret $s; it needs its own (serve.existingSecret or serve.secret)"
+    fi
+  done <<<"$serve"
+  say "$label: serve reads Secret(s) $(tr '\n' ' ' <<<"$serve")and not the consumer's ($(tr '\n' ' ' <<<"$consumer" | sed 's/ $//'))"
 }
 
 check_chart() {
@@ -325,6 +366,14 @@ check_chart() {
     grep -q -- '- serve' <<<"$serve" || fail "the chart's serve Deployment does not run imgstream serve"
     mapfile -t paths < <(grep -oE '^ +path: /[A-Za-z0-9_/-]*' <<<"$serve" | awk '{print $2}')
     check_served "the chart's serve probes" "${paths[@]}"
+    check_serve_identity "$tmp/own-secret.yaml" "chart's own Secrets"
+    local serve_secret
+    serve_secret="$(awk 'BEGIN{RS="---"} /\nkind: Secret\n/ && /component: serve/' "$tmp/own-secret.yaml")"
+    grep -q '^  IMGSTREAM_SERVE_S3_ACCESS_KEY: ' <<<"$serve_secret" || fail "serve's Secret holds no IMGSTREAM_SERVE_S3_ACCESS_KEY"
+    grep -qE '^  MINIO_(ACCESS|SECRET)_KEY: ' <<<"$serve_secret" && fail "serve's Secret holds a MINIO_*_KEY: the store key is the consumer's"
+    grep -q '^kind: Ingress$' "$tmp/own-secret.yaml" || fail "serve.ingress.enabled, but no Ingress rendered"
+    awk 'BEGIN{RS="---"} /\nkind: Ingress\n/' "$tmp/own-secret.yaml" | grep -q 'secretName: "gallery-example-com-tls"' \
+      || fail "serve's Ingress serves no TLS"
 
     "$BIN/helm" template imgstream "$chart" --namespace imgstream --kube-version "$v" \
       -f "$chart/ci/keda-existing-secret-values.yaml" >"$tmp/keda.yaml" \
@@ -333,6 +382,7 @@ check_chart() {
       || { printf '%s\n' "$out" >&2; fail "kubeconform: rendered chart (KEDA on) invalid for Kubernetes $v"; }
     say "Kubernetes $v, existingSecret + KEDA + metrics Service (ScaledObject skipped: no CRD schema): $out"
     grep -q '^kind: Service$' "$tmp/keda.yaml" || fail "metrics.service.enabled, but no Service rendered"
+    check_serve_identity "$tmp/keda.yaml" "existing Secrets"
   done
 
   # The ScaledObject, by name since no schema is available: the Kafka trigger's keys.
@@ -355,6 +405,21 @@ check_chart() {
   fi
   grep -q 'is required unless existingSecret' <<<"$out" \
     || { printf '%s\n' "$out" >&2; fail "the chart failed without credentials, but not with the expected message"; }
+  # serve is off by default; on, it refuses to render without sign-in, or with the consumer's
+  # Secret as its own.
+  "$BIN/helm" template imgstream "$chart" --kube-version "${K8S_VERSIONS[-1]}" -f "$chart/ci/test-values.yaml" \
+    --set serve.enabled=false >"$tmp/serve-off.yaml" || fail "helm template failed with serve.enabled=false"
+  if grep -q 'component: serve' "$tmp/serve-off.yaml"; then
+    fail "serve rendered although serve.enabled=false"
+  fi
+  if out="$("$BIN/helm" template imgstream "$chart" --kube-version "${K8S_VERSIONS[-1]}" -f "$chart/ci/test-values.yaml" --set serve.oidc.issuer= 2>&1)"; then
+    fail "serve rendered without serve.oidc.issuer (it would not start)"
+  fi
+  grep -q 'serve.oidc.issuer is required' <<<"$out" || { printf '%s\n' "$out" >&2; fail "no serve.oidc.issuer, but not the expected message"; }
+  if out="$("$BIN/helm" template imgstream "$chart" --kube-version "${K8S_VERSIONS[-1]}" -f "$chart/ci/test-values.yaml" --set serve.existingSecret=imgstream 2>&1)"; then
+    fail "serve rendered with the consumer's Secret as its own"
+  fi
+  grep -q "the consumer's Secret" <<<"$out" || { printf '%s\n' "$out" >&2; fail "serve given the consumer's Secret, but not the expected message"; }
   say "chart: ok ($chart)"
 }
 
@@ -594,6 +659,9 @@ check_minio_dockerfile() {
     got="$(sed -n "s/^ARG $name=\(.*\)$/\1/p" "$file")"
     [[ -n "$want" && "$got" == "$want" ]] || fail "$file: ARG $name is '$got', scripts/stack/minio.sh has '$want'"
   done
+  want="$(sed -n 's/^go_tool mc github.com\/minio\/mc \(.*\)$/\1/p' "$REPO_ROOT/scripts/test-deps.sh")"
+  got="$(sed -n 's/^ARG MC_MODVER=\(.*\)$/\1/p' "$file")"
+  [[ -n "$want" && "$got" == "$want" ]] || fail "$file: ARG MC_MODVER is '$got', scripts/test-deps.sh builds mc '$want'"
   runtime="$(last_stage "$file")"
   user_ok "$file" "$runtime"
   no_baked_secrets "$file"
@@ -724,6 +792,13 @@ selftest() {
   fresh; sed -i 's#"0.0.0.0:9464"\]#"0.0.0.0:9465"]#' "$c"
   expect_caught "compose: consumer serves on 9465, healthcheck still asks 9464" compose "$c"
 
+  fresh; sed -i '/^  serve:$/,/^  producer:$/ s/^    environment:$/    environment:\n      <<: *imgstream-settings/' "$c"
+  expect_caught "compose: serve merges the consumer's settings and credentials" compose "$c"
+  fresh; sed -i 's#postgres://imgstream_serve:#postgres://imgstream:#' "$c"
+  expect_caught "compose: serve logs in as the index's owner" compose "$c"
+
+  fresh; sed -i 's/name: {{ $secretName }}/name: {{ include "imgstream.secretName" . }}/' "$h/templates/serve.yaml"
+  expect_caught "chart: serve mounts the consumer's Secret" chart "$h"
   fresh; printf '  broken: {{ .Values.config\n' >>"$h/templates/configmap.yaml"
   expect_caught "chart: template syntax error" chart "$h"
   fresh; sed -i 's/imagePullPolicy:/imagePullPolicee:/' "$h/templates/deployment.yaml"
@@ -765,6 +840,8 @@ selftest() {
   expect_caught "Dockerfile: secret baked in (ENV MINIO_SECRET_KEY)" dockerfile "$d"
   fresh; sed -i 's/apt-get install -y --no-install-recommends ca-certificates/apt-get install -y ca-certificates/' "$d"
   expect_caught "Dockerfile: apt-get install without --no-install-recommends" dockerfile "$d"
+  fresh; sed -i 's/^ARG MC_MODVER=v0.0.0-2025/ARG MC_MODVER=v0.0.0-2024/' "$m"
+  expect_caught "MinIO Dockerfile: mc differs from the one scripts/test-deps.sh builds" minio "$m"
   fresh; sed -i 's/^ARG SUM=h1:6/ARG SUM=h1:7/' "$m"
   expect_caught "MinIO Dockerfile: module hash differs from minio.sh" minio "$m"
   # The library check, on a binary that needs a library the runtime image lacks (PostgreSQL's

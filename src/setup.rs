@@ -135,6 +135,7 @@ async fn index(settings: &Settings, check_only: bool) -> Vec<Item> {
         let roles = [
             (settings.app_role.as_deref(), Access::ReadInsert),
             (settings.reader_role.as_deref(), Access::Read),
+            (settings.serve_role.as_deref(), Access::Serve),
             (settings.eraser_role.as_deref(), Access::Erase),
         ];
         for (role, access) in roles {
@@ -156,6 +157,7 @@ async fn role_item(index: &ImageIndex, role: &str, access: Access, check_only: b
             match access {
                 Access::ReadInsert => "read and insert into",
                 Access::Read => "read",
+                Access::Serve => "read the images of",
                 Access::Erase => "read and delete from",
             }
         ),

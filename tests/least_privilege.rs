@@ -126,12 +126,19 @@ async fn setup_takes_back_what_the_app_role_should_not_hold_and_check_reports_it
     )
     .await
     .unwrap();
+    // The erasure records are held to the role's access too: the consumer may not rewrite one.
+    run_as(
+        &owner_url,
+        &format!("GRANT UPDATE ON erasures TO {}", app.name),
+    )
+    .await
+    .unwrap();
 
     let check = env.run(&["setup", "--check"]);
     assert!(!check.status.success(), "check passed with excess grants");
     let listing = common::stdout(&check);
     assert!(
-        listing.contains("also holds UPDATE on images, DELETE on images"),
+        listing.contains("also holds UPDATE on images, DELETE on images, UPDATE on erasures"),
         "{listing}"
     );
 
@@ -140,6 +147,13 @@ async fn setup_takes_back_what_the_app_role_should_not_hold_and_check_reports_it
     assert!(common::stdout(&fix).contains("granted and revoked"));
     let answer = run_as(&app.url(&env), "DELETE FROM images").await;
     assert!(answer.is_err(), "DELETE still allowed after setup");
+    let answer = run_as(&app.url(&env), "UPDATE erasures SET requested_by = 'x'").await;
+    assert!(
+        answer
+            .as_ref()
+            .is_err_and(|e| e.contains("permission denied for table erasures")),
+        "UPDATE on erasures still allowed after setup: {answer:?}"
+    );
     let check = env.run(&["setup", "--check"]);
     assert!(check.status.success(), "{}", common::stdout(&check));
 }

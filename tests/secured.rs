@@ -645,3 +645,235 @@ async fn the_consumer_stores_with_temporary_credentials_from_the_aws_chain() {
         stdout(&verify)
     );
 }
+
+/// `serve`'s Kafka identity: it reads the group's offsets and the dead letters, and writes
+/// nothing.
+fn serve_identity(env: &TestEnv) -> KafkaUser {
+    let kafka = &env.settings.kafka;
+    let mut user = KafkaUser::create("serve");
+    user.allow(&["Describe"], "--topic", &kafka.data_topic)
+        .allow(&["Describe"], "--group", &kafka.group_id)
+        .allow(&["Read", "Describe"], "--topic", &kafka.dlq_topic);
+    user
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_works_as_its_own_identity_which_may_write_nothing_but_thumbnails() {
+    // Declared first, so it is dropped last: the role outlives the database that refers to it.
+    let serve_role = TestRole::create("serve").await;
+    let env = secured_env(
+        "secured-serve",
+        &[("DATABASE_SERVE_ROLE", serve_role.name.as_str())],
+    )
+    .await;
+    // Five images and one dead letter, stored by the administrators.
+    env.produce(5, &[]);
+    let plain: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .create()
+        .unwrap();
+    plain
+        .send(
+            FutureRecord::to(&env.settings.kafka.data_topic)
+                .key("garbage")
+                .payload("not an image record"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let consumed = env.run(&["consume", "--until-idle", "3"]);
+    assert!(consumed.status.success(), "{}", stderr(&consumed));
+    assert_eq!(env.counts().await, (5, 5));
+
+    let kafka = serve_identity(&env);
+    let mc = Mc::new(&env);
+    let bucket = env.settings.store.bucket.clone();
+    let s3 = S3User::create(&mc, "serve", &policy("s3-serve.json", &bucket));
+    // The store settings name a key that does not exist: every read and signature must come
+    // from serve's own.
+    let port = common::free_port();
+    let serve_url = serve_role.url(&env);
+    let _serving = env.spawn_with(
+        &["serve", "--addr", &format!("127.0.0.1:{port}")],
+        "serve",
+        &[
+            ("DATABASE_CONNECTION_STRING", serve_url.as_str()),
+            ("KAFKA_SASL_USERNAME", kafka.name.as_str()),
+            ("KAFKA_SASL_PASSWORD", kafka.password.as_str()),
+            ("MINIO_ACCESS_KEY", "no-such-key"),
+            ("MINIO_SECRET_KEY", "no-such-secret"),
+            ("IMGSTREAM_SERVE_S3_ACCESS_KEY", s3.access_key.as_str()),
+            ("IMGSTREAM_SERVE_S3_SECRET_KEY", s3.secret_key.as_str()),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let ca = std::fs::read(stack_ca()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .build()
+        .unwrap();
+    let ready = common::eventually(Duration::from_secs(30), || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(ready, "serve did not get ready: {}", env.read_log("serve"));
+    let get = |path: &str| {
+        let request = http.get(format!("{base}{path}"));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (status, content_type, response.bytes().await.unwrap())
+        }
+    };
+
+    // It does its whole job: the gallery, the API, a thumbnail (made and kept), a presigned URL
+    // and a download through one, the pipeline (offsets and dead letters from Kafka).
+    let (status, _, body) = get("/api/images").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ids: Vec<String> = page["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5, "{page}");
+    let (status, _, html) = get("/").await;
+    assert_eq!(status, 200);
+    let html = String::from_utf8_lossy(&html);
+    for id in &ids {
+        assert!(
+            html.contains(&format!("/thumbnails/{id}")),
+            "{id} not in the gallery"
+        );
+    }
+    let id = &ids[0];
+    let (status, content_type, thumbnail) = get(&format!("/thumbnails/{id}")).await;
+    assert_eq!((status, content_type.as_str()), (200, "image/jpeg"));
+    assert!(thumbnail.starts_with(&[0xff, 0xd8]));
+    let kept = env
+        .store()
+        .get(&imgstream::domain::thumbnail_key(&id.parse().unwrap()))
+        .await;
+    assert!(kept.is_ok(), "the thumbnail was not kept: {kept:?}");
+    let original = env
+        .store()
+        .get(page["images"][0]["object_key"].as_str().unwrap())
+        .await
+        .unwrap();
+    let (status, _, body) = get(&format!("/api/images/{id}/url")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let signed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let url = signed["url"].as_str().unwrap();
+    assert!(
+        url.contains(&format!("X-Amz-Credential={}", s3.access_key)),
+        "signed with another key: {url}"
+    );
+    let fetched = http.get(url).send().await.unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert_eq!(fetched.bytes().await.unwrap(), original);
+    // The download link redirects to a fresh presigned URL, which the client follows.
+    let (status, _, downloaded) = get(&format!("/images/{id}/download")).await;
+    assert_eq!(status, 200);
+    assert_eq!(downloaded, original);
+    let (status, _, body) = get("/api/pipeline").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let pipeline: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(pipeline["index_rows"], 5, "{pipeline}");
+    assert_eq!(pipeline["dlq_depth"], 1, "{pipeline}");
+    assert_eq!(
+        pipeline["recent_dead_letters"].as_array().unwrap().len(),
+        1,
+        "{pipeline}"
+    );
+
+    // MinIO refuses its key any write but a thumbnail, and every delete.
+    let mut settings = env.settings.clone();
+    settings.store.access_key = s3.access_key.clone();
+    settings.store.secret_key = s3.secret_key.clone();
+    let as_serve = imgstream::wiring::store(&settings).unwrap();
+    let key = page["images"][0]["object_key"].as_str().unwrap();
+    let bytes = bytes::Bytes::from_static(b"not an image");
+    let sha = imgstream::domain::sha256_hex(&bytes);
+    let written = as_serve
+        .put_image(
+            "images/00/00000000-0000-4000-8000-000000000000",
+            bytes.clone(),
+            "image/png",
+            &sha,
+        )
+        .await;
+    assert!(
+        matches!(written, Err(imgstream::store::StoreError::Denied { .. })),
+        "write under images/: {written:?}"
+    );
+    for target in [
+        key.to_string(),
+        imgstream::domain::thumbnail_key(&id.parse().unwrap()),
+    ] {
+        let denied = as_serve.delete(&target).await;
+        assert!(
+            matches!(denied, Err(imgstream::store::StoreError::Denied { .. })),
+            "delete {target}: {denied:?}"
+        );
+    }
+
+    // PostgreSQL refuses its role any change, and the erasure records it has no use for.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&serve_url)
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO images SELECT * FROM images LIMIT 1",
+        "DELETE FROM images",
+        "UPDATE images SET customer_id = 'x'",
+        "SELECT count(*) FROM erasures",
+    ] {
+        let refused = sqlx::query(sql).execute(&mut conn).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("permission denied")),
+            "{sql}: {refused:?}"
+        );
+    }
+    let check = env.run(&["setup", "--check"]);
+    assert!(
+        stdout(&check).contains(&format!(
+            "role {} may only read the images of the index",
+            serve_role.name
+        )),
+        "{}",
+        stdout(&check)
+    );
+
+    // Kafka refuses its identity a write to either topic.
+    let producer: FutureProducer = client_as(&kafka)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    for topic in [
+        &env.settings.kafka.data_topic,
+        &env.settings.kafka.dlq_topic,
+    ] {
+        let write = producer
+            .send(
+                FutureRecord::to(topic).key("k").payload("not from serve"),
+                Duration::from_secs(10),
+            )
+            .await;
+        let refusal = write.expect_err("serve's identity wrote to a topic").0;
+        assert!(
+            refusal.to_string().contains("Topic authorization failed"),
+            "{topic}: {refusal}"
+        );
+    }
+    assert_eq!(env.counts().await, (5, 5), "nothing changed");
+}

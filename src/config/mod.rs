@@ -278,8 +278,11 @@ pub struct Settings {
     /// `DATABASE_APP_ROLE`: the PostgreSQL role the consumer runs as; `setup` grants it SELECT and
     /// INSERT on the index and nothing more.
     pub app_role: Option<String>,
-    /// `DATABASE_READER_ROLE`: the role `serve`, `status` and `verify` run as; SELECT only.
+    /// `DATABASE_READER_ROLE`: the role `status` and `verify` run as; SELECT only.
     pub reader_role: Option<String>,
+    /// `DATABASE_SERVE_ROLE`: the role `serve` runs as; SELECT on `images` alone (it never reads
+    /// the erasure records).
+    pub serve_role: Option<String>,
     /// `DATABASE_ERASER_ROLE`: the role `erase` and `retain` run as; SELECT and DELETE on the
     /// index, and the erasure records.
     pub eraser_role: Option<String>,
@@ -305,6 +308,7 @@ impl fmt::Debug for Settings {
             registry_ca_file,
             app_role,
             reader_role,
+            serve_role,
             eraser_role,
             retention,
             limits,
@@ -320,6 +324,7 @@ impl fmt::Debug for Settings {
             .field("registry_ca_file", registry_ca_file)
             .field("app_role", app_role)
             .field("reader_role", reader_role)
+            .field("serve_role", serve_role)
             .field("eraser_role", eraser_role)
             .field("retention", retention)
             .field("limits", limits)
@@ -340,11 +345,19 @@ pub fn load_vars() -> Result<HashMap<String, String>, ConfigError> {
 
 /// Secrets that may come from a file instead (`<NAME>_FILE=/run/secrets/…`, as container
 /// orchestrators mount them), so they need not sit in the environment.
-const SECRET_FILES: [(&str, &str); 6] = [
+const SECRET_FILES: [(&str, &str); 8] = [
     ("KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE"),
     ("KAFKA_SSL_KEY_PASSWORD", "KAFKA_SSL_KEY_PASSWORD_FILE"),
     ("MINIO_ACCESS_KEY", "MINIO_ACCESS_KEY_FILE"),
     ("MINIO_SECRET_KEY", "MINIO_SECRET_KEY_FILE"),
+    (
+        "IMGSTREAM_SERVE_S3_ACCESS_KEY",
+        "IMGSTREAM_SERVE_S3_ACCESS_KEY_FILE",
+    ),
+    (
+        "IMGSTREAM_SERVE_S3_SECRET_KEY",
+        "IMGSTREAM_SERVE_S3_SECRET_KEY_FILE",
+    ),
     (
         "DATABASE_CONNECTION_STRING",
         "DATABASE_CONNECTION_STRING_FILE",
@@ -357,7 +370,7 @@ const SECRET_FILES: [(&str, &str); 6] = [
 
 /// `vars` with each `<NAME>_FILE` read into `<NAME>` (its last line break dropped). Both set is
 /// a contradiction, reported rather than guessed at.
-fn with_secret_files(
+pub(crate) fn with_secret_files(
     vars: &HashMap<String, String>,
 ) -> Result<HashMap<String, String>, ConfigError> {
     let mut out = vars.clone();
@@ -655,6 +668,7 @@ impl Settings {
             registry_ca_file: readable_file(vars, "SCHEMA_REGISTRY_SSL_CA_LOCATION")?,
             app_role: role_name(vars, "DATABASE_APP_ROLE")?,
             reader_role: role_name(vars, "DATABASE_READER_ROLE")?,
+            serve_role: role_name(vars, "DATABASE_SERVE_ROLE")?,
             eraser_role: role_name(vars, "DATABASE_ERASER_ROLE")?,
             retention: retention(vars)?,
             limits,
@@ -1041,6 +1055,7 @@ pub(crate) mod tests {
             ("SCHEMA_REGISTRY_URL", "nope"),
             ("DATABASE_APP_ROLE", "app; DROP TABLE images"),
             ("DATABASE_READER_ROLE", "Reader"),
+            ("DATABASE_SERVE_ROLE", "serve-role"),
             ("DATABASE_ERASER_ROLE", "eraser!"),
             ("IMGSTREAM_RETENTION", "400"),
             ("IMGSTREAM_RETENTION", "forever"),

@@ -1,8 +1,9 @@
 //! `imgstream serve`'s own settings: who may call it (OpenID Connect), and the limits that keep
 //! it standing under hostile clients. Read from the same variables as [`super::Settings`].
 
-use super::{ConfigError, invalid, parse_number, readable_file};
+use super::{ConfigError, Settings, invalid, parse_number, readable_file, with_secret_files};
 use std::collections::HashMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
@@ -27,10 +28,28 @@ pub struct OidcSettings {
     pub leeway: Duration,
 }
 
+/// `serve`'s own S3 key (`IMGSTREAM_SERVE_S3_ACCESS_KEY`/`_SECRET_KEY`); the secret never
+/// appears in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Key {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl fmt::Debug for S3Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Key({}:<redacted>)", self.access_key)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeSettings {
     /// Sign-in; `None` serves everyone everything, and then only on loopback.
     pub oidc: Option<OidcSettings>,
+    /// The key `serve` reads images, keeps thumbnails and signs URLs with
+    /// (deploy/policies/s3-serve.json); `None`: the object store settings' own (`MINIO_*`), so
+    /// the demo needs no second key.
+    pub s3_key: Option<S3Key>,
     /// `IMGSTREAM_SERVE_OPEN_ACCESS=true`: listen beyond loopback without sign-in. Only for a
     /// container whose port is published on its host's loopback alone (deploy/compose.yaml).
     pub open_access: bool,
@@ -59,6 +78,7 @@ impl Default for ServeSettings {
 
 impl ServeSettings {
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<ServeSettings, ConfigError> {
+        let vars = &with_secret_files(vars)?;
         let set = |name: &str| {
             vars.get(name)
                 .map(|v| v.trim().to_string())
@@ -142,8 +162,31 @@ impl ServeSettings {
                 ));
             }
         };
+        let s3_key = match (
+            set("IMGSTREAM_SERVE_S3_ACCESS_KEY"),
+            set("IMGSTREAM_SERVE_S3_SECRET_KEY"),
+        ) {
+            (None, None) => None,
+            (Some(access_key), Some(secret_key)) => Some(S3Key {
+                access_key,
+                secret_key,
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "IMGSTREAM_SERVE_S3_SECRET_KEY",
+                    "is unset while IMGSTREAM_SERVE_S3_ACCESS_KEY is set; set both, or neither to use MINIO_ACCESS_KEY/MINIO_SECRET_KEY",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "IMGSTREAM_SERVE_S3_ACCESS_KEY",
+                    "is unset while IMGSTREAM_SERVE_S3_SECRET_KEY is set; set both, or neither to use MINIO_ACCESS_KEY/MINIO_SECRET_KEY",
+                ));
+            }
+        };
         Ok(ServeSettings {
             oidc,
+            s3_key,
             open_access,
             allowed_hosts,
             max_url_ttl: secs("IMGSTREAM_SERVE_MAX_URL_TTL_SECS", "3600", 7 * 24 * 3600)?,
@@ -174,6 +217,18 @@ impl ServeSettings {
     pub fn load() -> Result<ServeSettings, ConfigError> {
         ServeSettings::from_vars(&super::load_vars()?)
     }
+
+    /// `settings` as `serve` uses them: with its own S3 key, when it has one, in place of the
+    /// object store's (and of the AWS chain), for every read and every presigned URL.
+    pub fn own_identity(&self, settings: &Settings) -> Settings {
+        let mut own = settings.clone();
+        if let Some(key) = &self.s3_key {
+            own.store.access_key = key.access_key.clone();
+            own.store.secret_key = key.secret_key.clone();
+            own.store.aws_chain = None;
+        }
+        own
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +257,48 @@ mod tests {
         let oidc = s.oidc.unwrap();
         assert_eq!(oidc.customers_claim, "customers");
         assert_eq!(oidc.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn serve_uses_its_own_s3_key_when_both_halves_are_set_and_the_store_key_otherwise() {
+        let settings = Settings::from_vars(&vars(&[
+            ("MINIO_ACCESS_KEY", "consumer"),
+            ("MINIO_SECRET_KEY", "consumer-secret"),
+        ]))
+        .unwrap();
+        let unset = ServeSettings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(unset.s3_key, None);
+        assert_eq!(
+            unset.own_identity(&settings),
+            settings,
+            "the demo's one key"
+        );
+
+        let own = ServeSettings::from_vars(&vars(&[
+            ("IMGSTREAM_SERVE_S3_ACCESS_KEY", "serve"),
+            ("IMGSTREAM_SERVE_S3_SECRET_KEY", "serve-secret"),
+        ]))
+        .unwrap();
+        let store = own.own_identity(&settings).store;
+        assert_eq!(
+            (store.access_key.as_str(), store.secret_key.as_str()),
+            ("serve", "serve-secret")
+        );
+        assert!(!format!("{own:?}").contains("serve-secret"), "{own:?}");
+
+        for (set, missing) in [
+            (
+                "IMGSTREAM_SERVE_S3_ACCESS_KEY",
+                "IMGSTREAM_SERVE_S3_SECRET_KEY",
+            ),
+            (
+                "IMGSTREAM_SERVE_S3_SECRET_KEY",
+                "IMGSTREAM_SERVE_S3_ACCESS_KEY",
+            ),
+        ] {
+            let err = ServeSettings::from_vars(&vars(&[(set, "x")])).unwrap_err();
+            assert_eq!(err.var, missing);
+        }
     }
 
     #[test]

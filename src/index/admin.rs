@@ -143,6 +143,30 @@ impl ImageIndex {
                 audit.excess.push(format!("{privilege} on images"));
             }
         }
+        // The erasure records and replays: exactly what the access needs there too (serve, for
+        // one, reads none of them).
+        let companions: Vec<(String, Vec<String>)> = sqlx::query_as(
+            "SELECT t, array(SELECT p FROM unnest($2::text[]) AS p
+                             WHERE has_table_privilege($1::name, t, p))
+             FROM unnest($3::text[]) AS t",
+        )
+        .bind(role)
+        .bind(TABLE_PRIVILEGES.map(String::from).to_vec())
+        .bind(COMPANION_TABLES.map(String::from).to_vec())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        for (table, held) in companions {
+            let wanted = access.companion_privileges(&table);
+            for privilege in wanted {
+                if !held.iter().any(|h| h == privilege) {
+                    audit.missing.push(format!("{privilege} on {table}"));
+                }
+            }
+            for privilege in held.iter().filter(|h| !wanted.contains(&h.as_str())) {
+                audit.excess.push(format!("{privilege} on {table}"));
+            }
+        }
         if get("schema_create")? {
             audit.excess.push("CREATE on the schema".into());
         }
@@ -219,8 +243,10 @@ const COMPANION_TABLES: [&str; 3] = ["erasures", "erasure_leftovers", "dlq_repla
 pub enum Access {
     /// The consumer: read and insert rows, nothing else.
     ReadInsert,
-    /// `serve`, `status`, `verify`: read rows.
+    /// `status`, `verify`: read rows, and the erasure records (verify knows erasures).
     Read,
+    /// `serve`: read rows of `images`, nothing else (not the erasure records either).
+    Serve,
     /// `erase` and `retain`: read and delete rows, and record each erasure.
     Erase,
 }
@@ -229,7 +255,7 @@ impl Access {
     pub fn table_privileges(self) -> &'static [&'static str] {
         match self {
             Access::ReadInsert => &["SELECT", "INSERT"],
-            Access::Read => &["SELECT"],
+            Access::Read | Access::Serve => &["SELECT"],
             Access::Erase => &["SELECT", "DELETE"],
         }
     }

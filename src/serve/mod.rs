@@ -9,7 +9,8 @@
 //! - `/metrics`, `/healthz` and `/readyz` for the server itself.
 //!
 //! The server only reads the index and the images; its one write is a thumbnail, under its own
-//! prefix.
+//! prefix. It runs as an identity of its own (README, "Least privilege"): `DATABASE_SERVE_ROLE`
+//! in PostgreSQL, `IMGSTREAM_SERVE_S3_ACCESS_KEY` in the store, a Kafka user that may only read.
 
 pub mod api;
 pub mod auth;
@@ -112,6 +113,9 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
             opts.addr
         ));
     }
+    // Reads, thumbnails and presigned URLs use serve's own key when it has one: a URL is then
+    // signed by an identity that can read images and nothing more (deploy/policies/s3-serve.json).
+    let settings = &security.own_identity(settings);
     let store = wiring::store(settings).map_err(|e| e.to_string())?;
     let index = wiring::index(settings).await.map_err(|e| e.to_string())?;
     let pending = index

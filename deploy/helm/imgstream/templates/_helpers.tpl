@@ -110,3 +110,29 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* serve's objects: `<release>-serve`. */}}
+{{- define "imgstream.serveName" -}}
+{{- printf "%s-serve" (include "imgstream.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The Secret serve reads: the user's, or the chart's own; never the consumer's, which holds
+     write rights to the topic, the index and the bucket. */}}
+{{- define "imgstream.serveSecretName" -}}
+{{- $name := default (include "imgstream.serveName" .) .Values.serve.existingSecret }}
+{{- if eq $name (include "imgstream.secretName" .) }}
+{{- fail (printf "serve.existingSecret is %s, the consumer's Secret: serve needs an identity of its own (a read-only index role and an image-read S3 key; values.yaml, serve)" $name) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* serve's Secret data, each value required when no serve.existingSecret is named (the OIDC
+     client secret only with a browser sign-in client). */}}
+{{- define "imgstream.serveSecretData" -}}
+{{- range $key := list "DATABASE_CONNECTION_STRING" "IMGSTREAM_SERVE_S3_ACCESS_KEY" "IMGSTREAM_SERVE_S3_SECRET_KEY" }}
+{{ $key }}: {{ required (printf "serve.secret.%s is required unless serve.existingSecret names a Secret holding it: serve runs as its own identity, not the consumer's" $key) (get $.Values.serve.secret $key) | b64enc | quote }}
+{{- end }}
+{{- if $.Values.serve.oidc.clientId }}
+IMGSTREAM_OIDC_CLIENT_SECRET: {{ required "serve.secret.IMGSTREAM_OIDC_CLIENT_SECRET is required with serve.oidc.clientId unless serve.existingSecret names a Secret holding it" $.Values.serve.secret.IMGSTREAM_OIDC_CLIENT_SECRET | b64enc | quote }}
+{{- end }}
+{{- end }}

@@ -8,7 +8,12 @@
 //!   query sent straight to PostgreSQL;
 //! - a cold 48-thumbnail gallery (the page, then its thumbnails over six connections, as a browser
 //!   fetches them), against its floor: reading the 48 originals from MinIO the same way; then the
-//!   same page warm.
+//!   same page warm;
+//! - sign-in's cost: the first gallery page and `/api/images` of customer `a` (one customer in
+//!   fifty, and the 48 newest images) from a second `serve` with sign-in on, asked with a bearer
+//!   token of Keycloak's client-credentials client (whose token names customer `a`), side by side
+//!   with the first `serve` (sign-in off) asked for `customer=a`: the same rows, one request of
+//!   each in turn.
 
 use crate::control::{binary, case_settings, cleanup, drop_database, fresh_database, setup};
 use crate::report::percentile;
@@ -24,6 +29,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CUSTOMERS: i64 = 50;
+/// The customer Keycloak's client-credentials client (`imgstream-machine`) may see
+/// (stack/keycloak/imgstream-realm.json); one of the fifty.
+const SIGNED_IN_CUSTOMER: &str = "a";
 const PAGE: usize = 48;
 const SAMPLES: usize = 200;
 
@@ -77,7 +85,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
          SELECT id, 'images/' || left(id::text, 2) || '/' || id::text, $1,
                 encode(sha256(convert_to(id::text, 'UTF8')), 'hex'), 50000, 640, 480,
                 (ARRAY['image/png', 'image/jpeg', 'image/webp'])[1 + g % 3],
-                'customer-' || (g % $3), 'cam-' || (g % 500),
+                CASE WHEN g % $3 = 0 THEN $5 ELSE 'customer-' || (g % $3) END, 'cam-' || (g % 500),
                 now() - interval '1 hour' - make_interval(secs => g * 0.5), now(),
                 $4, (g % 12)::int, g / 12
          FROM (SELECT g, gen_random_uuid() AS id FROM generate_series(1, $2::bigint) g) AS s",
@@ -86,6 +94,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
     .bind(rows)
     .bind(CUSTOMERS)
     .bind(&name)
+    .bind(SIGNED_IN_CUSTOMER)
     .execute(&pool)
     .await
     .unwrap();
@@ -122,7 +131,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
             width: 1024,
             height: 768,
             content_type: format.content_type().into(),
-            customer_id: "customer-0".into(),
+            customer_id: SIGNED_IN_CUSTOMER.into(),
             source_id: "cam-0".into(),
             created_at: chrono::Utc::now() - chrono::Duration::seconds(i as i64),
             kafka_topic: name.clone(),
@@ -132,37 +141,11 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
     }
     index.insert_batch(&newest).await.unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(binary())
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .envs(&vars)
-        .env("IMGSTREAM_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start imgstream serve");
-    let root = format!("http://127.0.0.1:{port}");
+    let (mut server, root) = start_serve(&vars, &[]).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(8)
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{root}/readyz"))
-        .send()
-        .await
-        .map_or(true, |r| !r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "imgstream serve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // Cursors at random depths, all customers and within customer-7 (20,000 rows each).
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
@@ -256,6 +239,8 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
     })
     .await;
 
+    let sign_in = sign_in_cost(&vars, &http, &root).await;
+
     let _ = server.kill();
     let _ = server.wait();
     pool.close().await;
@@ -284,6 +269,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
         "warm_gallery_48_thumbnails_secs": warm,
         "thumbnails_made_per_sec": PAGE as f64 / cold,
         "read_48_originals_secs": originals_secs,
+        "sign_in": sign_in,
         "ratios": {
             "api_deep_p99_over_sql_deep_p99": p99(&api_deep) / p99(&sql_deep),
             "api_customer_deep_p99_over_sql_p99": p99(&api_customer_deep) / p99(&sql_customer_deep),
@@ -323,4 +309,180 @@ async fn gallery_with_thumbnails(http: &reqwest::Client, root: &str) -> f64 {
         "JPEG thumbnails"
     );
     started.elapsed().as_secs_f64()
+}
+
+/// Starts `imgstream serve` on a free loopback port with `vars` and `extra` (sign-in only if
+/// `extra` turns it on), and waits until it is ready.
+async fn start_serve(
+    vars: &HashMap<String, String>,
+    extra: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new(binary())
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .envs(vars)
+        .env_remove("IMGSTREAM_OIDC_ISSUER")
+        .env_remove("IMGSTREAM_OIDC_AUDIENCE")
+        .envs(extra.iter().copied())
+        .env("IMGSTREAM_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start imgstream serve");
+    let root = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{root}/readyz"))
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "imgstream serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (server, root)
+}
+
+/// An access token of the client-credentials client, or why there is none.
+async fn machine_token(
+    http: &reqwest::Client,
+    issuer: &str,
+    vars: &HashMap<String, String>,
+) -> Result<String, String> {
+    let var = |name: &str, default: &str| vars.get(name).cloned().unwrap_or(default.into());
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair(
+            "client_id",
+            &var("BENCH_OIDC_CLIENT_ID", "imgstream-machine"),
+        )
+        .append_pair(
+            "client_secret",
+            &var("BENCH_OIDC_CLIENT_SECRET", "imgstream-machine-local-secret"),
+        )
+        .finish();
+    let url = format!("{issuer}/protocol/openid-connect/token");
+    let response = http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            format!("no token from {url} ({e}); start Keycloak with make stack-up-secured")
+        })?;
+    let status = response.status();
+    let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{url} answered {status}: {answer}"))
+}
+
+/// The first gallery page and `/api/images` with sign-in on (a bearer token naming customer `a`)
+/// against sign-in off (`customer=a`), one request of each in turn so both see the same machine.
+async fn sign_in_cost(vars: &HashMap<String, String>, http: &reqwest::Client, off: &str) -> Value {
+    let issuer = vars
+        .get("IMGSTREAM_OIDC_ISSUER")
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:8180/realms/imgstream".into());
+    let audience = vars
+        .get("IMGSTREAM_OIDC_AUDIENCE")
+        .cloned()
+        .unwrap_or_else(|| "imgstream-api".into());
+    let token = match machine_token(http, &issuer, vars).await {
+        Ok(token) => token,
+        Err(why) => return json!({ "skipped": why }),
+    };
+    let (mut server, on) = start_serve(
+        vars,
+        &[
+            ("IMGSTREAM_OIDC_ISSUER", &issuer),
+            ("IMGSTREAM_OIDC_AUDIENCE", &audience),
+        ],
+    )
+    .await;
+    let get = |url: String, token: Option<&str>| {
+        let mut request = http.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            assert!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            response.bytes().await.expect("body")
+        }
+    };
+    // Both answer the same page: the scoping is in the query, so this is the cost of the check.
+    let ids = |body: bytes::Bytes| -> Vec<String> {
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        page["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["image_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let off_api = format!("{off}/api/images?limit={PAGE}&customer={SIGNED_IN_CUSTOMER}");
+    let on_api = format!("{on}/api/images?limit={PAGE}");
+    let off_page = format!("{off}/?limit={PAGE}&customer={SIGNED_IN_CUSTOMER}");
+    let on_page = format!("{on}/?limit={PAGE}");
+    let same = ids(get(off_api.clone(), None).await);
+    assert_eq!(same.len(), PAGE);
+    assert_eq!(same, ids(get(on_api.clone(), Some(&token)).await));
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    for _ in 0..SAMPLES {
+        for (i, (url, token)) in [
+            (&off_api, None),
+            (&on_api, Some(token.as_str())),
+            (&off_page, None),
+            (&on_page, Some(token.as_str())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let started = Instant::now();
+            get(url.clone(), token).await;
+            samples[i].push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let [off_api, on_api, off_page, on_page] = samples;
+    let ratio = |on: &Vec<f64>, off: &Vec<f64>, q: f64| {
+        let (mut on, mut off) = (on.clone(), off.clone());
+        on.sort_by(f64::total_cmp);
+        off.sort_by(f64::total_cmp);
+        percentile(&on, q) / percentile(&off, q)
+    };
+    let ratios = json!({
+        "api_p50_on_over_off": ratio(&on_api, &off_api, 0.5),
+        "api_p99_on_over_off": ratio(&on_api, &off_api, 0.99),
+        "gallery_p50_on_over_off": ratio(&on_page, &off_page, 0.5),
+        "gallery_p99_on_over_off": ratio(&on_page, &off_page, 0.99),
+    });
+    let within_10_percent = ratios
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|r| r.as_f64().is_some_and(|r| r <= 1.10));
+    json!({
+        "customer": SIGNED_IN_CUSTOMER,
+        "issuer": issuer,
+        "api_first_page_off": stats(off_api),
+        "api_first_page_on": stats(on_api),
+        "gallery_first_page_off": stats(off_page),
+        "gallery_first_page_on": stats(on_page),
+        "ratios": ratios,
+        "target_on_within_10_percent_of_off": within_10_percent,
+    })
 }
