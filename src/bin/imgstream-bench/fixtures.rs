@@ -55,6 +55,17 @@ pub async fn preload(
     count: usize,
     rate: Option<f64>,
 ) -> Preloaded {
+    preload_while(settings, pool, rate, |i| i < count).await
+}
+
+/// Produces records of pooled images with fresh ids, at `rate` per second if given, for as
+/// long as `more(records so far)` says: a run that lasts as long as something else does.
+pub async fn preload_while(
+    settings: &Settings,
+    pool: &[(ImageSpec, Vec<u8>)],
+    rate: Option<f64>,
+    more: impl Fn(usize) -> bool,
+) -> Preloaded {
     let registry = wiring::registry(settings).unwrap();
     let schema_id = registry
         .register(
@@ -70,8 +81,9 @@ pub async fn preload(
     let shas: Vec<String> = pool.iter().map(|(_, d)| sha256_hex(d)).collect();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
-    let mut ack_secs = Vec::with_capacity(count);
-    for i in 0..count {
+    let mut ack_secs = Vec::new();
+    let mut i = 0;
+    while more(i) {
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
@@ -109,6 +121,7 @@ pub async fn preload(
             use futures::StreamExt;
             ack_secs.push(pending.next().await.unwrap().unwrap());
         }
+        i += 1;
     }
     use futures::StreamExt;
     while let Some(waited) = pending.next().await {
@@ -116,7 +129,7 @@ pub async fn preload(
     }
     ack_secs.sort_by(f64::total_cmp);
     Preloaded {
-        records_per_sec: count as f64 / started.elapsed().as_secs_f64(),
+        records_per_sec: i as f64 / started.elapsed().as_secs_f64(),
         ack_secs,
     }
 }
