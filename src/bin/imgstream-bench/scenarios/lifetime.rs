@@ -4,6 +4,9 @@
 //!   again), with no erasure recorded against 1,000: the consumer's throughput and CPU.
 //! - [`retain_latency`]: produce-to-index latency of a paced consumer while `imgstream retain`
 //!   removes 200,000 rows and their objects, against the same run without it.
+//!
+//! Each has databases of its own (`imgstream_bench_erasures_*`, `imgstream_bench_retain`),
+//! dropped and made afresh, so that it never drops one another run is using.
 
 use crate::control::{
     binary, case_settings, cleanup, consumer_log, fresh_database, run_consumers, settle_disk,
@@ -118,11 +121,11 @@ async fn erasure_query_ms(settings: &Settings, probes: &[ErasureProbe], times: u
 pub async fn erasure_check(base: &HashMap<String, String>, run: &str, sizes: &Sizes) -> Value {
     let label = "[erasure-check]";
     let none_name = format!("bench-erasures-0-{run}");
-    let (none, none_vars) = case_settings(base, &none_name, "imgstream_bench", 6);
+    let (none, none_vars) = case_settings(base, &none_name, "imgstream_bench_erasures_none", 6);
     let (many, mut many_vars) = case_settings(
         base,
         &format!("bench-erasures-{}-{run}", sizes.erasures),
-        "imgstream_bench_erasures",
+        "imgstream_bench_erasures_many",
         6,
     );
     many_vars.insert("KAFKA_DATA_TOPIC".into(), none.kafka.data_topic.clone());
@@ -377,8 +380,12 @@ async fn paced_run(
 /// `sizes.old_rows` rows and their objects, on the same index (the old rows there in both).
 pub async fn retain_latency(base: &HashMap<String, String>, run: &str, sizes: &Sizes) -> Value {
     let label = "[retain-latency]";
-    let (settings, vars) =
-        case_settings(base, &format!("bench-retain-{run}"), "imgstream_bench", 6);
+    let (settings, vars) = case_settings(
+        base,
+        &format!("bench-retain-{run}"),
+        "imgstream_bench_retain",
+        6,
+    );
     fresh_database(&settings).await;
     setup(&settings).await;
     let old = image_pool(1 << 10, ImageFormat::Png, 1);
