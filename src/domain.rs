@@ -267,7 +267,8 @@ impl Erasing {
                 cutoff,
                 ..
             } => probe.customer_id == *customer_id && probe.created_at < *cutoff,
-            Erasing::Images(ids) => ids.binary_search(&probe.image_id).is_ok(),
+            // Not a binary search: a list built by hand (the fakes, a test) need not be sorted.
+            Erasing::Images(ids) => ids.contains(&probe.image_id),
             Erasing::Retention { cutoff } => probe.created_at < *cutoff,
         }
     }
@@ -370,5 +371,99 @@ mod tests {
             IndexEntry::new(&record, &origin, "b").sha256,
             sha256_hex(&data)
         );
+    }
+
+    /// A record of `customer` created at `created_at`, with a fixed id.
+    fn probe(customer: &str, created_at: DateTime<Utc>) -> ErasureProbe {
+        ErasureProbe {
+            image_id: Uuid::from_u128(7),
+            customer_id: customer.into(),
+            created_at,
+        }
+    }
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+    }
+
+    #[test]
+    fn a_customer_erasure_covers_that_customers_images_created_strictly_before_its_cutoff() {
+        let cutoff = at("2026-03-01T12:00:00Z");
+        // With --before (a cut-off asked for) and without (the time the request started): the
+        // same rule, the flag only says where the cut-off came from.
+        for before_given in [true, false] {
+            let erasing = Erasing::Customer {
+                customer_id: "bob".into(),
+                cutoff,
+                before_given,
+            };
+            let tick = chrono::Duration::microseconds(1);
+            assert!(erasing.covers(&probe("bob", cutoff - tick)));
+            assert!(erasing.covers(&probe("bob", cutoff - chrono::Duration::days(3650))));
+            // Created at exactly the cut-off, or after: kept. A record made as the request
+            // started is not one the request could have meant.
+            assert!(!erasing.covers(&probe("bob", cutoff)));
+            assert!(!erasing.covers(&probe("bob", cutoff + tick)));
+            // Another customer, however old, and ids matched exactly (no case folding, no
+            // prefix, no trimming).
+            for other in ["alice", "Bob", "bo", "bob ", "bobby", ""] {
+                assert!(
+                    !erasing.covers(&probe(other, cutoff - tick)),
+                    "{other:?} is not bob"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_erasure_by_id_covers_those_images_whoever_they_belong_to_and_whenever_made() {
+        let ids = [Uuid::from_u128(9), Uuid::from_u128(3), Uuid::from_u128(5)];
+        // In the order given: the list need not be sorted to be matched.
+        let erasing = Erasing::Images(ids.to_vec());
+        for id in ids {
+            for (customer, created_at) in [
+                ("anyone", at("1999-01-01T00:00:00Z")),
+                ("someone", at("2999-01-01T00:00:00Z")),
+            ] {
+                let p = ErasureProbe {
+                    image_id: id,
+                    customer_id: customer.into(),
+                    created_at,
+                };
+                assert!(erasing.covers(&p), "{id} of {customer}");
+            }
+        }
+        for other in [Uuid::nil(), Uuid::from_u128(4), Uuid::from_u128(7)] {
+            let p = ErasureProbe {
+                image_id: other,
+                ..probe("anyone", at("2000-01-01T00:00:00Z"))
+            };
+            assert!(!erasing.covers(&p), "{other} was not named");
+        }
+        assert!(!Erasing::Images(Vec::new()).covers(&probe("x", at("2000-01-01T00:00:00Z"))));
+    }
+
+    #[test]
+    fn a_retention_erasure_covers_every_customers_images_created_strictly_before_its_cutoff() {
+        let cutoff = at("2025-01-01T00:00:00Z");
+        let erasing = Erasing::Retention { cutoff };
+        let tick = chrono::Duration::microseconds(1);
+        for customer in ["alice", "bob", ""] {
+            assert!(erasing.covers(&probe(customer, cutoff - tick)));
+            assert!(!erasing.covers(&probe(customer, cutoff)));
+            assert!(!erasing.covers(&probe(customer, cutoff + tick)));
+        }
+    }
+
+    #[test]
+    fn the_cutoff_is_compared_as_an_instant_whatever_the_offset_it_was_written_with() {
+        let erasing = Erasing::Customer {
+            customer_id: "bob".into(),
+            cutoff: at("2026-03-01T12:00:00+02:00"),
+            before_given: true,
+        };
+        assert!(erasing.covers(&probe("bob", at("2026-03-01T09:59:59.999Z"))));
+        assert!(!erasing.covers(&probe("bob", at("2026-03-01T10:00:00Z"))));
+        assert!(!erasing.covers(&probe("bob", at("2026-03-01T11:00:00Z"))));
     }
 }

@@ -48,6 +48,9 @@ pub struct EraseOptions {
     pub batch_size: usize,
     /// Who asked: kept with the erasure.
     pub requested_by: String,
+    /// Record a customer's erasure even when the index holds no image of theirs yet: their
+    /// records may still be on the topic, unconsumed, and would be stored later otherwise.
+    pub record_anyway: bool,
 }
 
 /// What a request asks, before it is given a cut-off by the database's clock.
@@ -80,6 +83,9 @@ pub struct EraseReport {
     pub objects_removed_now: u64,
     /// Objects consumers wrote for records already erased, removed now.
     pub leftovers_removed: u64,
+    /// A customer the index holds no image of, recorded on request (--record-anyway): nothing
+    /// was there to remove, and no consumer will store one of their images from before the cut-off.
+    pub customer_unseen: bool,
     pub finished: bool,
     /// Why it is not finished, and what to do.
     pub unfinished_because: Option<String>,
@@ -90,10 +96,21 @@ impl EraseReport {
         let mut out = String::new();
         if self.dry_run {
             out.push_str(&format!(
-                "dry run: would erase {} ({} rows, their objects and thumbnails); nothing changed\n",
-                self.erasing, self.rows_covered
+                "dry run: would erase {} ({} rows, their objects and thumbnails){}; nothing changed\n",
+                self.erasing,
+                self.rows_covered,
+                match self.customer_unseen {
+                    true => ", and record it although the index holds no image of theirs yet",
+                    false => "",
+                }
             ));
             return out;
+        }
+        if self.customer_unseen && self.finished {
+            out.push_str(&format!(
+                "{}: no image of theirs was stored, 0 erased; recorded, so no consumer will store one from before the cut-off\n",
+                self.erasing
+            ));
         }
         if let Some(e) = &self.erasure {
             out.push_str(&format!(
@@ -170,6 +187,7 @@ pub async fn erase(
         rows_removed_now: 0,
         objects_removed_now: 0,
         leftovers_removed: 0,
+        customer_unseen: false,
         finished: false,
         unfinished_because: None,
     };
@@ -181,9 +199,12 @@ pub async fn erase(
                 && matches!(&e.erasing, Erasing::Customer { customer_id: c, .. } if c == customer_id)
         });
         if !unfinished && !index.customer_known(customer_id).await? {
-            return Err(EraseError::Refused(format!(
-                "customer {customer_id:?} has no stored image: 0 erased, nothing recorded (customer ids are matched exactly)"
-            )));
+            if !opts.record_anyway {
+                return Err(EraseError::Refused(format!(
+                    "customer {customer_id:?} has no stored image: 0 erased, nothing recorded (customer ids are matched exactly); if their images may still be on the topic, unconsumed, add --record-anyway to record the erasure so that no consumer stores them"
+                )));
+            }
+            report.customer_unseen = true;
         }
     }
     if opts.dry_run {
@@ -194,31 +215,21 @@ pub async fn erase(
     let erasing = erasure.erasing.clone();
     report.resumed = resumed;
     let total = rows_covered.max(0) as u64;
-    delete_covered(
+    let deleting = Deleting {
         index,
         store,
-        &erasing,
-        erasure.erasure_id,
-        opts,
-        &mut report,
-        &|done| progress.removed(done, total),
-    )
-    .await?;
+        erasing: &erasing,
+        erasure_id: erasure.erasure_id,
+        batch_size: opts.batch_size.max(1) as i64,
+        progress: &|done| progress.removed(done, total),
+    };
+    deleting.covered(&mut report).await?;
     let settled = crate::audit::settle(settings).await;
     report.leftovers_removed = remove_leftovers(index, store, erasure.erasure_id).await?;
     report.objects_removed_now += report.leftovers_removed;
     // Anything a consumer committed before the erasure was recorded was found in the first
     // pass; this one costs one query and would catch what slipped through.
-    delete_covered(
-        index,
-        store,
-        &erasing,
-        erasure.erasure_id,
-        opts,
-        &mut report,
-        &|done| progress.removed(done, total),
-    )
-    .await?;
+    deleting.covered(&mut report).await?;
     if settled {
         report.erasure = Some(index.finish_erasure(erasure.erasure_id).await?);
         report.finished = true;
@@ -281,41 +292,45 @@ async fn resolve(index: &ImageIndex, request: &Request) -> Result<Erasing, Erase
     })
 }
 
-/// Step 2: batches of rows, objects first, until none is covered.
-async fn delete_covered(
-    index: &ImageIndex,
-    store: &ImageStore,
-    erasing: &Erasing,
+/// Step 2 of one erasure: what it deletes and where, and whom to tell how far it got.
+struct Deleting<'a> {
+    index: &'a ImageIndex,
+    store: &'a ImageStore,
+    erasing: &'a Erasing,
     erasure_id: i64,
-    opts: &EraseOptions,
-    report: &mut EraseReport,
-    progress: &dyn Fn(u64),
-) -> Result<(), EraseError> {
-    loop {
-        let batch = index
-            .erasable_batch(erasing, opts.batch_size.max(1) as i64)
-            .await?;
-        if batch.is_empty() {
-            return Ok(());
+    batch_size: i64,
+    progress: &'a dyn Fn(u64),
+}
+
+impl Deleting<'_> {
+    /// Batches of rows, objects first, until none is covered.
+    async fn covered(&self, report: &mut EraseReport) -> Result<(), EraseError> {
+        let (index, store) = (self.index, self.store);
+        loop {
+            let batch = index.erasable_batch(self.erasing, self.batch_size).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if let Some(other) = batch.iter().find(|b| b.bucket != store.bucket()) {
+                return Err(EraseError::Refused(format!(
+                    "image {} is in bucket {}, but MINIO_BUCKET_NAME is {}; erase with that bucket's settings",
+                    other.image_id,
+                    other.bucket,
+                    store.bucket()
+                )));
+            }
+            let keys: Vec<String> = batch.iter().map(|b| b.object_key.clone()).collect();
+            let thumbnails: Vec<String> =
+                batch.iter().map(|b| thumbnail_key(&b.image_id)).collect();
+            delete_objects(store, keys.iter().chain(&thumbnails)).await?;
+            let ids: Vec<_> = batch.iter().map(|b| b.image_id).collect();
+            let removed = index
+                .remove_rows(self.erasure_id, &ids, batch.len() as i64)
+                .await?;
+            report.rows_removed_now += removed;
+            report.objects_removed_now += batch.len() as u64;
+            (self.progress)(report.rows_removed_now);
         }
-        if let Some(other) = batch.iter().find(|b| b.bucket != store.bucket()) {
-            return Err(EraseError::Refused(format!(
-                "image {} is in bucket {}, but MINIO_BUCKET_NAME is {}; erase with that bucket's settings",
-                other.image_id,
-                other.bucket,
-                store.bucket()
-            )));
-        }
-        let keys: Vec<String> = batch.iter().map(|b| b.object_key.clone()).collect();
-        let thumbnails: Vec<String> = batch.iter().map(|b| thumbnail_key(&b.image_id)).collect();
-        delete_objects(store, keys.iter().chain(&thumbnails)).await?;
-        let ids: Vec<_> = batch.iter().map(|b| b.image_id).collect();
-        let removed = index
-            .remove_rows(erasure_id, &ids, batch.len() as i64)
-            .await?;
-        report.rows_removed_now += removed;
-        report.objects_removed_now += batch.len() as u64;
-        progress(report.rows_removed_now);
     }
 }
 

@@ -158,6 +158,107 @@ async fn setup_takes_back_what_the_app_role_should_not_hold_and_check_reports_it
     assert!(check.status.success(), "{}", common::stdout(&check));
 }
 
+/// What PostgreSQL answers each of `statements` run as `url`: whether it was allowed.
+async fn allowed(url: &str, statements: &[&str]) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for sql in statements {
+        let answer = run_as(url, sql).await;
+        if let Err(e) = &answer {
+            assert!(e.contains("permission denied"), "{sql}: {e}");
+        }
+        out.push((sql.to_string(), answer.is_ok()));
+    }
+    out
+}
+
+/// What only an eraser may do: delete rows, record and update an erasure, clear leftovers.
+const ERASER_WRITES: [&str; 4] = [
+    "DELETE FROM images WHERE false",
+    "INSERT INTO erasures (kind, customer_id, cutoff, requested_by)
+     VALUES ('customer', 'nobody', now(), 'least-privilege test')",
+    "UPDATE erasures SET rows_removed = rows_removed WHERE false",
+    "DELETE FROM erasure_leftovers WHERE false",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_audits_the_erasure_tables_so_only_the_eraser_may_delete_or_record_an_erasure() {
+    let app = TestRole::create("app").await;
+    let eraser = TestRole::create("eraser").await;
+    let env = TestEnv::with(
+        "erasure-grants",
+        &[
+            ("DATABASE_APP_ROLE", &app.name),
+            ("DATABASE_ERASER_ROLE", &eraser.name),
+        ],
+    )
+    .await;
+    let check = env.run(&["setup", "--check"]);
+    let listing = common::stdout(&check);
+    assert!(check.status.success(), "{listing}");
+    assert!(
+        listing.contains(&format!(
+            "ok          postgresql role {} may only read and delete from the index",
+            eraser.name
+        )),
+        "{listing}"
+    );
+    // As setup left them, PostgreSQL lets the eraser do each and the consumer none.
+    let both = |may: bool| ERASER_WRITES.iter().map(move |s| (s.to_string(), may));
+    assert_eq!(
+        allowed(&eraser.url(&env), &ERASER_WRITES).await,
+        both(true).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        allowed(&app.url(&env), &ERASER_WRITES).await,
+        both(false).collect::<Vec<_>>()
+    );
+
+    // Grants drift: the consumer gets what only the eraser should hold, the eraser loses some.
+    let owner_url = env.settings.database_url.expose().to_string();
+    for grant in [
+        format!("GRANT INSERT, UPDATE ON erasures TO {}", app.name),
+        format!("GRANT DELETE ON erasure_leftovers TO {}", app.name),
+        format!("REVOKE DELETE ON images FROM {}", eraser.name),
+        format!("REVOKE UPDATE ON erasures FROM {}", eraser.name),
+    ] {
+        run_as(&owner_url, &grant).await.unwrap();
+    }
+    let check = env.run(&["setup", "--check"]);
+    let listing = common::stdout(&check);
+    assert!(
+        !check.status.success(),
+        "check passed with drifted grants: {listing}"
+    );
+    assert!(
+        listing.contains(&format!(
+            "role {} may only read and insert into the index: also holds INSERT on erasures, UPDATE on erasures, DELETE on erasure_leftovers",
+            app.name
+        )),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!(
+            "role {} may only read and delete from the index: lacks DELETE on images, UPDATE on erasures",
+            eraser.name
+        )),
+        "{listing}"
+    );
+
+    // setup puts both back, and PostgreSQL agrees again.
+    let fix = env.run(&["setup"]);
+    assert!(fix.status.success(), "{}", common::stdout(&fix));
+    let check = env.run(&["setup", "--check"]);
+    assert!(check.status.success(), "{}", common::stdout(&check));
+    assert_eq!(
+        allowed(&app.url(&env), &ERASER_WRITES).await,
+        both(false).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        allowed(&eraser.url(&env), &ERASER_WRITES).await,
+        both(true).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_role_setup_cannot_narrow_is_a_failure_that_says_why() {
     // A role that does not exist: setup says how to create it.

@@ -540,3 +540,244 @@ async fn retain_erases_what_is_older_than_the_retention_as_the_eraser_whom_the_c
     );
     assert_eq!(env.counts().await, (4, 4));
 }
+
+/// A session of the test's own holding the erasure lock exclusively: the lock a consumer's index
+/// transaction takes shared and `erase` takes exclusively to record an erasure. Each of them
+/// queues behind the gate as it arrives, and PostgreSQL grants them in that order once the gate
+/// opens, so the test decides which goes first, by when it starts the other, not by timing.
+struct Gate {
+    conn: sqlx::PgConnection,
+}
+
+impl Gate {
+    async fn close(env: &TestEnv) -> Gate {
+        let mut conn = connect(env).await;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(imgstream::index::ERASURE_LOCK)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Gate { conn }
+    }
+
+    /// Sessions waiting at the gate (a bigint advisory key shows as its two halves).
+    async fn queued(&mut self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND (classid::int8 << 32 | objid::int8) = $1",
+        )
+        .bind(imgstream::index::ERASURE_LOCK)
+        .fetch_one(&mut self.conn)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until `n` sessions queue at the gate, and `also` holds.
+    async fn wait_for(&mut self, n: i64, env: &TestEnv, also: impl AsyncFn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !(self.queued().await == n && also().await) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} sessions at the gate:\nconsumer: {}\nerase: {}",
+                self.queued().await,
+                env.read_log("consumer"),
+                env.read_log("erase")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn open(mut self) {
+        let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(imgstream::index::ERASURE_LOCK)
+            .fetch_one(&mut self.conn)
+            .await
+            .unwrap();
+        assert!(released);
+    }
+}
+
+/// Which of the two passes the gate first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// The consumer checked and uploaded the batch and commits its rows; then the erasure is
+    /// recorded, and `erase` finds the rows.
+    ConsumerInsert,
+    /// The consumer checked the batch (nothing erased yet) and uploaded it; the erasure is
+    /// recorded before its index transaction, which then leaves the erased rows out and names
+    /// their objects as leftovers, which `erase` removes once the group has committed.
+    Erasure,
+}
+
+/// What an erase racing a consumer left: (consumer summary, erase report).
+async fn erase_racing_a_consumer(env: &TestEnv, first: First) -> (Value, Value) {
+    let small = ["--width", "16-32", "--height", "16-32"];
+    // zoe is known to the index: two of her images stored before the race.
+    env.produce(2, &[&["--customer-id", "zoe"][..], &small].concat());
+    consume(env, &[]);
+    // The batch the two race over: six of zoe's and four of yan's, all created before the
+    // erasure is asked for, so all of zoe's are hers to erase.
+    env.produce(6, &[&["--customer-id", "zoe"][..], &small].concat());
+    env.produce(4, &[&["--customer-id", "yan"][..], &small].concat());
+    let objects = async || env.store().list("images/").await.unwrap().len() == 12;
+    let anyway = async || true;
+    // One batch (one partition, room for all, a second to fill it): one index transaction.
+    let consume_args = [
+        "consume",
+        "--batch-size",
+        "100",
+        "--linger-ms",
+        "1000",
+        "--until-idle",
+        "5",
+        "--json",
+    ];
+    let erase_args = ["erase", "--customer", "zoe", "--json"];
+    let mut gate = Gate::close(env).await;
+    let (consumer, eraser) = match first {
+        First::ConsumerInsert => {
+            let consumer = env.spawn_apart(&consume_args, "consumer", &[]);
+            // Checked, uploaded (12 objects: 2 earlier and the batch), and queued to insert.
+            gate.wait_for(1, env, objects).await;
+            let eraser = env.spawn_apart(&erase_args, "erase", &[]);
+            gate.wait_for(2, env, anyway).await;
+            (consumer, eraser)
+        }
+        First::Erasure => {
+            let eraser = env.spawn_apart(&erase_args, "erase", &[]);
+            gate.wait_for(1, env, anyway).await;
+            let consumer = env.spawn_apart(&consume_args, "consumer", &[]);
+            gate.wait_for(2, env, objects).await;
+            (consumer, eraser)
+        }
+    };
+    let mut conn = connect(env).await;
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM erasures")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "the erasure is recorded only past the gate");
+    gate.open().await;
+    common::runs::wait_ok(eraser, env, "erase");
+    common::runs::wait_ok(consumer, env, "consumer");
+    let summary: Value = serde_json::from_str(env.read_out("consumer").trim()).unwrap();
+    let report: Value = serde_json::from_str(&env.read_out("erase")).unwrap();
+    assert_eq!(summary["batches"], 1, "{summary}");
+    assert_eq!(report["finished"], true, "{report}");
+
+    // Whichever went first, nothing of zoe is left: no row, no object, no thumbnail, no
+    // leftover; yan's four are there, once; the erasure counts every object it removed.
+    assert_eq!(
+        rows_by_customer(env).await,
+        BTreeMap::from([("yan".to_string(), 4)])
+    );
+    assert_bucket_matches_index(env).await;
+    assert_eq!(env.counts().await, (4, 4));
+    assert!(env.store().list("thumbnails/").await.unwrap().is_empty());
+    let leftovers: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure_leftovers")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(leftovers, 0);
+    let kept: Vec<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT rows_removed, objects_removed, finished_at IS NOT NULL FROM erasures",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!((kept[0].1, kept[0].2), (8, true), "{kept:?}");
+    assert!(read_topic(env, &env.settings.kafka.dlq_topic).is_empty());
+    let verify = env.run(&["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    (summary, report)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_recorded_after_the_consumers_insert_finds_and_removes_its_rows() {
+    let env = TestEnv::with("race-insert", &[("KAFKA_TOPIC_PARTITIONS", "1")]).await;
+    let (summary, report) = erase_racing_a_consumer(&env, First::ConsumerInsert).await;
+    // The consumer stored the whole batch; the erasure removed zoe's rows, hers from before too.
+    assert_eq!(
+        (summary["stored"].as_u64(), summary["erased"].as_u64()),
+        (Some(10), Some(0)),
+        "{summary}"
+    );
+    assert_eq!(report["erasure"]["rows_removed"], 8, "{report}");
+    assert_eq!(report["leftovers_removed"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_recorded_between_the_consumers_upload_and_insert_leaves_no_object_behind() {
+    let env = TestEnv::with("race-upload", &[("KAFKA_TOPIC_PARTITIONS", "1")]).await;
+    let (summary, report) = erase_racing_a_consumer(&env, First::Erasure).await;
+    // The consumer uploaded zoe's six but its index transaction, after the erasure, left their
+    // rows out and named the objects as leftovers; erase removed them once the group committed.
+    assert_eq!(
+        (summary["stored"].as_u64(), summary["erased"].as_u64()),
+        (Some(4), Some(6)),
+        "{summary}"
+    );
+    assert_eq!(report["erasure"]["rows_removed"], 2, "{report}");
+    assert_eq!(report["leftovers_removed"], 6, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_not_stored_yet_is_erased_on_request_and_their_records_are_never_stored() {
+    let env = TestEnv::new("erase-unseen").await;
+    let small = ["--width", "16-32", "--height", "16-32"];
+    // All of pia's records are on the topic, none consumed yet: the index has never held her.
+    env.produce(20, &[&["--customer-id", "pia"][..], &small].concat());
+    env.produce(5, &[&["--customer-id", "quinn"][..], &small].concat());
+    refused(&env, &["erase", "--customer", "pia"], "--record-anyway");
+    let dry = env.run(&["erase", "--customer", "pia", "--record-anyway", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("no image of theirs yet"),
+        "{}",
+        stdout(&dry)
+    );
+    let mut conn = connect(&env).await;
+    let count_erasures = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM erasures")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        count_erasures(&mut conn).await,
+        0,
+        "refusals and dry runs record nothing"
+    );
+
+    let recorded = env.run(&["erase", "--customer", "pia", "--record-anyway"]);
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    let said = stdout(&recorded);
+    assert!(
+        said.contains("no image of theirs was stored, 0 erased; recorded"),
+        "{said}"
+    );
+    let kept: (String, i64, bool) =
+        sqlx::query_as("SELECT customer_id, rows_removed, finished_at IS NOT NULL FROM erasures")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(kept, ("pia".to_string(), 0, true));
+
+    // The consumer reaches her records after the erasure: none stored, none dead-lettered.
+    let run = consume(&env, &[]);
+    assert_eq!(
+        (run["stored"].as_u64(), run["erased"].as_u64()),
+        (Some(5), Some(20)),
+        "{run}"
+    );
+    assert_eq!(
+        rows_by_customer(&env).await,
+        BTreeMap::from([("quinn".to_string(), 5)])
+    );
+    assert_bucket_matches_index(&env).await;
+    assert!(read_topic(&env, &env.settings.kafka.dlq_topic).is_empty());
+    assert_eq!(count_erasures(&mut conn).await, 1);
+}

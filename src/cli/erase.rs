@@ -18,6 +18,10 @@ pub struct EraseArgs {
     /// Erase these images by id (repeat the flag or list several)
     #[arg(long = "image", value_name = "ID", num_args = 1..)]
     images: Vec<String>,
+    /// With --customer: record the erasure even if no image of the customer is stored yet, so
+    /// that their records still on the topic are never stored
+    #[arg(long, requires = "customer")]
+    record_anyway: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -80,7 +84,7 @@ impl EraseArgs {
 
 pub async fn erase(settings: &Settings, args: EraseArgs) -> Result<ExitCode, String> {
     let request = args.request()?;
-    run(settings, &request, &args.run).await
+    run(settings, &request, &args.run, args.record_anyway).await
 }
 
 pub async fn retain(settings: &Settings, args: RetainArgs) -> Result<ExitCode, String> {
@@ -88,10 +92,15 @@ pub async fn retain(settings: &Settings, args: RetainArgs) -> Result<ExitCode, S
         println!("IMGSTREAM_RETENTION is unset: images are kept forever, nothing to erase");
         return Ok(ExitCode::SUCCESS);
     };
-    run(settings, &Request::Retention(period), &args.run).await
+    run(settings, &Request::Retention(period), &args.run, false).await
 }
 
-async fn run(settings: &Settings, request: &Request, args: &RunArgs) -> Result<ExitCode, String> {
+async fn run(
+    settings: &Settings,
+    request: &Request,
+    args: &RunArgs,
+    record_anyway: bool,
+) -> Result<ExitCode, String> {
     let index = wiring::index(settings).await.map_err(|e| e.to_string())?;
     let store = wiring::store(settings).map_err(|e| e.to_string())?;
     let opts = EraseOptions {
@@ -102,6 +111,7 @@ async fn run(settings: &Settings, request: &Request, args: &RunArgs) -> Result<E
             .clone()
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unknown".into()),
+        record_anyway,
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);

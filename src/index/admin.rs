@@ -112,12 +112,16 @@ impl ImageIndex {
                     has_schema_privilege(r.rolname, current_schema(), 'CREATE') AS schema_create,
                     has_table_privilege(r.rolname, '_sqlx_migrations', 'SELECT') AS reads_migrations,
                     array(SELECT p FROM unnest($2::text[]) AS p
-                          WHERE has_table_privilege(r.rolname, 'images', p)) AS held
+                          WHERE has_table_privilege(r.rolname, 'images', p)) AS held,
+                    array(SELECT t || ' ' || p FROM unnest($3::text[]) AS t, unnest($2::text[]) AS p
+                          WHERE has_table_privilege(r.rolname, to_regclass(t)::oid, p))
+                        AS companions_held
              FROM pg_roles r, pg_class c
              WHERE r.rolname = $1 AND c.oid = 'images'::regclass",
         )
         .bind(role)
         .bind(TABLE_PRIVILEGES.map(String::from).to_vec())
+        .bind(COMPANION_TABLES.map(String::from).to_vec())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -143,28 +147,19 @@ impl ImageIndex {
                 audit.excess.push(format!("{privilege} on images"));
             }
         }
-        // The erasure records and replays: exactly what the access needs there too (serve, for
-        // one, reads none of them).
-        let companions: Vec<(String, Vec<String>)> = sqlx::query_as(
-            "SELECT t, array(SELECT p FROM unnest($2::text[]) AS p
-                             WHERE has_table_privilege($1::name, t, p))
-             FROM unnest($3::text[]) AS t",
-        )
-        .bind(role)
-        .bind(TABLE_PRIVILEGES.map(String::from).to_vec())
-        .bind(COMPANION_TABLES.map(String::from).to_vec())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        for (table, held) in companions {
-            let wanted = access.companion_privileges(&table);
-            for privilege in wanted {
-                if !held.iter().any(|h| h == privilege) {
-                    audit.missing.push(format!("{privilege} on {table}"));
+        // The erasure tables, as closely: a consumer that could write an erasure could undo
+        // one, and an eraser that cannot record one cannot erase.
+        let companions_held: Vec<String> =
+            row.try_get("companions_held").map_err(|e| self.err(e))?;
+        for table in COMPANION_TABLES {
+            let granted = access.companion_privileges(table);
+            for privilege in TABLE_PRIVILEGES {
+                let holds = companions_held.contains(&format!("{table} {privilege}"));
+                match (granted.contains(&privilege), holds) {
+                    (true, false) => audit.missing.push(format!("{privilege} on {table}")),
+                    (false, true) => audit.excess.push(format!("{privilege} on {table}")),
+                    _ => {}
                 }
-            }
-            for privilege in held.iter().filter(|h| !wanted.contains(&h.as_str())) {
-                audit.excess.push(format!("{privilege} on {table}"));
             }
         }
         if get("schema_create")? {
@@ -312,5 +307,33 @@ mod tests {
             })
             .collect();
         assert_eq!(embedded, files);
+    }
+
+    #[test]
+    fn only_the_eraser_may_delete_rows_or_change_the_erasures() {
+        let writes = ["INSERT", "UPDATE", "DELETE", "TRUNCATE"];
+        for access in [Access::ReadInsert, Access::Read] {
+            assert!(!access.table_privileges().contains(&"DELETE"), "{access:?}");
+            let erasures = access.companion_privileges("erasures");
+            assert!(
+                writes.iter().all(|w| !erasures.contains(w)),
+                "{access:?} may write erasures: {erasures:?}"
+            );
+            let leftovers = access.companion_privileges("erasure_leftovers");
+            assert!(!leftovers.contains(&"DELETE"), "{access:?}");
+        }
+        assert!(Access::Erase.table_privileges().contains(&"DELETE"));
+        assert!(!Access::Erase.table_privileges().contains(&"INSERT"));
+        for needed in ["INSERT", "UPDATE"] {
+            assert!(
+                Access::Erase
+                    .companion_privileges("erasures")
+                    .contains(&needed)
+            );
+        }
+        // Nobody may delete an erasure's record: it is kept for good.
+        for access in [Access::ReadInsert, Access::Read, Access::Erase] {
+            assert!(!access.companion_privileges("erasures").contains(&"DELETE"));
+        }
     }
 }

@@ -19,8 +19,9 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 /// The advisory lock between recording an erasure (exclusive) and inserting rows (shared).
-/// Any constant no other code uses: "imgseras" in ASCII.
-pub(super) const ERASURE_LOCK: i64 = 0x696d_6773_6572_6173;
+/// Any constant no other code uses: "imgseras" in ASCII. Public so that a test can hold it and
+/// line a consumer and an eraser up behind it in the order it wants (tests/lifetime.rs).
+pub const ERASURE_LOCK: i64 = 0x696d_6773_6572_6173;
 
 /// A row `u` (with `image_id`, `customer_id`, `created_at`) is erased: three lookups, each
 /// served by an index of its own (migrations/0003_erasures.sql).

@@ -14,7 +14,7 @@ mod read;
 mod write;
 
 pub use admin::{Access, RoleAudit};
-pub use erasure::{Erasable, ErasureRecord};
+pub use erasure::{ERASURE_LOCK, Erasable, ErasureRecord};
 pub use error::IndexError;
 
 use crate::config::DatabaseUrl;

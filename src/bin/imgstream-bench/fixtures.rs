@@ -57,6 +57,17 @@ pub async fn preload(
     count: usize,
     rate: Option<f64>,
 ) -> Preloaded {
+    preload_while(settings, pool, rate, |i| i < count).await
+}
+
+/// Produces records of pooled images with fresh ids, at `rate` per second if given, for as
+/// long as `more(records so far)` says: a run that lasts as long as something else does.
+pub async fn preload_while(
+    settings: &Settings,
+    pool: &[(ImageSpec, Vec<u8>)],
+    rate: Option<f64>,
+    more: impl Fn(usize) -> bool,
+) -> Preloaded {
     let registry = wiring::registry(settings).unwrap();
     let schema_id = registry
         .register(
@@ -72,8 +83,9 @@ pub async fn preload(
     let shas: Vec<String> = pool.iter().map(|(_, d)| sha256_hex(d)).collect();
     let started = Instant::now();
     let mut pending = futures::stream::FuturesUnordered::new();
-    let mut ack_secs = Vec::with_capacity(count);
-    for i in 0..count {
+    let mut ack_secs = Vec::new();
+    let mut i = 0;
+    while more(i) {
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
@@ -111,6 +123,7 @@ pub async fn preload(
             use futures::StreamExt;
             ack_secs.push(pending.next().await.unwrap().unwrap());
         }
+        i += 1;
     }
     use futures::StreamExt;
     while let Some(waited) = pending.next().await {
@@ -119,7 +132,7 @@ pub async fn preload(
     ack_secs.sort_by(f64::total_cmp);
     let elapsed_secs = started.elapsed().as_secs_f64();
     Preloaded {
-        records_per_sec: count as f64 / elapsed_secs,
+        records_per_sec: i as f64 / elapsed_secs,
         ack_secs,
         elapsed_secs,
     }

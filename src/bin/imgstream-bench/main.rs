@@ -23,7 +23,7 @@ mod services;
 use clap::Parser;
 use imgstream::kafka::consumer::FetchSettings;
 use imgstream::pipeline::PipelineOptions;
-use scenarios::{backlog, browse, rebalance, scaling, sizes, soak};
+use scenarios::{backlog, browse, lifetime, rebalance, scaling, sizes, soak};
 use serde_json::json;
 use std::time::Instant;
 
@@ -37,7 +37,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these sizes, comma-separated (16KiB, 256KiB, 2MiB), or `rebalance`; no scaling or
-    /// backlog run
+    /// backlog run. `erasure-check` and `retain-latency` (what erasures cost a consumer) run
+    /// only when named here
     #[arg(long, value_name = "SIZES")]
     only: Option<String>,
     /// Run the soak test instead (make soak): consumers killed, joining and leaving, a MinIO and
@@ -98,6 +99,44 @@ async fn main() {
     }
 
     let (quick, only) = (args.quick, args.only.as_deref());
+    let named =
+        |name: &str| only.is_some_and(|o| o.split(',').any(|x| x.eq_ignore_ascii_case(name)));
+    if lifetime::NAMES.iter().any(|n| named(n)) {
+        let sizes = lifetime::Sizes::new(quick);
+        let mut measured = serde_json::Map::new();
+        if named("erasure-check") {
+            measured.insert(
+                "erasure_check".into(),
+                lifetime::erasure_check(&base, &run, &sizes).await,
+            );
+        }
+        if named("retain-latency") {
+            measured.insert(
+                "retain_latency".into(),
+                lifetime::retain_latency(&base, &run, &sizes).await,
+            );
+        }
+        let report = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "elapsed_secs": started.elapsed().as_secs_f64(),
+            "quick": quick,
+            "machine": services::machine(),
+            "versions": services::versions(),
+            "lifetime": measured,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report["lifetime"]).unwrap()
+        );
+        report::write_report("lifetime", &report);
+        // Named alone, they are the whole run.
+        if only.is_some_and(|o| {
+            o.split(',')
+                .all(|x| lifetime::NAMES.iter().any(|n| x.eq_ignore_ascii_case(n)))
+        }) {
+            return;
+        }
+    }
     let mut results = Vec::new();
     for case in sizes::cases(quick) {
         if only.is_some_and(|o| !o.split(',').any(|x| x.eq_ignore_ascii_case(case.label))) {
@@ -187,6 +226,11 @@ mod tests {
         assert_eq!(
             parse(&["--only", "rebalance"]).unwrap().only.as_deref(),
             Some("rebalance")
+        );
+        let lifetime = parse(&["--quick", "--only", "erasure-check,retain-latency"]).unwrap();
+        assert_eq!(
+            lifetime.only.as_deref(),
+            Some("erasure-check,retain-latency")
         );
     }
 

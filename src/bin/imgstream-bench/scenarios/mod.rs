@@ -1,9 +1,11 @@
 //! One file per measurement. The default run: [`sizes`] (each image size against its
 //! ceilings), [`scaling`], [`rebalance`] and [`backlog`]; `--soak` runs [`soak`], `--browse` runs
-//! [`browse`].
+//! [`browse`]. `--only erasure-check` and `--only retain-latency` run the measurements of
+//! [`lifetime`], which no other run includes.
 
 pub mod backlog;
 pub mod browse;
+pub mod lifetime;
 pub mod rebalance;
 pub mod scaling;
 pub mod sizes;
