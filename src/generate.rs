@@ -397,7 +397,11 @@ mod tests {
             .zip(&scene)
             .map(|(a, b)| u64::from(a.abs_diff(*b)))
             .sum();
-        assert!(error / (scene.len() as u64) < 8, "mean error {}", error / scene.len() as u64);
+        assert!(
+            error / (scene.len() as u64) < 8,
+            "mean error {}",
+            error / scene.len() as u64
+        );
     }
 
     #[test]

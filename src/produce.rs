@@ -12,9 +12,7 @@ use crate::generate::{ImageSpec, render, render_to};
 use crate::kafka::BrokerError;
 use crate::schema::{RegistryError, codec, value_subject};
 use crate::shutdown::Shutdown;
-use crate::store::{
-    ImageStore, ObjectLabels, PendingUpload, SpoolError, SpooledBody, UploadShape,
-};
+use crate::store::{ImageStore, ObjectLabels, PendingUpload, SpoolError, SpooledBody, UploadShape};
 use apache_avro::Schema;
 use bytes::Bytes;
 use chrono::Utc;
@@ -474,14 +472,7 @@ pub async fn produce(
                 match body {
                     UploadBody::Whole(data) => {
                         store
-                            .upload_image(
-                                &object_key,
-                                data,
-                                &content_type,
-                                &sha256,
-                                labels,
-                                shape,
-                            )
+                            .upload_image(&object_key, data, &content_type, &sha256, labels, shape)
                             .await
                     }
                     UploadBody::Parts(pending) => pending.complete().await,

@@ -363,7 +363,13 @@ async fn write_options(settings: &Settings) -> Item {
         Ok(s) => s,
         Err(e) => return item(State::Failed(e.to_string())),
     };
-    match bounded(settings.connect_timeout, "MinIO", store.check_write_options()).await {
+    match bounded(
+        settings.connect_timeout,
+        "MinIO",
+        store.check_write_options(),
+    )
+    .await
+    {
         Ok(Ok(())) => item(State::Ok),
         Ok(Err(crate::store::StoreError::NoBucket { .. })) => {
             item(State::Missing("does not exist".into()))

@@ -85,7 +85,8 @@ const DECODER_OVERHEAD: u64 = 16 << 20;
 
 /// A decode's allowance: what its header says, a quarter more, and the decoders' own.
 fn allowance(cost: u64) -> u64 {
-    cost.saturating_add(cost / 4).saturating_add(DECODER_OVERHEAD)
+    cost.saturating_add(cost / 4)
+        .saturating_add(DECODER_OVERHEAD)
 }
 
 impl Thumbnails {

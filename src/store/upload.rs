@@ -247,14 +247,12 @@ fn joined(
     runtime: &Handle,
     task: JoinHandle<Result<UploadedPart, StoreError>>,
 ) -> Result<UploadedPart, StoreError> {
-    runtime
-        .block_on(task)
-        .unwrap_or_else(|e| {
-            Err(StoreError::Unavailable {
-                endpoint: String::new(),
-                detail: format!("a part's upload stopped: {e}"),
-            })
+    runtime.block_on(task).unwrap_or_else(|e| {
+        Err(StoreError::Unavailable {
+            endpoint: String::new(),
+            detail: format!("a part's upload stopped: {e}"),
         })
+    })
 }
 
 impl io::Write for UploadWriter {
