@@ -152,7 +152,7 @@ enum UploadBody {
     /// At most one part: uploaded in one PUT by the sending loop.
     Whole(Bytes),
     /// Uploaded in parts while it was made; completed by the sending loop.
-    Parts(PendingUpload),
+    Parts(Box<PendingUpload>),
 }
 
 /// Images above this many pixels are made at most [`LARGE_IMAGES_AT_ONCE`] at a time: their

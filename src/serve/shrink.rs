@@ -14,6 +14,9 @@
 use fast_image_resize::PixelType;
 use std::io::Cursor;
 
+/// The original's size, and its pixels shrunk.
+type Decoded = ((u32, u32), Shrunk);
+
 /// Pixels shrunk to at least twice the thumbnail's size (the resize to the thumbnail then has
 /// neighbours to filter), as RGB or RGBA.
 pub struct Shrunk {
@@ -114,11 +117,7 @@ fn whole_reader(original: &[u8]) -> Result<image::ImageReader<Cursor<&[u8]>>, St
 
 /// The original's size and pixels shrunk for a `side` thumbnail (see the module's comment); the
 /// decoders may allocate `max_bytes` at most.
-pub fn decode_shrunk(
-    original: &[u8],
-    side: u32,
-    max_bytes: u64,
-) -> Result<((u32, u32), Shrunk), String> {
+pub fn decode_shrunk(original: &[u8], side: u32, max_bytes: u64) -> Result<Decoded, String> {
     match format_of(original) {
         Format::Jpeg => jpeg_shrunk(original, side, max_bytes),
         Format::Png => match png_shrunk(original, side, max_bytes)? {
@@ -129,7 +128,7 @@ pub fn decode_shrunk(
     }
 }
 
-fn jpeg_shrunk(original: &[u8], side: u32, max_bytes: u64) -> Result<((u32, u32), Shrunk), String> {
+fn jpeg_shrunk(original: &[u8], side: u32, max_bytes: u64) -> Result<Decoded, String> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(original));
     decoder.set_max_decoding_buffer_size(usize::try_from(max_bytes).unwrap_or(usize::MAX));
     decoder.read_info().map_err(|e| e.to_string())?;
@@ -173,11 +172,7 @@ fn jpeg_shrunk(original: &[u8], side: u32, max_bytes: u64) -> Result<((u32, u32)
 
 /// A PNG read a row at a time into the box filter; `None` for an interlaced one, whose rows come
 /// in passes.
-fn png_shrunk(
-    original: &[u8],
-    side: u32,
-    max_bytes: u64,
-) -> Result<Option<((u32, u32), Shrunk)>, String> {
+fn png_shrunk(original: &[u8], side: u32, max_bytes: u64) -> Result<Option<Decoded>, String> {
     let mut decoder = png::Decoder::new_with_limits(
         Cursor::new(original),
         png::Limits {
@@ -242,7 +237,7 @@ fn png_shrunk(
 }
 
 /// Decoded whole by the image crate, held to `max_bytes`.
-fn whole(original: &[u8], max_bytes: u64) -> Result<((u32, u32), Shrunk), String> {
+fn whole(original: &[u8], max_bytes: u64) -> Result<Decoded, String> {
     let mut reader = whole_reader(original)?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_bytes);

@@ -41,7 +41,7 @@ pub enum SpooledBody {
     /// The whole image, at most `part_bytes`: nothing was uploaded.
     Whole(Bytes),
     /// Every part uploaded; the object is not there until `complete`.
-    Parts(PendingUpload),
+    Parts(Box<PendingUpload>),
 }
 
 /// A multipart upload whose parts are all uploaded. Dropped without `complete`, it is aborted.
@@ -144,15 +144,15 @@ impl UploadWriter {
                 self.failed = Some(e);
             }
         }
-        if self.failed.is_none() {
-            if let Some(parts) = &mut self.parts {
-                while let Some(task) = parts.in_flight.pop_front() {
-                    match joined(&self.runtime, task) {
-                        Ok(part) => parts.done.push(part),
-                        Err(e) => {
-                            self.failed = Some(e.into());
-                            break;
-                        }
+        if self.failed.is_none()
+            && let Some(parts) = &mut self.parts
+        {
+            while let Some(task) = parts.in_flight.pop_front() {
+                match joined(&self.runtime, task) {
+                    Ok(part) => parts.done.push(part),
+                    Err(e) => {
+                        self.failed = Some(e.into());
+                        break;
                     }
                 }
             }
@@ -166,13 +166,13 @@ impl UploadWriter {
             None => SpooledBody::Whole(Bytes::from(std::mem::take(&mut self.buf))),
             Some(mut parts) => {
                 parts.done.sort_by_key(|p| p.number);
-                SpooledBody::Parts(PendingUpload {
+                SpooledBody::Parts(Box::new(PendingUpload {
                     store: self.store.clone(),
                     key: self.key.clone(),
                     upload_id: Some(parts.upload_id),
                     parts: parts.done,
                     sha256: sha256.clone(),
-                })
+                }))
             }
         };
         Ok(Spooled {
