@@ -614,6 +614,9 @@ async fn repair_uploads(
 struct Deleted {
     key: String,
     object: FetchedObject,
+    /// Its tags, which a write-back carries again (lifecycle rules and cost reports select by
+    /// them).
+    tags: Vec<(String, String)>,
 }
 
 /// Steps 1-3 of [`repair_orphans`] for orphans whose bytes fit in memory together.
@@ -656,6 +659,14 @@ async fn repair_chunk(
                 break;
             }
         }
+        let tags = match store.object_tags(key).await {
+            Ok(tags) => tags,
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => {
+                failed = Some(e.into());
+                break;
+            }
+        };
         if let Err(e) = store.delete(key).await {
             failed = Some(e.into());
             break;
@@ -663,6 +674,7 @@ async fn repair_chunk(
         deleted.push(Deleted {
             key: key.clone(),
             object,
+            tags,
         });
     }
     if !deleted.is_empty() {
@@ -698,8 +710,9 @@ async fn repair_chunk(
     }
 }
 
-/// Writes a deleted orphan back as it was. A consumer may have written it already (its replay
-/// came after the delete): then the store holds the same bytes, and that is success.
+/// Writes a deleted orphan back as it was, its tags included, with the encryption and storage
+/// class of every write. A consumer may have written it already (its replay came after the
+/// delete): then the store holds the same bytes, and that is success.
 async fn write_back(store: &ImageStore, d: &Deleted) -> Result<(), StoreError> {
     let content_type = d
         .object
@@ -708,7 +721,13 @@ async fn write_back(store: &ImageStore, d: &Deleted) -> Result<(), StoreError> {
         .unwrap_or("application/octet-stream");
     let sha256 = sha256_hex(&d.object.bytes);
     store
-        .put_image(&d.key, d.object.bytes.clone(), content_type, &sha256)
+        .put_image_restored(
+            &d.key,
+            d.object.bytes.clone(),
+            content_type,
+            &sha256,
+            &d.tags,
+        )
         .await?;
     tracing::info!(key = %d.key, "orphan written back: a consumer indexed it during repair");
     Ok(())

@@ -1,14 +1,18 @@
 //! `imgstream produce`: generates realistic images and sends them as Avro records, checking every
 //! delivery report. Generation and encoding run on blocking workers (one per core) feeding a
 //! bounded channel, so the producer never holds more than a few images it has not yet sent.
+//!
+//! An image is encoded into an [`UploadWriter`] as it is drawn: one too large for the topic goes
+//! to the bucket in parts while it is still being made (docs/claim-check.md, "Memory"), so a
+//! large image costs a few parts of memory, not its size; and large images are made one at a time.
 
 use crate::config::Settings;
-use crate::domain::{ImageFormat, ImageRecord, ImageReference, object_key, sha256_hex};
-use crate::generate::{ImageSpec, render};
+use crate::domain::{ImageFormat, ImageRecord, ImageReference, object_key};
+use crate::generate::{ImageSpec, render, render_to};
 use crate::kafka::BrokerError;
 use crate::schema::{RegistryError, codec, value_subject};
 use crate::shutdown::Shutdown;
-use crate::store::{ObjectLabels, UploadShape};
+use crate::store::{ImageStore, ObjectLabels, PendingUpload, SpoolError, SpooledBody, UploadShape};
 use apache_avro::Schema;
 use bytes::Bytes;
 use chrono::Utc;
@@ -72,6 +76,8 @@ pub struct ProduceSummary {
     pub mb_per_sec: f64,
     pub interrupted: bool,
     pub first_error: Option<String>,
+    /// The producer's peak resident memory (VmHWM), for the memory bound of large images.
+    pub peak_rss_kib: u64,
 }
 
 /// The one line `imgstream produce` prints.
@@ -111,8 +117,16 @@ pub enum ProduceError {
     CustomerId(crate::validate::Invalid),
 }
 
-/// One record ready to send.
-struct Prepared {
+/// One image made: a record ready to send, or why there is none.
+enum Prepared {
+    Record(Box<Ready>),
+    /// Its encoding passed IMGSTREAM_MAX_IMAGE_BYTES; nothing was sent or kept.
+    TooLarge,
+    /// Its parts could not be uploaded.
+    UploadFailed(String),
+}
+
+struct Ready {
     key: String,
     payload: Vec<u8>,
     timestamp_ms: i64,
@@ -121,25 +135,36 @@ struct Prepared {
     /// is sent.
     upload: Option<Upload>,
     /// Held until the image is uploaded and its record handed to the producer: large images are
-    /// made and held a few at a time (`LARGE_IMAGES_AT_ONCE`).
+    /// made and held one at a time (`LARGE_IMAGES_AT_ONCE`).
     _held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 struct Upload {
     object_key: String,
-    data: Bytes,
+    body: UploadBody,
     content_type: String,
     sha256: String,
     customer_id: String,
     source_id: String,
 }
 
-/// Images above this many pixels are made at most [`LARGE_IMAGES_AT_ONCE`] at a time: one
-/// 8000x6000 image is 144 MB of pixels while it is drawn, and its encoding tens of MB more.
+enum UploadBody {
+    /// At most one part: uploaded in one PUT by the sending loop.
+    Whole(Bytes),
+    /// Uploaded in parts while it was made; completed by the sending loop.
+    Parts(Box<PendingUpload>),
+}
+
+/// Images above this many pixels are made at most [`LARGE_IMAGES_AT_ONCE`] at a time: their
+/// encoding goes out in parts as it is made, so one costs `(parts in flight + 1) * part size`
+/// of memory, and two would cost twice that.
 const LARGE_IMAGE_PIXELS: u64 = 4_000_000;
 
-/// One uploading while the next is made.
-const LARGE_IMAGES_AT_ONCE: usize = 2;
+/// Inside one image, encoding already overlaps its uploads.
+const LARGE_IMAGES_AT_ONCE: usize = 1;
+
+/// Parts of one image on their way to the store while the next is filled.
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// The per-image seed: the run's seed mixed with the image's index (splitmix64), so image `n` of
 /// a seeded run is the same whatever the number of workers.
@@ -150,8 +175,8 @@ fn image_seed(seed: u64, n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The image (not the record) that image `n` of a run shows: its size, format, source and bytes.
-pub fn seeded_image(opts: &ProduceOptions, n: u64) -> Result<(ImageSpec, String, Vec<u8>), String> {
+/// What image `n` of a run shows: its size and format, its source, and the seed it is drawn with.
+fn seeded_spec(opts: &ProduceOptions, n: u64) -> (ImageSpec, String, u64) {
     let seed = image_seed(opts.seed, n);
     let mut rng = SmallRng::seed_from_u64(seed);
     let spec = ImageSpec {
@@ -160,63 +185,112 @@ pub fn seeded_image(opts: &ProduceOptions, n: u64) -> Result<(ImageSpec, String,
         format: opts.formats[rng.gen_range(0..opts.formats.len())],
     };
     let source = format!("source-{:04}", rng.gen_range(0..opts.sources.max(1)));
+    (spec, source, seed)
+}
+
+/// The image (not the record) that image `n` of a run shows: its size, format, source and bytes.
+pub fn seeded_image(opts: &ProduceOptions, n: u64) -> Result<(ImageSpec, String, Vec<u8>), String> {
+    let (spec, source, seed) = seeded_spec(opts, n);
     let data = render(&spec, seed).map_err(|e| e.to_string())?;
     Ok((spec, source, data))
 }
 
-fn prepare(
-    opts: &ProduceOptions,
-    schema: &Schema,
+/// What every worker needs to make an image into a record.
+struct Maker {
+    opts: ProduceOptions,
+    schema: Schema,
     schema_id: u32,
-    n: u64,
     inline_max_bytes: usize,
-) -> Result<Prepared, String> {
-    let (spec, source_id, data) = seeded_image(opts, n)?;
+    max_image_bytes: usize,
+    store: ImageStore,
+    shape: UploadShape,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Draws and encodes image `n` into an upload writer, which keeps it whole while it is small and
+/// uploads it in parts once it passes a part; then makes its record: inline, or a reference.
+fn prepare(m: &Maker, n: u64) -> Result<Prepared, String> {
+    let (spec, source_id, seed) = seeded_spec(&m.opts, n);
+    let image_id = Uuid::new_v4();
+    let object_key = object_key(&image_id);
+    let content_type = spec.format.content_type().to_string();
+    let labels = ObjectLabels {
+        customer: &m.opts.customer_id,
+        source: &source_id,
+    };
+    let mut writer = m.store.upload_writer(
+        m.runtime.clone(),
+        &object_key,
+        &content_type,
+        labels,
+        m.shape,
+        m.max_image_bytes as u64,
+    );
+    let rendered = render_to(&spec, seed, &mut writer);
+    // The writer's failure is the cause of any the encoder reports.
+    let spooled = match writer.finish() {
+        Ok(spooled) => spooled,
+        Err(SpoolError::TooLarge { .. }) => return Ok(Prepared::TooLarge),
+        Err(SpoolError::Store(e)) => {
+            return Ok(Prepared::UploadFailed(format!(
+                "upload of {object_key} failed: {e}"
+            )));
+        }
+    };
+    rendered.map_err(|e| e.to_string())?;
     let created_at = Utc::now();
+    let image_bytes = spooled.size as usize;
     let mut record = ImageRecord {
-        image_id: Uuid::new_v4(),
-        customer_id: opts.customer_id.clone(),
+        image_id,
+        customer_id: m.opts.customer_id.clone(),
         source_id: source_id.clone(),
         created_at,
-        content_type: spec.format.content_type().to_string(),
+        content_type,
         width: spec.width,
         height: spec.height,
-        sha256: sha256_hex(&data),
-        data: Bytes::from(data),
+        sha256: spooled.sha256,
+        data: Bytes::new(),
         reference: None,
     };
-    let image_bytes = record.data.len();
-    // Too large for the topic: the claim check (docs/claim-check.md). The record names the
-    // image's own key, its size and checksum, and carries no bytes.
-    let upload = (image_bytes > inline_max_bytes).then(|| {
-        let object_key = object_key(&record.image_id);
-        record.reference = Some(ImageReference {
-            key: object_key.clone(),
-            size: image_bytes as u64,
-            sha256: record.sha256.clone(),
-        });
-        Upload {
-            object_key,
-            data: std::mem::take(&mut record.data),
-            content_type: record.content_type.clone(),
-            sha256: record.sha256.clone(),
-            customer_id: record.customer_id.clone(),
-            source_id: record.source_id.clone(),
+    let upload = match spooled.body {
+        SpooledBody::Whole(data) if data.len() <= m.inline_max_bytes => {
+            record.data = data;
+            None
         }
-    });
-    let payload = codec::encode(schema, schema_id, &record).map_err(|e| e.to_string())?;
-    let key = match opts.key {
+        body => {
+            // Too large for the topic: the claim check (docs/claim-check.md). The record names
+            // the image's own key, its size and checksum, and carries no bytes.
+            record.reference = Some(ImageReference {
+                key: object_key.clone(),
+                size: image_bytes as u64,
+                sha256: record.sha256.clone(),
+            });
+            Some(Upload {
+                object_key,
+                body: match body {
+                    SpooledBody::Whole(data) => UploadBody::Whole(data),
+                    SpooledBody::Parts(pending) => UploadBody::Parts(pending),
+                },
+                content_type: record.content_type.clone(),
+                sha256: record.sha256.clone(),
+                customer_id: record.customer_id.clone(),
+                source_id: record.source_id.clone(),
+            })
+        }
+    };
+    let payload = codec::encode(&m.schema, m.schema_id, &record).map_err(|e| e.to_string())?;
+    let key = match m.opts.key {
         RecordKey::Source => source_id,
         RecordKey::Image => record.image_id.to_string(),
     };
-    Ok(Prepared {
+    Ok(Prepared::Record(Box::new(Ready {
         key,
         payload,
         timestamp_ms: created_at.timestamp_millis(),
         image_bytes,
         upload,
         _held: None,
-    })
+    })))
 }
 
 /// Produces until the count or duration is reached, or shutdown; then waits for every delivery
@@ -249,7 +323,7 @@ pub async fn produce(
     let store = crate::wiring::store(settings)?;
     let shape = UploadShape {
         part_bytes: settings.limits.upload_part_bytes,
-        parts_in_flight: 2,
+        parts_in_flight: PARTS_IN_FLIGHT,
     };
     let large_images = (largest > LARGE_IMAGE_PIXELS)
         .then(|| Arc::new(tokio::sync::Semaphore::new(LARGE_IMAGES_AT_ONCE)));
@@ -262,13 +336,21 @@ pub async fn produce(
     let next_index = Arc::new(AtomicU64::new(0));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (tx, mut rx) = mpsc::channel::<Result<Prepared, String>>(workers * 2);
-    let shared = Arc::new((opts.clone(), schema));
+    let maker = Arc::new(Maker {
+        opts: opts.clone(),
+        schema,
+        schema_id,
+        inline_max_bytes,
+        max_image_bytes,
+        store: store.clone(),
+        shape,
+        runtime: runtime.clone(),
+    });
     for _ in 0..workers {
-        let (tx, stop, next_index, shared) =
-            (tx.clone(), stop.clone(), next_index.clone(), shared.clone());
+        let (tx, stop, next_index, maker) =
+            (tx.clone(), stop.clone(), next_index.clone(), maker.clone());
         let (large_images, runtime) = (large_images.clone(), runtime.clone());
         tokio::task::spawn_blocking(move || {
-            let (opts, schema) = &*shared;
             while !stop.load(Ordering::Relaxed) {
                 let held = match &large_images {
                     Some(s) => match runtime.block_on(s.clone().acquire_owned()) {
@@ -281,11 +363,12 @@ pub async fn produce(
                 if n >= total || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let prepared =
-                    prepare(opts, schema, schema_id, n, inline_max_bytes).map(|mut p| {
-                        p._held = held;
-                        p
-                    });
+                let prepared = prepare(&maker, n).map(|mut p| {
+                    if let Prepared::Record(ready) = &mut p {
+                        ready._held = held;
+                    }
+                    p
+                });
                 if tx.blocking_send(prepared).is_err() {
                     break;
                 }
@@ -309,6 +392,7 @@ pub async fn produce(
         mb_per_sec: 0.0,
         interrupted: false,
         first_error: None,
+        peak_rss_kib: 0,
     };
     let mut in_flight = FuturesUnordered::new();
     let interval = (opts.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate));
@@ -332,6 +416,28 @@ pub async fn produce(
             }
         };
         summary.generated += 1;
+        let prepared = match prepared {
+            Prepared::Record(ready) => ready,
+            Prepared::TooLarge => {
+                summary.refused_too_large += 1;
+                let msg = format!(
+                    "image larger than {max_image_bytes} bytes refused before sending (IMGSTREAM_MAX_IMAGE_BYTES); use a smaller --width/--height"
+                );
+                if summary.first_error.is_none() {
+                    warn!("{msg}");
+                    summary.first_error = Some(msg);
+                }
+                continue;
+            }
+            Prepared::UploadFailed(msg) => {
+                summary.failed += 1;
+                if summary.first_error.is_none() {
+                    warn!("{msg}");
+                    summary.first_error = Some(msg);
+                }
+                continue;
+            }
+        };
         if prepared.image_bytes > max_image_bytes || prepared.payload.len() > max_payload {
             summary.refused_too_large += 1;
             let msg = format!(
@@ -344,29 +450,42 @@ pub async fn produce(
             }
             continue;
         }
-        if let Some(upload) = &prepared.upload {
+        let mut prepared = prepared;
+        if let Some(upload) = prepared.upload.take() {
             // The upload first, and only then (after the pacing of --rate) the record that names
             // it: a record never points at an object that is not there yet. A producer that dies
-            // in between leaves an orphan for `verify --repair` (docs/claim-check.md).
+            // in between leaves an orphan for `verify --repair` (docs/claim-check.md). Parts
+            // uploaded while the image was made are invisible until completed here.
+            let Upload {
+                object_key,
+                body,
+                content_type,
+                sha256,
+                customer_id,
+                source_id,
+            } = upload;
             let labels = ObjectLabels {
-                customer: &upload.customer_id,
-                source: &upload.source_id,
+                customer: &customer_id,
+                source: &source_id,
+            };
+            let uploading = async {
+                match body {
+                    UploadBody::Whole(data) => {
+                        store
+                            .upload_image(&object_key, data, &content_type, &sha256, labels, shape)
+                            .await
+                    }
+                    UploadBody::Parts(pending) => pending.complete().await,
+                }
             };
             let uploaded = tokio::select! {
                 biased;
                 _ = shutdown.triggered() => { summary.interrupted = true; break; }
-                u = store.upload_image(
-                    &upload.object_key,
-                    upload.data.clone(),
-                    &upload.content_type,
-                    &upload.sha256,
-                    labels,
-                    shape,
-                ) => u,
+                u = uploading => u,
             };
             if let Err(e) = uploaded {
                 summary.failed += 1;
-                let msg = format!("upload of {} failed: {e}", upload.object_key);
+                let msg = format!("upload of {object_key} failed: {e}");
                 if summary.first_error.is_none() {
                     warn!("{msg}");
                     summary.first_error = Some(msg);
@@ -427,6 +546,7 @@ pub async fn produce(
     summary.elapsed_secs = elapsed;
     summary.images_per_sec = summary.delivered as f64 / elapsed;
     summary.mb_per_sec = summary.bytes_delivered as f64 / elapsed / 1e6;
+    summary.peak_rss_kib = crate::pipeline::usage::own().peak_rss_kib;
     Ok(summary)
 }
 

@@ -597,3 +597,382 @@ async fn a_store_that_refuses_an_encryption_option_stops_the_consumer_at_start_w
     assert!(last.contains("refused the write options"), "{err}");
     assert!(last.contains("MINIO_SERVER_SIDE_ENCRYPTION"), "{err}");
 }
+
+/// A process's peak resident memory (VmHWM) while it runs, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// `produce --json` with the smallest part S3 allows; its summary.
+fn produce_with_parts(env: &TestEnv, part: usize, args: &[&str]) -> Value {
+    let mut all = vec!["produce", "--count", "1", "--json", "--seed", "5"];
+    all.extend_from_slice(args);
+    let out = env
+        .command(&all)
+        .env("IMGSTREAM_UPLOAD_PART_BYTES", part.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "produce: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).expect("produce --json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_image_is_made_and_uploaded_within_three_parts_of_memory() {
+    let env = TestEnv::new("large-producer-memory").await;
+    const PART: usize = 5 * MIB;
+    // The process's own floor (librdkafka, the clients, the runtime): one small image.
+    let small = produce_with_parts(&env, PART, &["--width", "64", "--height", "48"]);
+    // 8000x6000: 144 MB of pixels, and a PNG of that noise tens of MB.
+    let large = produce_with_parts(
+        &env,
+        PART,
+        &["--width", "8000", "--height", "6000", "--format", "png"],
+    );
+    assert_eq!(large["uploaded"], 1, "{large}");
+    let size = large["bytes_delivered"].as_u64().unwrap();
+    assert!(
+        size > 8 * PART as u64,
+        "a multipart upload of many parts: {size}"
+    );
+    let floor = small["peak_rss_kib"].as_u64().unwrap() * 1024;
+    let peak = large["peak_rss_kib"].as_u64().unwrap() * 1024;
+    // Two parts in flight and one being filled, plus the encoder's rows and its chunk buffer
+    // and the allocator's slack: nowhere near the image (tens of MB) or its pixels (144 MB).
+    let bound = floor + 3 * PART as u64 + 24 * MIB as u64;
+    eprintln!(
+        "producer peak RSS: {} MiB for a {} MiB image (floor {} MiB, bound {} MiB)",
+        peak >> 20,
+        size >> 20,
+        floor >> 20,
+        bound >> 20
+    );
+    assert!(
+        peak <= bound,
+        "peak {} MiB above {} MiB for a {} MiB image",
+        peak >> 20,
+        bound >> 20,
+        size >> 20
+    );
+
+    // And what went up in parts is the image the record names: the consumer checks its
+    // size and streamed SHA-256, and its head.
+    let consumed = consume(&env, &[]);
+    assert_eq!(consumed["stored"], 2, "{consumed}");
+    let rows = rows(&env).await;
+    let big = rows.iter().find(|r| r.size_bytes as u64 == size).unwrap();
+    let (digest, len) = env.store().streamed_sha256(&big.object_key).await.unwrap();
+    assert_eq!((hex::encode(digest), len), (big.sha256.clone(), size));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thumbnails_of_large_images_are_decoded_shrunk_not_whole() {
+    let env = TestEnv::new("large-thumbnails").await;
+    // A 24-megapixel JPEG and PNG: 72 MB of RGB each when decoded whole.
+    for format in ["jpeg", "png"] {
+        let summary = produce_with_parts(
+            &env,
+            16 * MIB,
+            &["--width", "6000", "--height", "4000", "--format", format],
+        );
+        assert_eq!(summary["delivered"], 1, "{summary}");
+    }
+    consume(&env, &[]);
+    let rows = rows(&env).await;
+    assert_eq!(rows.len(), 2);
+    let originals: u64 = rows.iter().map(|r| r.size_bytes as u64).sum();
+
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = env.spawn(
+        &["serve", "--addr", &addr, "--thumbnail-makers", "2"],
+        "serve",
+    );
+    let base = format!("http://{addr}");
+    let up = common::eventually(Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up, "{}", env.read_log("serve"));
+    let pid = server.child().id();
+    let floor = peak_rss(pid);
+    // Both at once: each holds its original's bytes and its shrunk pixels.
+    let made = futures::future::join_all(rows.iter().map(|r| {
+        let url = format!("{base}/thumbnails/{}", r.image_id);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.bytes().await.unwrap())
+        }
+    }))
+    .await;
+    for (status, body) in &made {
+        assert_eq!(*status, 200, "{}", env.read_log("serve"));
+        let thumbnail = image::load_from_memory(body).unwrap();
+        assert_eq!((thumbnail.width(), thumbnail.height()), (256, 171));
+    }
+    let peak = peak_rss(pid);
+    // The originals' bytes (each read whole), and per image its pixels at 1/8 (750x500, about a
+    // MB) and the decoders' buffers; decoded whole, each would add 72 MB.
+    let bound = originals + 64 * MIB as u64;
+    eprintln!(
+        "serve peak RSS: {} MiB over a floor of {} MiB for {} MiB of originals (bound {} MiB over the floor)",
+        peak >> 20,
+        floor >> 20,
+        originals >> 20,
+        bound >> 20
+    );
+    assert!(
+        peak.saturating_sub(floor) <= bound,
+        "serve grew by {} MiB making thumbnails of {} MiB of originals",
+        (peak - floor) >> 20,
+        originals >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_s3_and_the_storage_class_are_on_every_object_and_a_class_the_store_lacks_stops_the_start()
+ {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "sse-s3-{}",
+        &Uuid::new_v4().simple().to_string()[..8]
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // SSE-S3 on MinIO needs a KMS as well: its keys are the KMS's, managed by the store.
+    let minio = KmsMinio::start(&dir).await;
+    let env = TestEnv::with(
+        "large-sse-s3",
+        &[
+            ("MINIO_CONNECTION_STRING", &minio.endpoint),
+            ("MINIO_SERVER_SIDE_ENCRYPTION", "AES256"),
+            ("MINIO_STORAGE_CLASS", "REDUCED_REDUNDANCY"),
+        ],
+    )
+    .await;
+    let store = env.store();
+    let inline_max = env.settings.limits.inline_max_bytes;
+    let small = png_of_size(30_000, 1);
+    let inline = record_for(&small, inline_max);
+    send(&env, "inline", &inline).await;
+    // And the producer's own uploads, one PUT and one in parts.
+    for width in ["1000", "2400"] {
+        let summary = produce_with_parts(
+            &env,
+            5 * MIB,
+            &["--width", width, "--height", "2000", "--format", "png"],
+        );
+        assert_eq!(summary["uploaded"], 1, "{summary}");
+    }
+    let consumed = consume(&env, &[]);
+    assert_eq!(consumed["stored"], 3, "{consumed}");
+    for row in rows(&env).await {
+        let stat = minio.mc(&[
+            "stat",
+            "--json",
+            &format!("own/{}/{}", env.settings.store.bucket, row.object_key),
+        ]);
+        let stat: Value = serde_json::from_slice(&stat.stdout)
+            .unwrap_or_else(|e| panic!("mc stat ({e}): {}", stderr(&stat)));
+        let head = store.head(&row.object_key).await.unwrap();
+        assert_eq!(head.encryption.as_deref(), Some("AES256"), "{stat}");
+        assert_eq!(
+            head.storage_class.as_deref(),
+            Some("REDUCED_REDUNDANCY"),
+            "{stat}"
+        );
+    }
+
+    // A class this store does not offer: the consumer stops at start, one line naming the
+    // setting, and nothing is dead-lettered.
+    let out = env
+        .command(&["consume", "--until-idle", "3"])
+        .env("MINIO_STORAGE_CLASS", "GLACIER")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("refused the write options"), "{err}");
+    assert!(last.contains("MINIO_STORAGE_CLASS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orphan_written_back_by_repair_keeps_its_tags() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let env = TestEnv::with(
+        "large-writeback",
+        &[("MINIO_OBJECT_TAGS", "customer,source")],
+    )
+    .await;
+    let store = env.store();
+    // An image the consumer wrote (tags and all) but has not indexed yet: an orphan to repair.
+    let data = png_of_size(40_000, 3);
+    let record = record_for(&data, env.settings.limits.inline_max_bytes);
+    let key = object_key(&record.image_id);
+    store
+        .put_image_labelled(
+            &key,
+            data.clone(),
+            &record.content_type,
+            &record.sha256,
+            Some(ObjectLabels::of(&record)),
+            false,
+        )
+        .await
+        .unwrap();
+    // A consumer of the group, with a record it has not committed: repair waits for it after
+    // its deletes, and here the record is indexed meanwhile.
+    send(&env, "pending", &record).await;
+    let member: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka.bootstrap_servers)
+        .set("group.id", &env.settings.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    member.subscribe(&[&env.name]).unwrap();
+    let mut polled = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while polled.is_none() && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = member.poll(Duration::from_millis(200)) {
+            use rdkafka::message::Message;
+            polled = Some((m.partition(), m.offset()));
+        }
+    }
+    let (partition, offset) = polled.expect("the member read the record");
+    // Listed times have whole seconds: older than a 0 s grace.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let repair = env.spawn_apart(
+        &[
+            "verify", "--sample", "0", "--repair", "--grace", "0s", "--json",
+        ],
+        "repair",
+        &[],
+    );
+    let deleted = common::eventually(Duration::from_secs(60), || async {
+        matches!(
+            store.head(&key).await,
+            Err(imgstream::store::StoreError::NotFound { .. })
+        )
+    })
+    .await;
+    assert!(deleted, "{}", env.read_log("repair"));
+    // The consumer indexes it and commits: repair finds the row and writes the object back.
+    let index = env.index().await;
+    let mut entry = rows_entry(&env, &record);
+    entry.kafka_partition = partition;
+    entry.kafka_offset = offset;
+    index.insert_batch(&[entry]).await.unwrap();
+    index.close().await;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&env.name, partition, rdkafka::Offset::Offset(offset + 1))
+        .unwrap();
+    member.commit(&tpl, CommitMode::Sync).unwrap();
+    let status = repair.wait_within(Duration::from_secs(180));
+    assert!(status.is_some(), "{}", env.read_log("repair"));
+    let report: Value = serde_json::from_str(env.read_out("repair").trim()).unwrap();
+    assert_eq!(
+        strings(&report["orphans_indexed_meanwhile"]),
+        vec![key.clone()],
+        "{report}"
+    );
+
+    // Back with its bytes and its tags, as the store reports them.
+    let (digest, _) = store.streamed_sha256(&key).await.unwrap();
+    assert_eq!(hex::encode(digest), record.sha256);
+    let mc = common::identities::Mc::new(&env);
+    let path = format!("admin/{}/{key}", env.settings.store.bucket);
+    let tags: Value = serde_json::from_str(&mc.ok(&["tag", "list", "--json", &path])).unwrap();
+    assert_eq!(tags["tagset"]["customer"], "large-customer", "{tags}");
+    assert_eq!(tags["tagset"]["source"], "scanner-1", "{tags}");
+}
+
+fn denied<T>(result: &Result<T, imgstream::store::StoreError>) -> bool {
+    matches!(result, Err(imgstream::store::StoreError::Denied { .. }))
+}
+
+/// The index row the consumer writes for `record`.
+fn rows_entry(env: &TestEnv, record: &ImageRecord) -> IndexEntry {
+    IndexEntry {
+        image_id: record.image_id,
+        object_key: object_key(&record.image_id),
+        bucket: env.settings.store.bucket.clone(),
+        sha256: record.sha256.clone(),
+        size_bytes: record.data.len() as i64,
+        width: record.width as i32,
+        height: record.height as i32,
+        content_type: record.content_type.clone(),
+        customer_id: record.customer_id.clone(),
+        source_id: record.source_id.clone(),
+        created_at: record.created_at,
+        kafka_topic: env.name.clone(),
+        kafka_partition: 0,
+        kafka_offset: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_with_its_own_key_uploads_large_images_and_may_not_delete_or_list() {
+    let env = TestEnv::with(
+        "large-producer-key",
+        &[("MINIO_OBJECT_TAGS", "customer,source")],
+    )
+    .await;
+    let mc = common::identities::Mc::new(&env);
+    let bucket = env.settings.store.bucket.clone();
+    let producer = common::identities::S3User::create(
+        &mc,
+        "producer",
+        &common::identities::policy("s3-producer.json", &bucket),
+    );
+    // One PUT and one in parts, with tags: the write-options check at start passes too.
+    for width in ["1000", "2400"] {
+        let out = env
+            .command(&[
+                "produce", "--count", "1", "--json", "--width", width, "--height", "2000",
+                "--format", "png",
+            ])
+            .env("IMGSTREAM_UPLOAD_PART_BYTES", (5 * MIB).to_string())
+            .env("MINIO_ACCESS_KEY", &producer.access_key)
+            .env("MINIO_SECRET_KEY", &producer.secret_key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(summary["uploaded"], 1, "{summary}");
+    }
+    let consumed = consume(&env, &[]);
+    assert_eq!(consumed["stored"], 2, "{consumed}");
+
+    // MinIO refuses the key a delete, a list, and a write outside images/.
+    let mut settings = env.settings.clone();
+    settings.store.access_key = producer.access_key.clone();
+    settings.store.secret_key = producer.secret_key.clone();
+    let as_producer = imgstream::wiring::store(&settings).unwrap();
+    let key = rows(&env).await[0].object_key.clone();
+    let deleted = as_producer.delete(&key).await;
+    assert!(denied(&deleted), "delete: {deleted:?}");
+    let listed = as_producer.list("images/").await;
+    assert!(denied(&listed), "list: {listed:?}");
+    let bytes = Bytes::from_static(b"elsewhere");
+    let elsewhere = as_producer
+        .put_image(
+            "elsewhere/x",
+            bytes.clone(),
+            "image/png",
+            &sha256_hex(&bytes),
+        )
+        .await;
+    assert!(denied(&elsewhere), "write outside images/: {elsewhere:?}");
+    assert!(
+        env.store().head(&key).await.is_ok(),
+        "the image is still there"
+    );
+}

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod overview;
 pub mod pages;
+mod shrink;
 pub mod thumbnails;
 
 use crate::config::{ServeSettings, Settings};

@@ -2,12 +2,14 @@
 //! from there afterwards. Making one (decode, resize, encode) runs on the blocking pool, a bounded
 //! number at a time, so a cold gallery cannot take every core from the rest of the server.
 //!
-//! Memory is bounded too: an image's header says what decoding it will take (a 50-megapixel RGB
-//! image is 150 MB of pixels, whatever its file size), each decode holds that many MiB of a
-//! budget (IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB) until it is done, and the decoder is held to the
-//! same figure. An image that cannot be made into a thumbnail is remembered, so asking again
-//! costs nothing.
+//! Memory is bounded too: a large JPEG or PNG is decoded shrunk (`shrink`: a scaled DCT, or rows
+//! into a box filter), so its thumbnail costs its file's bytes and a few megabytes of pixels, not
+//! its full pixels; an image's header says what decoding it will take, each making holds that
+//! many MiB of one budget (IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB) until it is done, whatever the
+//! number of cores, and the decoder is held to the same figure. An image that cannot be made into
+//! a thumbnail is remembered, so asking again costs nothing.
 
+use super::shrink;
 use crate::domain::{StoredImage, sha256_hex, thumbnail_key};
 use crate::store::{ImageStore, ObjectLabels, StoreError};
 use bytes::Bytes;
@@ -54,15 +56,37 @@ pub struct Thumbnails {
     metrics: ThumbnailMetrics,
 }
 
-/// The MiB an image needs while its thumbnail is made: the original's bytes and its decoded
-/// pixels (the decoder's RGBA and the RGB copy), from what the index knows of it, at most the
-/// whole `budget_mib` (a larger one waits until it can be made alone, then is refused by its
-/// decode cost). A 48-megapixel scan needs about 400 MiB; a gallery-sized image about 6 MiB.
-fn making_cost_mib(size_bytes: i64, width: i32, height: i32, budget_mib: u32) -> u32 {
-    let pixels = i64::from(width.max(0)) * i64::from(height.max(0));
-    let bytes = size_bytes.max(0) + pixels * 4 + pixels * 3;
+/// The MiB an image is expected to need while its thumbnail is made, from what the index knows
+/// of it: the original's bytes and its decoded pixels, shrunk as `shrink` shrinks a JPEG or PNG
+/// (by the factor its size allows; a progressive JPEG or an interlaced PNG needs more, found in
+/// its header) and whole for a WebP (the decoder's RGBA and the RGB copy); at most the whole
+/// `budget_mib`. A 60 MB 48-megapixel JPEG needs about 62 MiB; as a WebP about 380 MiB.
+fn making_cost_mib(
+    size_bytes: i64,
+    width: i32,
+    height: i32,
+    content_type: &str,
+    budget_mib: u32,
+) -> u32 {
+    let (w, h) = (i64::from(width.max(0)), i64::from(height.max(0)));
+    let decoded = if content_type == "image/webp" {
+        w * h * 7
+    } else {
+        let k = i64::from(shrink::reduction(w as u32, h as u32, THUMBNAIL_SIDE, true));
+        2 * (w / k + 1) * (h / k + 1) * 4
+    };
+    let bytes = size_bytes.max(0) + decoded + DECODER_OVERHEAD as i64;
     let mib = (bytes >> 20) + 1;
     u32::try_from(mib).unwrap_or(u32::MAX).min(budget_mib)
+}
+
+/// The decoders' own buffers (rows, entropy tables) on top of the pixels.
+const DECODER_OVERHEAD: u64 = 16 << 20;
+
+/// A decode's allowance: what its header says, a quarter more, and the decoders' own.
+fn allowance(cost: u64) -> u64 {
+    cost.saturating_add(cost / 4)
+        .saturating_add(DECODER_OVERHEAD)
 }
 
 impl Thumbnails {
@@ -115,14 +139,16 @@ impl Thumbnails {
             Err(e) => return Err(e.into()),
         }
         let entry = &image.entry;
-        let _memory = self
+        let mut held = making_cost_mib(
+            entry.size_bytes,
+            entry.width,
+            entry.height,
+            &entry.content_type,
+            self.memory_mib,
+        );
+        let mut memory = self
             .memory
-            .acquire_many(making_cost_mib(
-                entry.size_bytes,
-                entry.width,
-                entry.height,
-                self.memory_mib,
-            ))
+            .acquire_many(held)
             .await
             .expect("the semaphore is never closed");
         let _maker = self
@@ -131,7 +157,6 @@ impl Thumbnails {
             .await
             .expect("the semaphore is never closed");
         let started = Instant::now();
-        let original = self.store.get(&image.entry.object_key).await?;
         let fail = |detail: String| {
             self.remember_failure(image.entry.image_id, &detail);
             ThumbnailError::Undecodable {
@@ -139,16 +164,37 @@ impl Thumbnails {
                 detail,
             }
         };
-        // The decoders' own buffers (rows, entropy tables) on top of the pixels.
-        let cost = decode_cost(&original).map_err(fail)?;
-        let cost = cost.saturating_add(cost / 4).saturating_add(16 << 20);
-        let mib = u32::try_from(cost.div_ceil(1 << 20)).unwrap_or(u32::MAX);
-        if mib > self.memory_mib {
-            return Err(fail(format!(
-                "decoding it takes {mib} MiB, more than the {} MiB of IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB",
-                self.memory_mib
-            )));
-        }
+        let (original, mib) = loop {
+            let original = self.store.get(&image.entry.object_key).await?;
+            let cost = decode_cost(&original, THUMBNAIL_SIDE).map_err(fail)?;
+            let mib = u32::try_from(
+                (original.len() as u64)
+                    .saturating_add(allowance(cost))
+                    .div_ceil(1 << 20),
+            )
+            .unwrap_or(u32::MAX);
+            if mib > self.memory_mib {
+                return Err(fail(format!(
+                    "making its thumbnail takes {mib} MiB, more than the {} MiB of IMGSTREAM_SERVE_THUMBNAIL_MEMORY_MB",
+                    self.memory_mib
+                )));
+            }
+            if mib <= held {
+                break (original, mib);
+            }
+            // Its header asks for more than the index suggested (a progressive JPEG, an
+            // interlaced PNG): its bytes are let go while the larger share is waited for, so
+            // nothing is held outside the budget, and read again.
+            drop(original);
+            drop(memory);
+            memory = self
+                .memory
+                .acquire_many(mib)
+                .await
+                .expect("the semaphore is never closed");
+            held = mib;
+        };
+        let _memory = memory;
         // Those who waited while another made this very thumbnail find it kept.
         match self.store.get(&key).await {
             Ok(bytes) => {
@@ -158,7 +204,7 @@ impl Thumbnails {
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let limit = u64::from(mib.max(1)) << 20;
+        let limit = (u64::from(mib.max(1)) << 20).saturating_sub(original.len() as u64);
         let made = tokio::task::spawn_blocking(move || {
             make_thumbnail_within(&original, THUMBNAIL_SIDE, limit)
         })
@@ -219,54 +265,29 @@ pub fn fit(width: u32, height: u32, side: u32) -> (u32, u32) {
     (scale(width), scale(height))
 }
 
-fn reader(original: &[u8]) -> Result<image::ImageReader<std::io::Cursor<&[u8]>>, String> {
-    image::ImageReader::new(std::io::Cursor::new(original))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())
-}
-
-/// The bytes making a thumbnail of `original` holds at its peak, read from the image's header
-/// alone: the decoded pixels, plus an RGB copy when they are neither RGB nor RGBA.
-pub fn decode_cost(original: &[u8]) -> Result<u64, String> {
-    use image::ImageDecoder;
-    let mut reader = reader(original)?;
-    reader.no_limits();
-    let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
-    let (width, height) = decoder.dimensions();
-    let pixels = u64::from(width) * u64::from(height);
-    let converted = match decoder.color_type() {
-        image::ColorType::Rgb8 | image::ColorType::Rgba8 => 0,
-        _ => pixels * 3,
-    };
-    Ok(decoder.total_bytes().saturating_add(converted))
+/// The bytes decoding `original` for a thumbnail holds at its peak, beyond the original's own,
+/// from its header alone (`shrink`).
+pub fn decode_cost(original: &[u8], side: u32) -> Result<u64, String> {
+    shrink::decode_cost(original, side)
 }
 
 /// Decodes an image (PNG, JPEG or WebP), shrinks it to fit a `side` box and encodes it as JPEG.
 pub fn make_thumbnail(original: &[u8], side: u32) -> Result<Made, String> {
-    let cost = decode_cost(original)?;
-    make_thumbnail_within(original, side, cost + cost / 4 + (16 << 20))
+    let cost = decode_cost(original, side)?;
+    make_thumbnail_within(original, side, allowance(cost))
 }
 
 /// [`make_thumbnail`], the decoder allowed `max_bytes` at most.
 pub fn make_thumbnail_within(original: &[u8], side: u32, max_bytes: u64) -> Result<Made, String> {
-    let mut reader = reader(original)?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_bytes);
-    reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| e.to_string())?;
-    let (width, height) = (decoded.width(), decoded.height());
+    let ((width, height), shrunk) = shrink::decode_shrunk(original, side, max_bytes)?;
+    // The thumbnail's size comes from the original's, whatever the shrunk one rounded to.
     let (tw, th) = fit(width, height, side);
-    // RGBA is resized as it is and loses its alpha at thumbnail size: converting a large image
-    // to RGB first would hold a second copy of its pixels.
-    let (raw, pixel_type) = match decoded {
-        image::DynamicImage::ImageRgba8(rgba) => (rgba.into_raw(), PixelType::U8x4),
-        other => (other.into_rgb8().into_raw(), PixelType::U8x3),
-    };
-    let resized = if (tw, th) == (width, height) {
-        raw
+    let pixel_type = shrunk.pixel_type;
+    let resized = if (tw, th) == (shrunk.width, shrunk.height) {
+        shrunk.pixels
     } else {
-        let source =
-            Image::from_vec_u8(width, height, raw, pixel_type).map_err(|e| e.to_string())?;
+        let source = Image::from_vec_u8(shrunk.width, shrunk.height, shrunk.pixels, pixel_type)
+            .map_err(|e| e.to_string())?;
         let mut target = Image::new(tw, th, pixel_type);
         // Hamming: bilinear's speed with close to bicubic's quality when shrinking.
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Hamming));
@@ -302,13 +323,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_scan_of_48_megapixels_is_made_alone_in_512_mib_and_gallery_images_side_by_side() {
+    fn a_48_megapixel_jpeg_is_made_beside_others_in_512_mib_and_a_webp_of_its_size_alone() {
         const BUDGET: u32 = 512;
-        let scan = making_cost_mib(60 << 20, 8000, 6000, BUDGET);
-        assert!(2 * scan > BUDGET && scan <= BUDGET, "{scan}");
-        assert_eq!(making_cost_mib(500 << 20, 16000, 12000, BUDGET), BUDGET);
-        assert!(making_cost_mib(300_000, 1024, 768, BUDGET) <= 6);
-        assert_eq!(making_cost_mib(-1, -1, 5, BUDGET), 1);
+        // Shrunk to 1/8: its 60 MB and 2x750x1000x4 bytes of pixels, not 8000x6000x7.
+        let jpeg = making_cost_mib(60 << 20, 8000, 6000, "image/jpeg", BUDGET);
+        assert!(jpeg < 100, "{jpeg}");
+        let webp = making_cost_mib(60 << 20, 8000, 6000, "image/webp", BUDGET);
+        assert!(2 * webp > BUDGET && webp <= BUDGET, "{webp}");
+        assert_eq!(
+            making_cost_mib(500 << 20, 16000, 12000, "image/webp", BUDGET),
+            BUDGET
+        );
+        assert!(making_cost_mib(300_000, 1024, 768, "image/png", BUDGET) <= 24);
+        assert_eq!(making_cost_mib(-1, -1, 5, "image/png", BUDGET), 17);
     }
 
     use crate::domain::ImageFormat;

@@ -32,7 +32,8 @@ struct S3Answer {
     date: Option<http::HeaderValue>,
     error: S3ErrorBody,
     headers: http::HeaderMap,
-    /// The body of a POST's answer (multipart uploads answer in XML), else empty.
+    /// The body of a POST's answer (multipart uploads answer in XML) or of a GET of tags, else
+    /// empty.
     text: String,
 }
 
@@ -290,6 +291,30 @@ impl Backend for S3Direct {
         })
     }
 
+    fn object_tags<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            let target = format!("{key}?tagging");
+            let answer = self
+                .send(http::Method::GET, Some(&target), &[], None)
+                .await?;
+            match answer.status {
+                200 => Ok(answer
+                    .text
+                    .split("<Tag>")
+                    .skip(1)
+                    .filter_map(|tag| Some((xml_field(tag, "Key")?, xml_field(tag, "Value")?)))
+                    .collect()),
+                404 => Err(StoreError::NotFound {
+                    key: key.to_string(),
+                }),
+                _ => Err(self.refused(&answer, &format!("GET {key} tags"))),
+            }
+        })
+    }
+
     fn delete_object<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let answer = self
@@ -442,8 +467,9 @@ impl S3Direct {
         let (error, text) = if status >= 300 {
             let text = response.text().await.unwrap_or_default();
             (S3ErrorBody::parse(&text), String::new())
-        } else if method == http::Method::POST {
-            // Small XML answers; a stalled body is an outage like a stalled request.
+        } else if method == http::Method::POST || url.ends_with("?tagging") {
+            // Small XML answers (multipart uploads, tags); a stalled body is an outage like a
+            // stalled request.
             let text = response
                 .text()
                 .await

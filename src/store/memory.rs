@@ -236,6 +236,22 @@ impl Backend for MemoryStore {
         })
     }
 
+    /// The twin keeps no tags (nor encryption or storage class): those are the store's.
+    fn object_tags<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            let options = object_store::GetOptions {
+                head: true,
+                ..Default::default()
+            };
+            (self.objects.get_opts(&Path::from(key), options).await)
+                .map_err(|e| self.error(e, key))?;
+            Ok(Vec::new())
+        })
+    }
+
     fn delete_object<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             (self.objects.delete(&Path::from(key)).await).map_err(|e| self.error(e, key))

@@ -11,6 +11,7 @@
 //!
 //! What is where, laid out as `object_store` lays out its `aws/` module:
 //! - `write.rs`: the `ImageSink` port and `put_image`, the one place an image is written.
+//! - `upload.rs`: a producer's upload written as it is made, in bounded parts.
 //! - `direct.rs`: the signed requests `object_store` cannot make (the checksummed create-only
 //!   write, the stored checksum, the store's clock, deletes, bucket calls).
 //! - `memory.rs`: the in-memory twin of `direct.rs` (tests only).
@@ -24,10 +25,12 @@ mod direct;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod memory;
+mod upload;
 mod write;
 
 pub use crate::config::{Encryption, WriteOptions};
 pub use error::StoreError;
+pub use upload::{PendingUpload, SpoolError, Spooled, SpooledBody, UploadWriter};
 pub use write::{ObjectLabels, UploadShape};
 
 use bytes::Bytes;
@@ -163,6 +166,12 @@ trait Backend: Send + Sync {
         &'a self,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<[u8; 32]>, StoreError>>;
+
+    /// The tags of `key` (GetObjectTagging), as (key, value) pairs.
+    fn object_tags<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, StoreError>>;
 
     /// Deletes `key`; a key that is already gone is no error.
     fn delete_object<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
@@ -300,6 +309,11 @@ impl ImageStore {
     /// are its own, and the two clocks may disagree by more than any grace period.
     pub async fn clock(&self) -> Result<DateTime<Utc>, StoreError> {
         self.backend.clock().await
+    }
+
+    /// The tags `key` carries, to write them again with its bytes (`verify --repair`).
+    pub async fn object_tags(&self, key: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.backend.object_tags(key).await
     }
 
     /// Deletes one object. On S3 a plain DELETE of that key: object_store sends a multi-object

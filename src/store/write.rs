@@ -102,7 +102,7 @@ const HEAD_BYTES: u64 = 256 * 1024;
 impl ImageStore {
     /// The request headers every write carries: encryption, storage class, tags, and the mark of
     /// a producer's upload.
-    fn write_headers(
+    pub(super) fn write_headers(
         &self,
         labels: Option<ObjectLabels<'_>>,
         producer_upload: bool,
@@ -169,7 +169,11 @@ impl ImageStore {
             .await
         {
             Ok(id) => id,
-            Err(e @ (StoreError::Unavailable { .. } | StoreError::Tls { .. })) => return Err(e),
+            Err(
+                e @ (StoreError::Unavailable { .. }
+                | StoreError::Tls { .. }
+                | StoreError::NoBucket { .. }),
+            ) => return Err(e),
             Err(StoreError::Refused { detail, .. } | StoreError::Denied { detail, .. }) => {
                 return Err(refused(detail));
             }
@@ -204,17 +208,51 @@ impl ImageStore {
         labels: Option<ObjectLabels<'_>>,
         producer_upload: bool,
     ) -> Result<PutOutcome, StoreError> {
+        let extra = self.write_headers(labels, producer_upload);
+        self.put_with_headers(key, data, content_type, sha256, &extra)
+            .await
+    }
+
+    /// An object written again as it was, with the tags it had (`verify --repair` writing back an
+    /// orphan it deleted), and the encryption and storage class every write carries.
+    pub async fn put_image_restored(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+        sha256: &str,
+        tags: &[(String, String)],
+    ) -> Result<PutOutcome, StoreError> {
+        let mut extra = self.write_headers(None, false);
+        if !tags.is_empty() {
+            let mut tagging = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in tags {
+                tagging.append_pair(k, v);
+            }
+            extra.push(("x-amz-tagging".into(), tagging.finish()));
+        }
+        self.put_with_headers(key, data, content_type, sha256, &extra)
+            .await
+    }
+
+    async fn put_with_headers(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+        sha256: &str,
+        extra: &[(String, String)],
+    ) -> Result<PutOutcome, StoreError> {
         let digest = parse_sha256(sha256).ok_or_else(|| StoreError::ChecksumMismatch {
             key: key.to_string(),
             declared: sha256.to_string(),
             detail: "not 64 hex digits".into(),
         })?;
-        let extra = self.write_headers(labels, producer_upload);
         let mut vanished = 0;
         let existing = loop {
             let written = self
                 .backend
-                .put_object(key, data.clone(), content_type, &digest, &extra)
+                .put_object(key, data.clone(), content_type, &digest, extra)
                 .await?;
             if written {
                 return Ok(PutOutcome::Created);
@@ -264,10 +302,22 @@ impl ImageStore {
             .create_multipart(key, content_type, &extra)
             .await?;
         let parts = self.upload_parts(key, &upload_id, &data, shape).await;
+        self.complete_upload(key, &upload_id, parts, sha256).await
+    }
+
+    /// Completes a producer's multipart upload create-only, or aborts it when `parts` failed;
+    /// a key that already holds the same image is a replay, another image a conflict.
+    pub(super) async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Result<Vec<UploadedPart>, StoreError>,
+        sha256: &str,
+    ) -> Result<PutOutcome, StoreError> {
         let completed = match parts {
             Ok(parts) => {
                 self.backend
-                    .complete_multipart(key, &upload_id, &parts)
+                    .complete_multipart(key, upload_id, &parts)
                     .await
             }
             Err(e) => Err(e),
@@ -277,7 +327,7 @@ impl ImageStore {
             Err(e) => {
                 // Best effort: a store keeps an unfinished upload's parts until it is aborted
                 // (or a lifecycle rule drops it).
-                if let Err(abort) = self.backend.abort_multipart(key, &upload_id).await {
+                if let Err(abort) = self.backend.abort_multipart(key, upload_id).await {
                     tracing::warn!(key, error = %abort, "could not abort an unfinished upload");
                 }
                 return Err(e);
@@ -286,7 +336,7 @@ impl ImageStore {
         if created {
             return Ok(PutOutcome::Created);
         }
-        let _ = self.backend.abort_multipart(key, &upload_id).await;
+        let _ = self.backend.abort_multipart(key, upload_id).await;
         let existing = self.stored_sha256(key).await?;
         if existing.eq_ignore_ascii_case(sha256) {
             Ok(PutOutcome::AlreadyStored)

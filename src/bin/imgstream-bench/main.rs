@@ -23,7 +23,7 @@ mod services;
 use clap::Parser;
 use imgstream::kafka::consumer::FetchSettings;
 use imgstream::pipeline::PipelineOptions;
-use scenarios::{backlog, browse, lifetime, rebalance, scaling, sizes, soak};
+use scenarios::{backlog, browse, large, lifetime, rebalance, scaling, sizes, soak};
 use serde_json::json;
 use std::time::Instant;
 
@@ -36,9 +36,9 @@ struct Args {
     /// Smaller counts (a fifth of the records per size), and no backlog run
     #[arg(long)]
     quick: bool,
-    /// Only these sizes, comma-separated (16KiB, 256KiB, 2MiB), or `rebalance`; no scaling or
-    /// backlog run. `erasure-check` and `retain-latency` (what erasures cost a consumer) run
-    /// only when named here
+    /// Only these sizes, comma-separated (16KiB, 256KiB, 2MiB, 32MiB), or `rebalance`; no
+    /// scaling or backlog run. `erasure-check` and `retain-latency` (what erasures cost a
+    /// consumer) run only when named here
     #[arg(long, value_name = "SIZES")]
     only: Option<String>,
     /// Run the soak test instead (make soak): consumers killed, joining and leaving, a MinIO and
@@ -144,6 +144,11 @@ async fn main() {
         }
         results.push(sizes::bench_case(&base, &run, &case).await);
     }
+    let large = if only.is_none_or(|o| o.split(',').any(|x| x.eq_ignore_ascii_case(large::LABEL))) {
+        Some(large::bench_large(&base, &run, quick).await)
+    } else {
+        None
+    };
     let scale = if only.is_none() {
         Some(scaling::scaling(&base, &run, if quick { 4_000 } else { 12_000 }).await)
     } else {
@@ -181,6 +186,7 @@ async fn main() {
             "object_store_client": "object_store (reqwest)",
         },
         "cases": results,
+        "large": large,
         "scaling": scale,
         "rebalance": rebalance,
         "backlog": backlog,

@@ -78,6 +78,20 @@ pub fn print_table(r: &Value) {
             c["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    if !r["large"].is_null() {
+        let l = &r["large"];
+        println!(
+            "{}: producer {:.2} images/s ({:.0} MB/s) against {:.2} raw PUTs/s ({:.0} MB/s); consumer {:.2} images/s; peak RSS producer {:.0} MiB, consumer {:.0} MiB",
+            l["size"].as_str().unwrap_or("?"),
+            l["producer"]["images_per_sec"].as_f64().unwrap(),
+            l["producer"]["mb_per_sec"].as_f64().unwrap(),
+            l["ceiling"]["put_objects_per_sec"].as_f64().unwrap(),
+            l["ceiling"]["put_mb_per_sec"].as_f64().unwrap(),
+            l["consumer"]["images_per_sec"].as_f64().unwrap(),
+            l["producer"]["peak_rss_mib"].as_f64().unwrap(),
+            l["consumer"]["peak_rss_mib"].as_f64().unwrap()
+        );
+    }
     if let Some(rows) = r["scaling"].as_array() {
         for row in rows {
             println!(
