@@ -610,7 +610,7 @@ async fn a_request_longer_than_the_request_timeout_is_cut_and_the_server_goes_on
     let stored = common::stored_image(&env, "a", 1).await;
     env.index()
         .await
-        .insert_batch(&[stored.clone()])
+        .insert_batch(std::slice::from_ref(&stored))
         .await
         .unwrap();
     let toxiproxy = common::toxiproxy::Toxiproxy::start().await;

@@ -1068,7 +1068,7 @@ async fn a_tampered_cookie_an_expired_session_and_a_sign_out_without_its_csrf_to
     let image = stored_image(&env, "a", 1).await;
     env.index()
         .await
-        .insert_batch(&[image.clone()])
+        .insert_batch(std::slice::from_ref(&image))
         .await
         .unwrap();
     const LIFE: u64 = 12;
