@@ -486,3 +486,160 @@ async fn the_pipeline_overview_shows_lag_counts_and_the_latest_dead_letter() {
         .sum();
     assert_eq!(stored, 5);
 }
+
+/// `serve` in this process with `vars`' limits, reaching the store through `proxy` (which a test
+/// slows down).
+async fn serve_through(
+    env: &TestEnv,
+    proxy: &common::toxiproxy::Proxy<'_>,
+    vars: &[(&str, &str)],
+) -> (Serving, String) {
+    let mut settings = env.settings.clone();
+    settings.store.endpoint = settings
+        .store
+        .endpoint
+        .replace(&store_upstream(env), &proxy.listen);
+    let vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let opts = ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        thumbnail_makers: 2,
+        security: imgstream::config::ServeSettings::from_vars(&vars).unwrap(),
+    };
+    let serving = imgstream::serve::start(&settings, opts)
+        .await
+        .expect("serve starts");
+    let base = format!("http://{}", serving.addr);
+    (serving, base)
+}
+
+/// The store's address, for a proxy in front of it.
+fn store_upstream(env: &TestEnv) -> String {
+    let endpoint = url::Url::parse(&env.settings.store.endpoint).unwrap();
+    format!(
+        "{}:{}",
+        endpoint.host_str().unwrap(),
+        endpoint.port_or_known_default().unwrap()
+    )
+}
+
+/// Each request to the store this slow (each way): a thumbnail's first request makes three.
+const STORE_LATENCY_MS: u64 = 1500;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_beyond_the_bound_is_answered_503_at_once_while_the_others_finish() {
+    let env = TestEnv::new("serve-busy").await;
+    let images = [
+        common::stored_image(&env, "a", 1).await,
+        common::stored_image(&env, "a", 2).await,
+    ];
+    env.index().await.insert_batch(&images).await.unwrap();
+    let toxiproxy = common::toxiproxy::Toxiproxy::start().await;
+    let proxy = toxiproxy
+        .proxy("serve-busy-store", "127.0.0.1:0", &store_upstream(&env))
+        .await;
+    let (_server, base) =
+        serve_through(&env, &proxy, &[("IMGSTREAM_SERVE_MAX_REQUESTS", "2")]).await;
+    assert_eq!(get_json(&format!("{base}/api/images")).await.0, 200);
+
+    // Two thumbnails made through a slow store hold both places.
+    proxy
+        .add("latency", serde_json::json!({"latency": STORE_LATENCY_MS}))
+        .await;
+    let started = std::time::Instant::now();
+    let slow: Vec<_> = images
+        .iter()
+        .map(|stored| {
+            let url = format!("{base}/thumbnails/{}", stored.image_id);
+            tokio::spawn(async move {
+                let response = reqwest::get(url).await.unwrap();
+                let status = response.status().as_u16();
+                (status, response.bytes().await.unwrap(), started.elapsed())
+            })
+        })
+        .collect();
+    // A third request meanwhile is answered at once, 503 with Retry-After.
+    let mut refused = None;
+    let deadline = started + Duration::from_secs(2 * STORE_LATENCY_MS / 1000);
+    while std::time::Instant::now() < deadline {
+        let asked = std::time::Instant::now();
+        let response = reqwest::get(format!("{base}/api/images")).await.unwrap();
+        if response.status().as_u16() == 503 {
+            refused = Some((
+                asked.elapsed(),
+                response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+                response.text().await.unwrap(),
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (took, retry_after, body) =
+        refused.expect("no request was refused while two were worked on");
+    assert!(
+        took < Duration::from_millis(500),
+        "the refusal took {took:?}"
+    );
+    assert_eq!(retry_after, "1");
+    assert!(body.contains("too many requests at once"), "{body}");
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "the slow requests had ended before the refusal: it proves nothing"
+    );
+    // The two finish as if nothing happened.
+    for s in slow {
+        let (status, body, took) = s.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert!(image::load_from_memory(&body).is_ok(), "a thumbnail");
+        assert!(
+            took >= Duration::from_millis(2 * STORE_LATENCY_MS),
+            "the store was not slow ({took:?})"
+        );
+    }
+    assert_eq!(get_json(&format!("{base}/api/images")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_longer_than_the_request_timeout_is_cut_and_the_server_goes_on() {
+    let env = TestEnv::new("serve-timeout").await;
+    let stored = common::stored_image(&env, "a", 1).await;
+    env.index()
+        .await
+        .insert_batch(std::slice::from_ref(&stored))
+        .await
+        .unwrap();
+    let toxiproxy = common::toxiproxy::Toxiproxy::start().await;
+    let proxy = toxiproxy
+        .proxy("serve-timeout-store", "127.0.0.1:0", &store_upstream(&env))
+        .await;
+    let (_server, base) = serve_through(
+        &env,
+        &proxy,
+        &[("IMGSTREAM_SERVE_REQUEST_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    proxy
+        .add("latency", serde_json::json!({"latency": STORE_LATENCY_MS}))
+        .await;
+    let thumbnail = format!("{base}/thumbnails/{}", stored.image_id);
+    let started = std::time::Instant::now();
+    let response = reqwest::get(&thumbnail).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("took longer than 1s"), "{body}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2 * STORE_LATENCY_MS),
+        "cut after {took:?}, not at the 1 s timeout"
+    );
+    // Cut, not broken: with the store quick again the same thumbnail is made.
+    proxy.remove("latency").await;
+    let response = reqwest::get(&thumbnail).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(image::load_from_memory(&response.bytes().await.unwrap()).is_ok());
+}

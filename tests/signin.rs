@@ -5,9 +5,11 @@
 
 mod common;
 
-use chrono::{Duration as Age, Utc};
-use common::{Spawned, TestEnv, eventually, free_port};
-use imgstream::domain::{ImageFormat, IndexEntry, object_key, sha256_hex};
+use chrono::Utc;
+use common::chromium::{Chromedriver, screenshot, until};
+use common::{Spawned, TestEnv, eventually, free_port, stored_image};
+use fantoccini::{Client, Locator};
+use imgstream::domain::{IndexEntry, object_key, sha256_hex};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -26,7 +28,10 @@ struct Server {
 }
 
 async fn serve(env: &TestEnv, log: &str, extra: &[(&str, &str)]) -> Server {
-    let port = free_port();
+    serve_on(env, log, free_port(), extra).await
+}
+
+async fn serve_on(env: &TestEnv, log: &str, port: u16, extra: &[(&str, &str)]) -> Server {
     let addr = format!("127.0.0.1:{port}");
     let process = env.spawn_with(&["serve", "--addr", &addr], log, extra);
     let base = format!("http://{addr}");
@@ -147,39 +152,6 @@ async fn metric(base: &str, name: &str) -> f64 {
         .await
         .unwrap();
     sample(&text, name)
-}
-
-/// A small real PNG image of `customer`, stored and indexed, so thumbnails and URLs work.
-async fn stored_image(env: &TestEnv, customer: &str, minutes_ago: i64) -> IndexEntry {
-    let image_id = Uuid::new_v4();
-    let spec = imgstream::generate::ImageSpec {
-        width: 64,
-        height: 48,
-        format: ImageFormat::Png,
-    };
-    let bytes = imgstream::generate::render(&spec, minutes_ago as u64).unwrap();
-    let sha = sha256_hex(&bytes);
-    let key = object_key(&image_id);
-    env.store()
-        .put_image(&key, bytes.clone().into(), "image/png", &sha)
-        .await
-        .unwrap();
-    IndexEntry {
-        image_id,
-        object_key: key,
-        bucket: env.settings.store.bucket.clone(),
-        sha256: sha,
-        size_bytes: bytes.len() as i64,
-        width: 64,
-        height: 48,
-        content_type: "image/png".into(),
-        customer_id: customer.into(),
-        source_id: "cam-1".into(),
-        created_at: Utc::now() - Age::minutes(minutes_ago),
-        kafka_topic: env.name.clone(),
-        kafka_partition: 0,
-        kafka_offset: minutes_ago,
-    }
 }
 
 fn ids_of(entries: &[&IndexEntry]) -> BTreeSet<String> {
@@ -842,4 +814,334 @@ async fn eight_clients_asking_a_50_megapixel_thumbnail_keep_serve_within_its_mem
         "serve's peak RSS {peak:.0} MiB exceeds {PEAK_RSS_BOUND_MIB} MiB"
     );
     drop(server);
+}
+
+/// `serve` with bearer tokens and browser sign-in through Keycloak's `imgstream-serve` client, on
+/// `port` (the provider sends browsers back to it).
+async fn serve_with_browser_sign_in(env: &TestEnv, log: &str, extra: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let vars: Vec<(&str, &str)> = [
+        &SIGNED_IN[..],
+        &[
+            ("IMGSTREAM_OIDC_CLIENT_ID", "imgstream-serve"),
+            (
+                "IMGSTREAM_OIDC_CLIENT_SECRET",
+                "imgstream-serve-local-secret",
+            ),
+            ("IMGSTREAM_SERVE_PUBLIC_URL", &public),
+        ][..],
+        extra,
+    ]
+    .concat();
+    serve_on(env, log, port, &vars).await
+}
+
+const SESSION_COOKIE: &str = "imgstream-session";
+
+/// Signs `user` in on Keycloak's own login page, starting from the gallery, and waits for the
+/// gallery again.
+async fn sign_in_with_browser(browser: &Client, base: &str, user: &str) {
+    browser.goto(&format!("{base}/")).await.unwrap();
+    until(
+        browser,
+        "Keycloak's login page",
+        "document.querySelector('#kc-login') !== null",
+    )
+    .await;
+    let url = browser.current_url().await.unwrap();
+    assert!(
+        url.as_str().starts_with(KEYCLOAK)
+            && url
+                .query()
+                .unwrap_or_default()
+                .contains("code_challenge_method=S256"),
+        "not Keycloak's login page with PKCE: {url}"
+    );
+    let password = format!("{user}-password");
+    browser
+        .find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(&password)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#kc-login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        browser,
+        "the gallery after signing in",
+        &format!(
+            "location.href.startsWith('{base}/') && document.querySelector('#sign-out') !== null"
+        ),
+    )
+    .await;
+}
+
+/// The session cookie the browser holds (HttpOnly: WebDriver reads it, page scripts cannot).
+async fn session_cookie(browser: &Client) -> String {
+    let cookie = browser
+        .get_named_cookie(SESSION_COOKIE)
+        .await
+        .expect("a session cookie after signing in");
+    assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+    assert_eq!(
+        cookie.same_site().map(|s| s.to_string()).as_deref(),
+        Some("Lax"),
+        "{cookie:?}"
+    );
+    // Reached over plain http here: a Secure cookie would never be sent back.
+    assert_ne!(cookie.secure(), Some(true), "{cookie:?}");
+    cookie.value().to_string()
+}
+
+/// GET with a session cookie (none if empty), redirects not followed: status, `Location`, body.
+async fn get_with_cookie(url: &str, cookie: &str) -> (u16, String, String) {
+    let mut request = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(url);
+    if !cookie.is_empty() {
+        request = request.header("cookie", format!("{SESSION_COOKIE}={cookie}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, location, response.text().await.unwrap())
+}
+
+/// The image ids of the gallery page the browser shows, once every thumbnail has loaded.
+async fn gallery_ids(browser: &Client, expected: usize) -> BTreeSet<String> {
+    until(
+        browser,
+        &format!("{expected} thumbnails loaded"),
+        &format!(
+            "document.querySelectorAll('.card').length === {expected} && \
+             Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0)"
+        ),
+    )
+    .await;
+    let ids = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('.card')).map(c => c.dataset.imageId);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_at_keycloak_sees_only_their_customers_and_signing_out_ends_the_session()
+{
+    keycloak_up().await;
+    let driver = Chromedriver::start();
+    let env = TestEnv::new("signin-browser").await;
+    let mut entries = Vec::new();
+    for (i, customer) in ["a", "a", "a", "b", "b", "c"].iter().enumerate() {
+        entries.push(stored_image(&env, customer, i as i64 + 1).await);
+    }
+    env.index().await.insert_batch(&entries).await.unwrap();
+    let of_a: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e.customer_id == "a")
+        .map(|e| e.image_id.to_string())
+        .collect();
+    let server = serve_with_browser_sign_in(&env, "serve", &[]).await;
+    let base = &server.base;
+
+    // A signed-out browser is sent to sign in; the API answers 401 as before.
+    let (status, location, _) = get_with_cookie(&format!("{base}/?limit=100"), "").await;
+    assert_eq!(status, 303);
+    assert_eq!(location, "/auth/sign-in?next=%2F%3Flimit%3D100");
+    assert_eq!(get(&format!("{base}/api/images"), None).await.0, 401);
+
+    let browser = driver.session().await;
+    sign_in_with_browser(&browser, base, "viewer-a").await;
+    assert_eq!(gallery_ids(&browser, of_a.len()).await, of_a);
+    assert_eq!(
+        browser
+            .find(Locator::Css("#signed-in-as"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "viewer-a"
+    );
+    screenshot(&browser, "signed-in-gallery").await;
+
+    // The cookie, copied out of the browser, is the session: another client holding it sees
+    // exactly what the browser sees, and another customer's image is an unknown id.
+    let cookie = session_cookie(&browser).await;
+    let (status, _, body) = get_with_cookie(&format!("{base}/api/images"), &cookie).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let ids: BTreeSet<String> = page["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, of_a);
+    let foreign = entries.iter().find(|e| e.customer_id == "b").unwrap();
+    let (status, _, _) =
+        get_with_cookie(&format!("{base}/thumbnails/{}", foreign.image_id), &cookie).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get_with_cookie(&format!("{base}/pipeline"), &cookie).await;
+    assert_eq!(status, 403, "the pipeline is for admins");
+
+    // Signing out: the session ends here and at Keycloak.
+    browser
+        .find(Locator::Css("#sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &browser,
+        "the signed-out page",
+        &format!("location.href === '{base}/auth/signed-out' && document.querySelector('#signed-out') !== null"),
+    )
+    .await;
+    screenshot(&browser, "signed-out").await;
+    assert!(
+        browser.get_named_cookie(SESSION_COOKIE).await.is_err(),
+        "the browser still holds a session cookie"
+    );
+    // The old cookie, replayed, opens nothing: not the API, not a page, not a thumbnail.
+    let (status, _, body) = get_with_cookie(&format!("{base}/api/images"), &cookie).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("signed out"), "{body}");
+    let (status, location, _) = get_with_cookie(&format!("{base}/"), &cookie).await;
+    assert_eq!((status, location.as_str()), (303, "/auth/sign-in?next=%2F"));
+    for e in &entries {
+        let (status, _, _) =
+            get_with_cookie(&format!("{base}/thumbnails/{}", e.image_id), &cookie).await;
+        assert_eq!(status, 303, "thumbnail of {}", e.customer_id);
+    }
+    // Keycloak's session ended too: the gallery asks for the password again.
+    browser.goto(&format!("{base}/")).await.unwrap();
+    until(
+        &browser,
+        "Keycloak's login page again",
+        "document.querySelector('#kc-login') !== null",
+    )
+    .await;
+    let log = env.read_log(&server.log);
+    assert!(!log.contains(&cookie), "the session cookie is in the log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused a request") && l.contains("the session was signed out")),
+        "{log}"
+    );
+    browser.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_cookie_an_expired_session_and_a_sign_out_without_its_csrf_token_are_refused() {
+    keycloak_up().await;
+    let driver = Chromedriver::start();
+    let env = TestEnv::new("signin-cookie").await;
+    let image = stored_image(&env, "a", 1).await;
+    env.index()
+        .await
+        .insert_batch(std::slice::from_ref(&image))
+        .await
+        .unwrap();
+    const LIFE: u64 = 12;
+    let server = serve_with_browser_sign_in(
+        &env,
+        "serve",
+        &[("IMGSTREAM_SERVE_SESSION_MAX_AGE_SECS", "12")],
+    )
+    .await;
+    let base = &server.base;
+    let browser = driver.session().await;
+    sign_in_with_browser(&browser, base, "viewer-a").await;
+    let cookie = session_cookie(&browser).await;
+    let signed_in = Instant::now();
+    let images = format!("{base}/api/images");
+    assert_eq!(get_with_cookie(&images, &cookie).await.0, 200);
+
+    // One character changed anywhere, or the cookie sealed by another server's key: refused.
+    for at in [0, cookie.len() / 3, cookie.len() / 2, cookie.len() - 2] {
+        let mut bytes = cookie.clone().into_bytes();
+        bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        let (status, _, body) = get_with_cookie(&images, &tampered).await;
+        assert_eq!(status, 401, "changed at {at}: {body}");
+        assert!(body.contains("does not verify"), "{body}");
+        let (status, location, _) = get_with_cookie(&format!("{base}/"), &tampered).await;
+        assert_eq!((status, location.as_str()), (303, "/auth/sign-in?next=%2F"));
+    }
+    let (status, _, _) = get_with_cookie(&images, &format!("{cookie}{cookie}")).await;
+    assert_eq!(status, 401);
+
+    // Sign-out without the session's CSRF token (what a form on another site would send) is
+    // refused, and the session goes on.
+    let sign_out = |csrf: Option<&str>| {
+        let body = csrf.map_or(String::new(), |t| format!("csrf={t}"));
+        let cookie = cookie.clone();
+        let url = format!("{base}/auth/sign-out");
+        async move {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+                .post(url)
+                .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(sign_out(None).await, 403);
+    assert_eq!(sign_out(Some("not-the-token")).await, 403);
+    assert_eq!(
+        get_with_cookie(&images, &cookie).await.0,
+        200,
+        "a refused sign-out ended the session"
+    );
+    assert!(
+        signed_in.elapsed() < Duration::from_secs(LIFE),
+        "the checks above took longer than the session lives ({:?}); the expiry below proves nothing",
+        signed_in.elapsed()
+    );
+
+    // IMGSTREAM_SERVE_SESSION_MAX_AGE_SECS later, the same cookie is refused by the server
+    // itself (a client keeping it past its Max-Age gains nothing).
+    tokio::time::sleep(Duration::from_secs(LIFE + 1).saturating_sub(signed_in.elapsed())).await;
+    let (status, _, body) = get_with_cookie(&images, &cookie).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    let (status, location, _) = get_with_cookie(&format!("{base}/"), &cookie).await;
+    assert_eq!((status, location.as_str()), (303, "/auth/sign-in?next=%2F"));
+    browser.close().await.unwrap();
 }

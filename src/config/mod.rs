@@ -8,7 +8,7 @@ mod serve;
 use crate::validate::{IdCharacters, IdRules};
 pub use kafka_security::ClientProperties;
 pub use redact::{redact, redact_url};
-pub use serve::{OidcSettings, ServeSettings};
+pub use serve::{BrowserSettings, OidcSettings, Secret, ServeSettings};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

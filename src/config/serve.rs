@@ -26,6 +26,65 @@ pub struct OidcSettings {
     pub admin_role: String,
     /// `IMGSTREAM_OIDC_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// Browser sign-in (authorization code with PKCE), on when `IMGSTREAM_OIDC_CLIENT_ID` is set.
+    pub browser: Option<BrowserSettings>,
+}
+
+/// People sign in with their browser at the provider and keep a session cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserSettings {
+    /// `IMGSTREAM_OIDC_CLIENT_ID`: the provider's client for this server's browser sign-in.
+    pub client_id: String,
+    /// `IMGSTREAM_OIDC_CLIENT_SECRET`: its secret (a confidential client); unset for a public one.
+    pub client_secret: Option<Secret>,
+    /// `IMGSTREAM_SERVE_PUBLIC_URL`: where people reach this server. The provider sends them back
+    /// to `<url>/auth/callback`; an `https` URL makes the session cookie `Secure`.
+    pub public_url: Url,
+    /// `IMGSTREAM_SERVE_SESSION_KEY`: 32 bytes (base64 or 64 hex digits) sealing session cookies;
+    /// unset: made at start, so sessions end with the process and are not shared by replicas.
+    pub session_key: Option<Secret>,
+    /// `IMGSTREAM_SERVE_SESSION_MAX_AGE_SECS`: the longest a session lasts; it ends sooner when
+    /// the ID token it began with expires.
+    pub session_max_age: Duration,
+}
+
+impl BrowserSettings {
+    /// The session cookie is `Secure`: people reach this server over HTTPS.
+    pub fn secure(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+}
+
+/// A secret setting: compared, cloned, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A session key from its setting: 32 bytes, as 64 hex digits or base64 (standard or URL-safe).
+fn session_key(raw: &str) -> Result<Secret, ConfigError> {
+    use base64::Engine;
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let bytes = hex::decode(raw).ok().filter(|b| b.len() == 32).or_else(|| {
+        engines
+            .iter()
+            .find_map(|e| e.decode(raw).ok().filter(|b| b.len() == 32))
+    });
+    bytes.map(Secret).ok_or_else(|| {
+        invalid(
+            "IMGSTREAM_SERVE_SESSION_KEY",
+            "is not 32 bytes as 64 hex digits or base64; make one with `openssl rand -base64 32`",
+        )
+    })
 }
 
 /// `serve`'s own S3 key (`IMGSTREAM_SERVE_S3_ACCESS_KEY`/`_SECRET_KEY`); the secret never
@@ -87,6 +146,17 @@ impl ServeSettings {
         let get = |name: &str, default: &str| set(name).unwrap_or_else(|| default.to_string());
         let oidc = match set("IMGSTREAM_OIDC_ISSUER") {
             None => {
+                if let Some(name) = ["IMGSTREAM_OIDC_CLIENT_ID", "IMGSTREAM_SERVE_PUBLIC_URL"]
+                    .into_iter()
+                    .find(|n| set(n).is_some())
+                {
+                    return Err(invalid(
+                        "IMGSTREAM_OIDC_ISSUER",
+                        format!(
+                            "is unset while {name} is set; browser sign-in needs the issuer and IMGSTREAM_OIDC_AUDIENCE too"
+                        ),
+                    ));
+                }
                 if set("IMGSTREAM_OIDC_AUDIENCE").is_some() {
                     return Err(invalid(
                         "IMGSTREAM_OIDC_ISSUER",
@@ -124,10 +194,11 @@ impl ServeSettings {
                         0,
                         300,
                     )?),
+                    browser: browser_settings(vars)?,
                 })
             }
         };
-        let allowed_hosts: Vec<String> =
+        let mut allowed_hosts: Vec<String> =
             get("IMGSTREAM_SERVE_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
                 .split(',')
                 .map(|h| h.trim().to_ascii_lowercase())
@@ -143,6 +214,16 @@ impl ServeSettings {
                     "{bad:?} is not a host name (a comma-separated list, no ports or wildcards)"
                 ),
             ));
+        }
+        // The name people reach us by is one we answer for.
+        if let Some(host) = oidc
+            .as_ref()
+            .and_then(|o| o.browser.as_ref())
+            .and_then(|b| b.public_url.host_str())
+            .map(str::to_ascii_lowercase)
+            && !allowed_hosts.contains(&host)
+        {
+            allowed_hosts.push(host);
         }
         let secs = |name: &'static str, default: &str, max: u64| -> Result<Duration, ConfigError> {
             Ok(Duration::from_secs(parse_number(
@@ -229,6 +310,64 @@ impl ServeSettings {
         }
         own
     }
+}
+
+/// Browser sign-in's settings, `None` unless `IMGSTREAM_OIDC_CLIENT_ID` is set.
+fn browser_settings(
+    vars: &HashMap<String, String>,
+) -> Result<Option<BrowserSettings>, ConfigError> {
+    let set = |name: &str| {
+        vars.get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let Some(client_id) = set("IMGSTREAM_OIDC_CLIENT_ID") else {
+        if set("IMGSTREAM_SERVE_PUBLIC_URL").is_some() {
+            return Err(invalid(
+                "IMGSTREAM_OIDC_CLIENT_ID",
+                "is unset while IMGSTREAM_SERVE_PUBLIC_URL is set; set the provider's client to turn browser sign-in on",
+            ));
+        }
+        return Ok(None);
+    };
+    let raw = set("IMGSTREAM_SERVE_PUBLIC_URL").ok_or_else(|| {
+        invalid(
+            "IMGSTREAM_SERVE_PUBLIC_URL",
+            "must be set with IMGSTREAM_OIDC_CLIENT_ID: the URL people reach this server at (the provider sends them back to <url>/auth/callback)",
+        )
+    })?;
+    let public_url = Url::parse(&raw)
+        .ok()
+        .filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.username().is_empty()
+        })
+        .ok_or_else(|| {
+            invalid(
+                "IMGSTREAM_SERVE_PUBLIC_URL",
+                format!(
+                    "{raw:?} is not an http(s) URL without a path, like https://gallery.example.com"
+                ),
+            )
+        })?;
+    let session_max_age = Duration::from_secs(parse_number(
+        "IMGSTREAM_SERVE_SESSION_MAX_AGE_SECS",
+        &set("IMGSTREAM_SERVE_SESSION_MAX_AGE_SECS").unwrap_or_else(|| "28800".into()),
+        1,
+        7 * 24 * 3600,
+    )?);
+    Ok(Some(BrowserSettings {
+        client_id,
+        client_secret: set("IMGSTREAM_OIDC_CLIENT_SECRET").map(|s| Secret(s.into_bytes())),
+        public_url,
+        session_key: set("IMGSTREAM_SERVE_SESSION_KEY")
+            .map(|k| session_key(&k))
+            .transpose()?,
+        session_max_age,
+    }))
 }
 
 #[cfg(test)]
@@ -320,5 +459,46 @@ mod tests {
         let err =
             ServeSettings::from_vars(&vars(&[("IMGSTREAM_SERVE_OPEN_ACCESS", "yes")])).unwrap_err();
         assert_eq!(err.var, "IMGSTREAM_SERVE_OPEN_ACCESS");
+    }
+
+    #[test]
+    fn browser_sign_in_needs_a_public_url_and_takes_a_32_byte_key() {
+        let base = [
+            ("IMGSTREAM_OIDC_ISSUER", "https://kc.example/realms/x"),
+            ("IMGSTREAM_OIDC_AUDIENCE", "api"),
+            ("IMGSTREAM_OIDC_CLIENT_ID", "serve"),
+        ];
+        let err = ServeSettings::from_vars(&vars(&base)).unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_PUBLIC_URL");
+        let with =
+            |extra: &[(&str, &str)]| ServeSettings::from_vars(&vars(&[&base[..], extra].concat()));
+        let err = with(&[("IMGSTREAM_SERVE_PUBLIC_URL", "https://g.example/sub")]).unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_PUBLIC_URL");
+        let s = with(&[("IMGSTREAM_SERVE_PUBLIC_URL", "https://Gallery.Example")]).unwrap();
+        let browser = s.oidc.unwrap().browser.unwrap();
+        assert!(browser.secure());
+        assert_eq!(browser.session_key, None);
+        assert_eq!(browser.session_max_age, Duration::from_secs(8 * 3600));
+        assert!(s.allowed_hosts.contains(&"gallery.example".to_string()));
+        let key = "00".repeat(32);
+        let s = with(&[
+            ("IMGSTREAM_SERVE_PUBLIC_URL", "http://127.0.0.1:8080"),
+            ("IMGSTREAM_SERVE_SESSION_KEY", &key),
+            ("IMGSTREAM_OIDC_CLIENT_SECRET", "s3cret"),
+        ])
+        .unwrap();
+        let browser = s.oidc.unwrap().browser.unwrap();
+        assert!(!browser.secure());
+        assert_eq!(browser.session_key, Some(Secret(vec![0; 32])));
+        assert!(!format!("{browser:?}").contains("s3cret"));
+        let err = with(&[
+            ("IMGSTREAM_SERVE_PUBLIC_URL", "http://127.0.0.1:8080"),
+            ("IMGSTREAM_SERVE_SESSION_KEY", "c2hvcnQ="),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_SERVE_SESSION_KEY");
+        let err =
+            ServeSettings::from_vars(&vars(&[("IMGSTREAM_OIDC_CLIENT_ID", "serve")])).unwrap_err();
+        assert_eq!(err.var, "IMGSTREAM_OIDC_ISSUER");
     }
 }

@@ -94,6 +94,8 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("the token was refused: {0}")]
     Other(String),
+    #[error("no bearer token (Authorization: Bearer <JWT>) and {0}")]
+    Session(super::session::SessionError),
 }
 
 /// A key of the issuer, ready to verify.
@@ -122,36 +124,50 @@ pub struct Verifier {
 #[error("{0}")]
 pub struct DiscoveryError(String);
 
+impl DiscoveryError {
+    pub fn new(message: impl Into<String>) -> Self {
+        DiscoveryError(message.into())
+    }
+}
+
+/// The HTTP client that talks to the provider: `timeout` per request, the CA of
+/// `IMGSTREAM_OIDC_CA_FILE` trusted, redirects never followed (a redirect could lead the server's
+/// requests anywhere).
+pub fn provider_http(
+    oidc: &OidcSettings,
+    timeout: Duration,
+) -> Result<reqwest::Client, DiscoveryError> {
+    let mut http = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = &oidc.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            DiscoveryError(format!(
+                "IMGSTREAM_OIDC_CA_FILE: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            DiscoveryError(format!(
+                "IMGSTREAM_OIDC_CA_FILE: {} is not PEM: {e}",
+                path.display()
+            ))
+        })? {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    http.build()
+        .map_err(|e| DiscoveryError(format!("cannot make an HTTP client: {e}")))
+}
+
 impl Verifier {
     /// Reads the issuer's discovery document and its keys; refuses an issuer whose document names
     /// another issuer (RFC 8414 §3.3).
     pub async fn discover(
         oidc: &OidcSettings,
-        timeout: Duration,
+        http: reqwest::Client,
         refreshes: Counter,
     ) -> Result<Verifier, DiscoveryError> {
-        let mut http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &oidc.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                DiscoveryError(format!(
-                    "IMGSTREAM_OIDC_CA_FILE: cannot read {}: {e}",
-                    path.display()
-                ))
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                DiscoveryError(format!(
-                    "IMGSTREAM_OIDC_CA_FILE: {} is not PEM: {e}",
-                    path.display()
-                ))
-            })? {
-                http = http.add_root_certificate(cert);
-            }
-        }
-        let http = http
-            .build()
-            .map_err(|e| DiscoveryError(format!("cannot make an HTTP client: {e}")))?;
         let issuer = oidc.issuer.as_str().trim_end_matches('/');
         let discovery = format!("{issuer}/.well-known/openid-configuration");
         let document: Value = get_json(&http, &discovery).await?;

@@ -6,6 +6,8 @@
 //!   short-lived presigned URLs so image bytes go from the store to the reader, never through us;
 //! - [`thumbnails`]: made on first request, kept in the bucket;
 //! - [`overview`]: the pipeline's lag, counts, throughput and recent dead letters;
+//! - [`auth`]: bearer tokens checked against the OpenID Connect issuer's keys; [`browser`]:
+//!   people signing in at the provider, their sessions kept in sealed cookies ([`session`]);
 //! - `/metrics`, `/healthz` and `/readyz` for the server itself.
 //!
 //! The server only reads the index and the images; its one write is a thumbnail, under its own
@@ -14,8 +16,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod browser;
 pub mod overview;
 pub mod pages;
+pub mod session;
 mod shrink;
 pub mod thumbnails;
 
@@ -29,7 +33,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use browser::{BrowserSignIn, SignedIn};
 use overview::OverviewCache;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -74,6 +79,8 @@ pub struct App {
     pub overview: OverviewCache,
     pub security: ServeSettings,
     verifier: Option<Verifier>,
+    /// People signing in with their browser, when the provider's client is set.
+    browser: Option<BrowserSignIn>,
     /// Requests worked on at once.
     requests: Semaphore,
     /// The Content-Security-Policy of every answer.
@@ -130,18 +137,31 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
         ));
     }
     let metrics = ServeMetrics::new();
-    let verifier = match &security.oidc {
-        None => None,
-        Some(oidc) => Some(
-            Verifier::discover(
-                oidc,
-                settings.connect_timeout,
-                metrics.key_refreshes.clone(),
-            )
-            .await
-            .map_err(|e| format!("sign-in: {e}"))?,
-        ),
+    let (verifier, browser) = match &security.oidc {
+        None => (None, None),
+        Some(oidc) => {
+            let http = auth::provider_http(oidc, settings.connect_timeout)
+                .map_err(|e| format!("sign-in: {e}"))?;
+            let verifier = Verifier::discover(oidc, http.clone(), metrics.key_refreshes.clone())
+                .await
+                .map_err(|e| format!("sign-in: {e}"))?;
+            let browser = match &oidc.browser {
+                None => None,
+                Some(b) => Some(
+                    BrowserSignIn::discover(oidc, b, http)
+                        .await
+                        .map_err(|e| format!("browser sign-in: {e}"))?,
+                ),
+            };
+            (Some(verifier), browser)
+        }
     };
+    // Signing out leads to the provider's logout page: a form's redirect the CSP must allow.
+    let form_origins: String = browser
+        .iter()
+        .flat_map(|b| b.form_origins())
+        .map(|o| format!(" {o}"))
+        .collect();
     // Images on the image page come from the store by presigned URL: its origin is the one
     // other place the pages may load from.
     let store_origin = store
@@ -153,7 +173,7 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
         .unwrap_or_default();
     let csp = HeaderValue::from_str(&format!(
         "default-src 'none'; img-src 'self' {store_origin}; style-src 'self' 'unsafe-inline'; \
-         form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+         form-action 'self'{form_origins}; base-uri 'none'; frame-ancestors 'none'"
     ))
     .map_err(|e| format!("the store's address does not fit a header: {e}"))?;
     let app = Arc::new(App {
@@ -169,6 +189,7 @@ pub async fn start(settings: &Settings, opts: ServeOptions) -> Result<Serving, S
         overview: OverviewCache::default(),
         requests: Semaphore::new(security.max_requests),
         verifier,
+        browser,
         csp,
         security,
         metrics,
@@ -254,6 +275,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/images/{id}/url", get(api::presigned_url))
         .route("/api/pipeline", get(api::pipeline))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    // Browser sign-in: open, each route checks what it needs itself.
+    let people = if app.browser.is_some() {
+        people
+            .route("/auth/sign-in", get(browser::sign_in))
+            .route("/auth/callback", get(browser::callback))
+            .route("/auth/sign-out", post(browser::sign_out))
+            .route("/auth/signed-out", get(browser::signed_out))
+    } else {
+        people
+    };
     // Probes and metrics: open, and they say nothing about images or services.
     let probes = Router::new()
         .route("/metrics", get(metrics))
@@ -369,14 +400,26 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Says who is calling ([`Caller`], a request extension) or answers 401. The log gets the
-/// reason in one line, never the token.
+/// Says who is calling ([`Caller`], a request extension) or answers 401: a bearer token, or a
+/// browser's session cookie. A signed-out browser asking for a page is sent to sign in instead.
+/// The log gets the reason in one line, never the token or the cookie.
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let caller = match &app.verifier {
         None => Ok(Caller::Open),
         Some(verifier) => match bearer(request.headers()) {
-            None => Err(AuthError::Missing),
             Some(token) => verifier.verify(token).await,
+            None => match app
+                .browser
+                .as_ref()
+                .and_then(|b| b.session(request.headers()))
+            {
+                None => Err(AuthError::Missing),
+                Some(Err(e)) => Err(AuthError::Session(e)),
+                Some(Ok(session)) => {
+                    request.extensions_mut().insert(SignedIn::from(&session));
+                    Ok(session.caller())
+                }
+            },
         },
     };
     match caller {
@@ -387,8 +430,19 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         Err(reason) => {
             app.metrics.refused_tokens.inc();
             tracing::warn!(%reason, path = request.uri().path(), "refused a request: not signed in");
+            let path = request.uri().path();
+            if let Some(browser) = &app.browser
+                && !path.starts_with("/api/")
+                && matches!(
+                    *request.method(),
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                )
+            {
+                let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                return browser.to_sign_in(target, matches!(reason, AuthError::Session(_)));
+            }
             let error = ServeError::Unauthorized(format!("sign in: {reason}"));
-            let mut response = if request.uri().path().starts_with("/api/") {
+            let mut response = if path.starts_with("/api/") {
                 api::ApiError::from(error).into_response()
             } else {
                 pages::PageError::from(error).into_response()

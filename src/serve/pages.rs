@@ -4,6 +4,7 @@
 
 use super::api::{download_name, search_url};
 use super::auth::Caller;
+use super::browser::SignedIn;
 use super::overview::Overview;
 use super::thumbnails::{THUMBNAIL_SIDE, fit};
 use super::{App, ServeError, query_pairs};
@@ -35,6 +36,7 @@ impl<E: Into<ServeError>> From<E> for PageError {
 #[template(path = "error.html")]
 struct ErrorPage<'a> {
     title: &'a str,
+    signed_in: Option<SignedIn>,
     status: u16,
     message: &'a str,
 }
@@ -45,6 +47,7 @@ impl IntoResponse for PageError {
         let status = self.0.status();
         let page = ErrorPage {
             title: status.canonical_reason().unwrap_or("Error"),
+            signed_in: None,
             status: status.as_u16(),
             message: self.0.message(),
         };
@@ -124,6 +127,7 @@ struct Filters {
 #[template(path = "gallery.html")]
 struct GalleryPage {
     title: &'static str,
+    signed_in: Option<SignedIn>,
     filters: Filters,
     /// (format name, selected in the form)
     formats: Vec<(&'static str, bool)>,
@@ -136,6 +140,7 @@ struct GalleryPage {
 pub async fn gallery(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    signed_in: Option<Extension<SignedIn>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let pairs = query_pairs(raw.as_deref());
@@ -159,6 +164,7 @@ pub async fn gallery(
             };
             let page = GalleryPage {
                 title: "Gallery",
+                signed_in: signed_in.map(|s| s.0),
                 filters: Filters {
                     customer: typed("customer"),
                     source: typed("source"),
@@ -177,6 +183,7 @@ pub async fn gallery(
     let (images, next) = app.search(&caller, &query).await?;
     let page = GalleryPage {
         title: "Gallery",
+        signed_in: signed_in.map(|s| s.0),
         filters: Filters {
             customer: query.customer_id.clone().unwrap_or_default(),
             source: query.source_id.clone().unwrap_or_default(),
@@ -196,6 +203,7 @@ pub async fn gallery(
 #[template(path = "image.html")]
 struct ImagePage {
     title: String,
+    signed_in: Option<SignedIn>,
     id: String,
     view_url: String,
     rows: Vec<(&'static str, &'static str, String)>,
@@ -204,6 +212,7 @@ struct ImagePage {
 pub async fn image(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    signed_in: Option<Extension<SignedIn>>,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let image = app.stored_image(&caller, &id).await?;
@@ -231,6 +240,7 @@ pub async fn image(
     ];
     Ok(render(&ImagePage {
         title: format!("Image {}", e.image_id),
+        signed_in: signed_in.map(|s| s.0),
         id: e.image_id.to_string(),
         view_url: view_url.to_string(),
         rows,
@@ -298,6 +308,7 @@ struct MinuteBar {
 #[template(path = "pipeline.html")]
 struct PipelinePage {
     title: &'static str,
+    signed_in: Option<SignedIn>,
     taken_at: String,
     overview: Arc<Overview>,
     partitions: Vec<PartitionRow>,
@@ -317,6 +328,7 @@ struct LetterRow {
 pub async fn pipeline(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    signed_in: Option<Extension<SignedIn>>,
 ) -> Result<Response, PageError> {
     app.require_admin(&caller)?;
     let overview = app.overview.get(&app).await?;
@@ -329,6 +341,7 @@ pub async fn pipeline(
         .max(1);
     let page = PipelinePage {
         title: "Pipeline",
+        signed_in: signed_in.map(|s| s.0),
         taken_at: when(&overview.taken_at),
         partitions: overview
             .status

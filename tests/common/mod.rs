@@ -5,6 +5,7 @@
 //! Refuses to run unless the configured database's name says it is a test database.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod identities;
 pub mod runs;
 pub mod toxiproxy;
@@ -560,4 +561,41 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A small real PNG image of `customer`, stored and indexed, so thumbnails and URLs work.
+pub async fn stored_image(
+    env: &TestEnv,
+    customer: &str,
+    minutes_ago: i64,
+) -> imgstream::domain::IndexEntry {
+    let image_id = Uuid::new_v4();
+    let spec = imgstream::generate::ImageSpec {
+        width: 64,
+        height: 48,
+        format: imgstream::domain::ImageFormat::Png,
+    };
+    let bytes = imgstream::generate::render(&spec, minutes_ago as u64).unwrap();
+    let sha = imgstream::domain::sha256_hex(&bytes);
+    let key = imgstream::domain::object_key(&image_id);
+    env.store()
+        .put_image(&key, bytes.clone().into(), "image/png", &sha)
+        .await
+        .unwrap();
+    imgstream::domain::IndexEntry {
+        image_id,
+        object_key: key,
+        bucket: env.settings.store.bucket.clone(),
+        sha256: sha,
+        size_bytes: bytes.len() as i64,
+        width: 64,
+        height: 48,
+        content_type: "image/png".into(),
+        customer_id: customer.into(),
+        source_id: "cam-1".into(),
+        created_at: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
+        kafka_topic: env.name.clone(),
+        kafka_partition: 0,
+        kafka_offset: minutes_ago,
+    }
 }
