@@ -111,13 +111,6 @@ impl Membership {
 }
 
 impl ClientContext for GroupContext {
-    /// librdkafka's own log (its `debug` contexts when `IMGSTREAM_KAFKA_DEBUG` is set) goes
-    /// where every other line goes; rdkafka's default hands it to the `log` crate, which nothing
-    /// here reads.
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        debug!(?level, fac, log_message, "librdkafka");
-    }
-
     fn stats(&self, statistics: Statistics) {
         debug!(group = ?statistics.cgrp, "librdkafka statistics");
         if let Some(group) = &statistics.cgrp {
