@@ -315,14 +315,19 @@ fn checked(shortfalls: &[Shortfall]) -> State {
     }
 }
 
+/// How setup names the bucket in its report: name and endpoint, credentials left out.
+fn bucket_name(settings: &Settings) -> String {
+    format!(
+        "bucket {} at {}",
+        settings.store.bucket,
+        crate::config::redact_url(&settings.store.endpoint)
+    )
+}
+
 async fn bucket(settings: &Settings, check_only: bool) -> Item {
     let item = |state| Item {
         service: "minio",
-        name: format!(
-            "bucket {} at {}",
-            settings.store.bucket,
-            crate::config::redact_url(&settings.store.endpoint)
-        ),
+        name: bucket_name(settings),
         state,
     };
     let store = match wiring::store(settings) {
@@ -354,11 +359,7 @@ async fn bucket(settings: &Settings, check_only: bool) -> Item {
 async fn write_options(settings: &Settings) -> Item {
     let item = |state| Item {
         service: "minio",
-        name: format!(
-            "bucket {} at {}",
-            settings.store.bucket,
-            crate::config::redact_url(&settings.store.endpoint)
-        ),
+        name: bucket_name(settings),
         state,
     };
     let store = match wiring::store(settings) {
