@@ -37,10 +37,23 @@ impl Tmpfs {
     /// but elsewhere (CI's work directory is another filesystem) it formats and heals it as a
     /// replacement drive, and the run would never have gone on from three drives. A file cannot
     /// become a drive, wherever it lies.
+    /// MinIO may recreate the directory between its removal and the file's creation (seen with
+    /// the drives under a tmpfs), so it tries again until the file is there.
     fn pull(&self) {
         unmount(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-        std::fs::write(&self.0, b"pulled").expect("a file where the pulled drive was");
+        for _ in 0..100 {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.0);
+            if let Ok(mut file) = file {
+                std::io::Write::write_all(&mut file, b"pulled")
+                    .expect("write the pulled drive's file");
+                return;
+            }
+        }
+        panic!("MinIO kept recreating {} as a directory", self.0.display());
     }
 }
 

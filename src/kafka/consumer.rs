@@ -27,6 +27,8 @@ pub struct GroupContext {
     /// The broker that has left requests unanswered longest, if any: (name, requests waiting,
     /// time since it last sent anything), as of the last statistics.
     pub silent_broker: Mutex<Option<SilentBroker>>,
+    /// When each broker was last heard from, across reconnections.
+    pub heard: Mutex<BrokerHearing>,
     pub membership: Mutex<Membership>,
     /// Rebalance callbacks seen: partitions assigned, revoked (handed over), lost.
     pub rebalances: Rebalances,
@@ -59,6 +61,64 @@ pub type PartitionCounts = BTreeMap<(String, i32), i64>;
 /// (broker name and state, requests waiting, how long it has been silent).
 pub type SilentBroker = (String, i64, Duration);
 
+/// When each broker last sent anything, kept across its reconnections: a broker behind a black
+/// hole cycles through connect, API-version query, time-out and back off, and the age of each
+/// state never grows past a few seconds, so a state's age alone hid such a stall (seen in CI).
+#[derive(Debug, Default)]
+pub struct BrokerHearing {
+    brokers: BTreeMap<String, HeardBroker>,
+}
+
+#[derive(Debug)]
+struct HeardBroker {
+    last_heard: Instant,
+    state: String,
+    waiting: i64,
+}
+
+impl BrokerHearing {
+    /// One broker in one statistics report: its state, requests sent or queued to it, and
+    /// microseconds since it last sent anything on its connection (-1: nothing yet).
+    pub fn observe(&mut self, name: &str, state: &str, waiting: i64, rxidle_us: i64, now: Instant) {
+        let broker = self
+            .brokers
+            .entry(name.to_string())
+            .or_insert_with(|| HeardBroker {
+                last_heard: now,
+                state: String::new(),
+                waiting: 0,
+            });
+        if state == "UP" && rxidle_us >= 0 {
+            let heard = now
+                .checked_sub(Duration::from_micros(rxidle_us as u64))
+                .unwrap_or(broker.last_heard);
+            broker.last_heard = broker.last_heard.max(heard);
+        }
+        // Connected with nothing asked of it, a broker has nothing to say: not silence.
+        if state == "UP" && waiting == 0 {
+            broker.last_heard = now;
+        }
+        broker.state = state.to_string();
+        broker.waiting = waiting;
+    }
+
+    /// The broker silent longest among those that are asked something or are (re)connecting,
+    /// as (name and state, requests waiting, time since it last sent anything).
+    pub fn silent(&self, now: Instant) -> Option<SilentBroker> {
+        self.brokers
+            .iter()
+            .filter(|(_, b)| b.state != "INIT" && (b.state != "UP" || b.waiting > 0))
+            .map(|(name, b)| {
+                (
+                    format!("{name} ({})", b.state),
+                    b.waiting,
+                    now.saturating_duration_since(b.last_heard),
+                )
+            })
+            .max_by_key(|(_, _, idle)| *idle)
+    }
+}
+
 impl Default for GroupContext {
     fn default() -> Self {
         GroupContext {
@@ -66,6 +126,7 @@ impl Default for GroupContext {
             lag: Mutex::default(),
             unread: Mutex::new((Instant::now(), BTreeMap::new())),
             silent_broker: Mutex::default(),
+            heard: Mutex::default(),
             membership: Mutex::new(Membership::new(Instant::now())),
             rebalances: Rebalances::default(),
         }
@@ -133,31 +194,23 @@ impl ClientContext for GroupContext {
                 }
             }
         }
-        // A broker that has sent nothing for a while though requests wait for it, sent or still
-        // queued to send, or that has been trying to (re)connect for a while: a black-holed,
-        // stalled or refused connection, which librdkafka reports only when its request timeout
-        // passes. (Requests only queued count too: in a black hole a connection was seen with
-        // none in flight and two queued, and the stall went unreported.)
-        let silent = statistics
-            .brokers
-            .values()
-            .filter(|b| b.nodeid >= 0)
-            .filter_map(|b| {
-                let waited = if b.state == "UP" {
-                    (b.waitresp_cnt + b.outbuf_cnt > 0 && b.rxidle > 0).then_some(b.rxidle)
-                } else {
-                    (b.state != "INIT").then_some(b.stateage)
-                }?;
-                Some((
-                    format!("{} ({})", b.name, b.state),
+        let now = Instant::now();
+        let silent = {
+            let mut heard = self.heard.lock().expect("heard lock");
+            for b in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+                heard.observe(
+                    &b.name,
+                    &b.state,
                     b.waitresp_cnt + b.outbuf_cnt,
-                    Duration::from_micros(waited.max(0) as u64),
-                ))
-            })
-            .max_by_key(|(_, _, idle)| *idle);
+                    b.rxidle,
+                    now,
+                );
+            }
+            heard.silent(now)
+        };
         *self.lag.lock().expect("lag lock") = lag;
         *self.silent_broker.lock().expect("broker lock") = silent;
-        *self.unread.lock().expect("unread lock") = (Instant::now(), unread);
+        *self.unread.lock().expect("unread lock") = (now, unread);
     }
 }
 
@@ -444,6 +497,46 @@ pub fn record_reader(kafka: &KafkaSettings) -> Result<BaseConsumer, BrokerError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_broker_reconnecting_over_and_over_is_silent_since_it_last_answered() {
+        let start = Instant::now();
+        let mut h = BrokerHearing::default();
+        h.observe("b/1", "UP", 1, 100_000, start);
+        // A black hole: each report finds the connection in another young state.
+        h.observe("b/1", "TRY_CONNECT", 0, -1, start + 5 * S);
+        h.observe("b/1", "APIVERSION_QUERY", 1, -1, start + 10 * S);
+        h.observe("b/1", "TRY_CONNECT", 2, -1, start + 15 * S);
+        let (name, waiting, idle) = h.silent(start + 15 * S).expect("silent");
+        assert_eq!((name.as_str(), waiting), ("b/1 (TRY_CONNECT)", 2));
+        assert!(idle >= 14 * S, "{idle:?}");
+    }
+
+    #[test]
+    fn a_broker_that_answers_or_is_asked_nothing_is_not_silent() {
+        let start = Instant::now();
+        let mut h = BrokerHearing::default();
+        h.observe("b/1", "UP", 0, 30_000_000, start + 30 * S);
+        h.observe("b/2", "INIT", 0, -1, start + 30 * S);
+        assert_eq!(h.silent(start + 30 * S), None);
+        // Asked, and it answered 200 ms ago.
+        h.observe("b/1", "UP", 1, 200_000, start + 40 * S);
+        let (_, _, idle) = h.silent(start + 40 * S).expect("a broker with a request");
+        assert!(idle < S, "{idle:?}");
+    }
+
+    #[test]
+    fn an_answer_after_the_stall_ends_the_silence() {
+        let start = Instant::now();
+        let mut h = BrokerHearing::default();
+        h.observe("b/1", "UP", 1, 0, start);
+        h.observe("b/1", "APIVERSION_QUERY", 1, -1, start + 20 * S);
+        h.observe("b/1", "UP", 1, 500_000, start + 25 * S);
+        let (_, _, idle) = h.silent(start + 25 * S).expect("a broker with a request");
+        assert!(idle <= S, "{idle:?}");
+    }
 
     #[test]
     fn a_member_is_out_of_its_group_only_while_not_up_and_steady() {

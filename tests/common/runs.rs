@@ -34,7 +34,11 @@ pub async fn rows(env: &TestEnv) -> i64 {
 pub async fn wait_for_rows(env: &TestEnv, n: i64) {
     let reached =
         super::eventually(Duration::from_secs(90), || async { rows(env).await >= n }).await;
-    assert!(reached, "never reached {n} rows");
+    assert!(
+        reached,
+        "never reached {n} rows:\n{}",
+        env.read_log("consumer")
+    );
 }
 
 /// Ends a consumer once the index holds `n` rows: SIGTERM, so it finishes the batch in flight,
@@ -68,7 +72,12 @@ pub fn stop(env: &TestEnv, consumer: Spawned, log: &str) {
 pub async fn assert_exactly_once(env: &TestEnv, n: usize) {
     assert_eq!(env.counts().await, (n, n as i64));
     let verify = env.run(&["verify", "--full"]);
-    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert!(
+        verify.status.success(),
+        "verify --full failed:\n{}\n{}",
+        stdout(&verify),
+        super::stderr(&verify)
+    );
     assert!(
         read_topic(env, &env.settings.kafka.dlq_topic).is_empty(),
         "records were dead-lettered"
