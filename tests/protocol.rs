@@ -605,6 +605,42 @@ async fn batches_that_fill_the_upload_slots_keep_to_the_batches_in_flight() {
     s.assert_exactly_once(&records, &[(0, 200)]).await;
 }
 
+/// Batches of large images each fill their byte limit, and every place for a batch in the
+/// stages filled held 224 MiB of 2 MiB images. The pipeline asks for another batch only while
+/// the bytes it holds are under its limit, so it holds at most the limit and one batch.
+#[tokio::test]
+async fn the_bytes_held_stay_within_the_memory_bound_however_many_places_batches_have() {
+    let s = Services::new(1);
+    let records = s.publish_images(200, 1);
+    let largest = records.iter().map(|r| encode(r).len()).max().unwrap();
+    let mut opts = options();
+    opts.batch_max_records = 100;
+    opts.batch_max_bytes = 4 * largest;
+    opts.batches_in_flight = 1;
+    opts.uploads_in_flight = 32;
+    let (limit, batch_bytes) = (opts.held_bytes_limit(), opts.batch_max_bytes);
+    let (held, polled) = measure_while_uploads_are_held(&s, opts, |pipeline| {
+        let polled = pipeline
+            .stats()
+            .polled
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (pipeline.held_bytes(), polled)
+    })
+    .await;
+    // A batch stops at the first record that reaches its byte limit.
+    assert!(
+        held <= limit + batch_bytes + largest,
+        "{held} bytes held, limit {limit} and one batch of {batch_bytes}"
+    );
+    // Places for six batches of at least four records: two uploading, one in each channel and
+    // stage before them.
+    assert!(
+        polled < 6 * 4,
+        "{polled} records polled: the bound did not hold them back"
+    );
+    s.assert_exactly_once(&records, &[(0, 200)]).await;
+}
+
 #[tokio::test]
 async fn shutdown_mid_batch_finishes_what_is_in_flight_commits_it_and_stops() {
     let s = Services::new(1);

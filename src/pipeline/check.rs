@@ -52,6 +52,7 @@ impl Pipeline {
             self.stats.stage_took(Stage::Check, checking.elapsed());
             let checked = CheckedBatch {
                 positions: batch.positions,
+                held: batch.held,
                 valid,
                 letters,
                 spans: batch.spans,

@@ -32,8 +32,10 @@ impl Pipeline {
             self.dead_letter(&letters, &spans).await?;
             self.commit_positions(&batch.positions).await?;
             drop(committing);
-            // The records' spans end here: their batch is committed.
+            // The records' spans end here: their batch is committed. Its bytes were let go
+            // with its rows and letters; the budget hears of it now.
             drop(spans);
+            drop(batch.held);
             self.stats
                 .stage_took(Stage::Commit, started.elapsed().saturating_sub(indexed));
             debug!(?indexed, total = ?started.elapsed(), "batch indexed and committed");

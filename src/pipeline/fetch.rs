@@ -1,7 +1,9 @@
 //! Stage 1, fetch: poll batches from the source until idle, the record limit, or shutdown.
 
 use super::ports::next_positions;
-use super::{BatchError, BatchLimits, Failure, Pipeline, PolledBatch, Positions, StopReason};
+use super::{
+    BatchError, BatchLimits, Failure, Pipeline, Polled, PolledBatch, Positions, StopReason,
+};
 use crate::telemetry::spans::RecordSpans;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -35,6 +37,13 @@ impl Pipeline {
                 wait: self.opts.poll_wait,
                 linger: self.opts.batch_linger,
             };
+            // Within the memory bound: the batches in flight give their bytes back as they are
+            // committed.
+            tokio::select! {
+                _ = self.held.room() => {}
+                _ = self.shutdown.triggered() => return Ok(StopReason::Shutdown),
+                _ = tx.closed() => return Ok(StopReason::Shutdown),
+            }
             let polling = Instant::now();
             // A batch cut short by shutdown is dropped: nothing of it is committed, so a restart
             // reads it again.
@@ -85,6 +94,7 @@ impl Pipeline {
             if tx
                 .send(PolledBatch {
                     positions,
+                    held: self.held.hold(batch.iter().map(Polled::size).sum()),
                     records: batch,
                     spans,
                 })

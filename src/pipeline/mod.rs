@@ -44,6 +44,7 @@
 //! table, a registry refusing the consumer) stop the consumer with one clear line, before
 //! anything past them is committed.
 
+mod budget;
 pub mod check;
 pub mod commit;
 mod fetch;
@@ -126,6 +127,14 @@ impl PipelineOptions {
         }
     }
 
+    /// The record bytes the pipeline holds before it asks for another batch: what the upload
+    /// stage may hold at most (`2 × batches_in_flight` batches of `batch_max_bytes`), 96 MiB by
+    /// default. With the one batch fetched past it, the pipeline holds at most this plus
+    /// `batch_max_bytes`.
+    pub fn held_bytes_limit(&self) -> usize {
+        2 * self.batches_in_flight.max(1) * self.batch_max_bytes.max(1)
+    }
+
     /// The most records the pipeline holds at once, polled but not committed: one batch in each
     /// channel and stage, plus the finished batches waiting in order for the commit stage.
     pub fn records_in_flight_bound(&self) -> usize {
@@ -155,18 +164,23 @@ pub struct Pipeline {
     opts: PipelineOptions,
     stats: Arc<Stats>,
     shutdown: Shutdown,
+    held: Arc<budget::ByteBudget>,
 }
 
 /// The stages' messages: a batch as it moves along, with the positions it will commit and its
 /// records' trace spans (none while tracing is off), which end once it is committed.
 struct PolledBatch {
     positions: Positions,
+    /// The batch's bytes against the memory bound, given back when it is dropped.
+    held: budget::Held,
     records: Vec<Polled>,
     spans: RecordSpans,
 }
 
 struct CheckedBatch {
     positions: Positions,
+    /// The batch's bytes against the memory bound, given back when it is dropped.
+    held: budget::Held,
     valid: Vec<(Polled, ImageRecord)>,
     letters: Vec<DeadLetter>,
     spans: RecordSpans,
@@ -174,6 +188,8 @@ struct CheckedBatch {
 
 struct StoredBatch {
     positions: Positions,
+    /// The batch's bytes against the memory bound, given back when it is dropped.
+    held: budget::Held,
     stored: Vec<(Polled, IndexEntry)>,
     letters: Vec<DeadLetter>,
     spans: RecordSpans,
@@ -194,6 +210,7 @@ impl BatchError {
 impl Pipeline {
     pub fn new(ports: Ports, opts: PipelineOptions, shutdown: Shutdown) -> Self {
         Pipeline {
+            held: budget::ByteBudget::new(opts.held_bytes_limit()),
             ports,
             opts,
             stats: Arc::new(Stats::default()),
@@ -203,6 +220,12 @@ impl Pipeline {
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Record bytes held now, polled and not yet committed (see
+    /// [`PipelineOptions::held_bytes_limit`]).
+    pub fn held_bytes(&self) -> usize {
+        self.held.held()
     }
 
     /// Calls to any service that were seen waiting past `backoff.slow_after`.

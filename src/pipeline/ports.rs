@@ -46,6 +46,17 @@ impl Polled {
     pub fn partition(&self) -> Partition {
         (self.origin.topic.clone(), self.origin.partition)
     }
+
+    /// The bytes it holds: value, key and headers.
+    pub fn size(&self) -> usize {
+        self.payload().len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
 }
 
 /// How a service call failed, as far as the pipeline is concerned.

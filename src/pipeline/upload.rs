@@ -108,6 +108,7 @@ impl Pipeline {
         self.stats.stage_took(Stage::Upload, started.elapsed());
         Ok(StoredBatch {
             positions: batch.positions,
+            held: batch.held,
             stored,
             letters,
             spans: batch.spans,
