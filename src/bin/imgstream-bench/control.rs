@@ -189,6 +189,55 @@ pub fn signal(child: &Child, sig: i32) {
     unsafe { kill(child.id() as i32, sig) };
 }
 
+/// The kernel's dirty and under-write-back page cache, sampled every second while a latency
+/// window runs: all services write to one disk here, and a write-back burst stalls the index's
+/// commits (PostgreSQL waits for its WAL to reach the disk) behind gigabytes of others' pages.
+pub struct WritebackSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<[f64; 3]>>,
+}
+
+impl WritebackSampler {
+    pub fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let started = Instant::now();
+                let mut samples = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some((dirty, writeback)) = dirty_and_writeback_mib() {
+                        samples.push([started.elapsed().as_secs_f64().round(), dirty, writeback]);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                samples
+            }
+        });
+        WritebackSampler { stop, thread }
+    }
+
+    /// `[second, dirty MiB, write-back MiB]` for each second sampled.
+    pub fn finish(self) -> Vec<[f64; 3]> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn dirty_and_writeback_mib() -> Option<(f64, f64)> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    let pages = |name: &str| {
+        vmstat
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    // Pages of 4 KiB.
+    Some((
+        (pages("nr_dirty")? * 4.0 / 1024.0).round(),
+        (pages("nr_writeback")? * 4.0 / 1024.0).round(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

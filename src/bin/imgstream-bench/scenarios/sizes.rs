@@ -5,8 +5,8 @@
 
 use crate::ceilings::{kafka_ceiling, store_ceiling};
 use crate::control::{
-    binary, case_settings, cleanup, consumer_log, fresh_database, run_consumers, settle_disk,
-    setup, setup_bucket_and_index,
+    WritebackSampler, binary, case_settings, cleanup, consumer_log, fresh_database, run_consumers,
+    settle_disk, setup, setup_bucket_and_index,
 };
 use crate::fixtures::{image_pool, preload};
 use crate::report::percentile;
@@ -230,8 +230,10 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
     tokio::time::sleep(Duration::from_secs(4)).await; // joined and assigned before the first record
     let since_records = chrono::Utc::now();
     eprintln!("[{}] paced records from {since_records}", case.label);
+    let writeback = WritebackSampler::start();
     let paced = preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
     consumer.wait_with_output().unwrap();
+    let writeback = writeback.finish();
     broker_request_log("off");
     let index = wiring::index(&lat_settings).await.unwrap();
     let latencies = index
@@ -277,6 +279,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
             "produce_ack_p50_ms": percentile(&paced.ack_secs, 0.5) * 1000.0,
             "produce_ack_p99_ms": percentile(&paced.ack_secs, 0.99) * 1000.0,
             "by_second": by_second,
+            "dirty_and_writeback_mib_by_second": writeback,
         },
         "ratios": {
             "pipeline_over_put_ceiling": pipe_ips / put_ops,
