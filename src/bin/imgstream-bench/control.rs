@@ -7,6 +7,7 @@ use imgstream::config::Settings;
 use imgstream::pipeline::RunSummary;
 use imgstream::schema::{IMAGE_RECORD_SCHEMA, value_subject};
 use imgstream::wiring;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -187,6 +188,74 @@ unsafe extern "C" {
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on a child we spawned.
     unsafe { kill(child.id() as i32, sig) };
+}
+
+/// Steady write-back for a latency window: the kernel starts writing dirty pages back once they
+/// pass 64 MiB, instead of 10% of memory (about 1.9 GB here). All the stack's services write to
+/// one disk on this machine; with the default, MinIO's and Kafka's pages piled up to that
+/// threshold and were then written back in bursts of up to 1.4 GB, and each burst stalled the
+/// index's commits (PostgreSQL waits for its WAL to reach the disk): a 2 MiB window's p99 was
+/// 1,160 ms with every slow second at a burst, and 201 ms with 64 MiB. Kafka's documentation
+/// advises tuning this for brokers. The previous values come back when the guard is dropped;
+/// `BENCH_WRITEBACK=default` leaves the kernel's alone. Needs root; without it, the default stays
+/// and the report says so.
+pub struct SteadyWriteback {
+    previous: Option<(String, String)>,
+}
+
+const DIRTY_BACKGROUND_BYTES: &str = "/proc/sys/vm/dirty_background_bytes";
+const DIRTY_BACKGROUND_RATIO: &str = "/proc/sys/vm/dirty_background_ratio";
+const STEADY_DIRTY_BACKGROUND_BYTES: u64 = 64 << 20;
+
+impl SteadyWriteback {
+    pub fn apply() -> Self {
+        if std::env::var("BENCH_WRITEBACK").is_ok_and(|v| v == "default") {
+            return SteadyWriteback { previous: None };
+        }
+        let read = |path| std::fs::read_to_string(path).map(|v| v.trim().to_string());
+        let (Ok(bytes), Ok(ratio)) = (read(DIRTY_BACKGROUND_BYTES), read(DIRTY_BACKGROUND_RATIO))
+        else {
+            return SteadyWriteback { previous: None };
+        };
+        match std::fs::write(
+            DIRTY_BACKGROUND_BYTES,
+            STEADY_DIRTY_BACKGROUND_BYTES.to_string(),
+        ) {
+            Ok(()) => SteadyWriteback {
+                previous: Some((bytes, ratio)),
+            },
+            Err(e) => {
+                eprintln!(
+                    "  the kernel's write-back stays as it is ({e}; run as root for steady write-back)"
+                );
+                SteadyWriteback { previous: None }
+            }
+        }
+    }
+
+    /// What the window ran under, for the report.
+    pub fn describe(&self) -> Value {
+        match &self.previous {
+            Some(_) => json!({"dirty_background_bytes": STEADY_DIRTY_BACKGROUND_BYTES}),
+            None => json!("the kernel's own"),
+        }
+    }
+}
+
+impl Drop for SteadyWriteback {
+    fn drop(&mut self) {
+        if let Some((bytes, ratio)) = self.previous.take() {
+            // Writing one of the pair zeroes the other: the one that was set is written back.
+            let restored = if bytes != "0" {
+                std::fs::write(DIRTY_BACKGROUND_BYTES, bytes)
+            } else {
+                std::fs::write(DIRTY_BACKGROUND_RATIO, ratio)
+            };
+            if let Err(e) = restored {
+                eprintln!("  could not restore the kernel's write-back threshold: {e}");
+            }
+        }
+    }
 }
 
 /// The kernel's dirty and under-write-back page cache, sampled every second while a latency

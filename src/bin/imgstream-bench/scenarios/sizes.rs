@@ -5,8 +5,8 @@
 
 use crate::ceilings::{kafka_ceiling, store_ceiling};
 use crate::control::{
-    WritebackSampler, binary, case_settings, cleanup, consumer_log, fresh_database, run_consumers,
-    settle_disk, setup, setup_bucket_and_index,
+    SteadyWriteback, WritebackSampler, binary, case_settings, cleanup, consumer_log,
+    fresh_database, run_consumers, settle_disk, setup, setup_bucket_and_index,
 };
 use crate::fixtures::{image_pool, preload};
 use crate::report::percentile;
@@ -214,6 +214,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
     let (lat_settings, lat_vars) =
         case_settings(base, &format!("{name}-lat"), "imgstream_bench", 6);
     setup(&lat_settings).await;
+    let writeback_setting = SteadyWriteback::apply();
     settle_disk();
     let since = chrono::Utc::now();
     let max = paced_count.to_string();
@@ -234,6 +235,8 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
     let paced = preload(&lat_settings, &pool, paced_count, Some(paced_rate)).await;
     consumer.wait_with_output().unwrap();
     let writeback = writeback.finish();
+    let writeback_threshold = writeback_setting.describe();
+    drop(writeback_setting);
     broker_request_log("off");
     let index = wiring::index(&lat_settings).await.unwrap();
     let latencies = index
@@ -279,6 +282,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
             "produce_ack_p50_ms": percentile(&paced.ack_secs, 0.5) * 1000.0,
             "produce_ack_p99_ms": percentile(&paced.ack_secs, 0.99) * 1000.0,
             "by_second": by_second,
+            "kernel_writeback": writeback_threshold,
             "dirty_and_writeback_mib_by_second": writeback,
         },
         "ratios": {
