@@ -13,7 +13,10 @@
 //!   fifty, and the 48 newest images) from a second `serve` with sign-in on, asked with a bearer
 //!   token of Keycloak's client-credentials client (whose token names customer `a`), side by side
 //!   with the first `serve` (sign-in off) asked for `customer=a`: the same rows, one request of
-//!   each in turn.
+//!   each in turn;
+//! - the pipeline page and `/api/pipeline` on the million rows: each request after the overview
+//!   went stale (`FRESH_FOR`), so every one takes it anew (lag from Kafka, counts and minutes from
+//!   the index, the latest dead letters), and the same pages served from the overview just taken.
 
 use crate::control::{binary, case_settings, cleanup, drop_database, fresh_database, setup};
 use crate::report::percentile;
@@ -239,6 +242,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
     })
     .await;
 
+    let pipeline = pipeline_page(&http, &root).await;
     let sign_in = sign_in_cost(&vars, &http, &root).await;
 
     let _ = server.kill();
@@ -269,6 +273,7 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
         "warm_gallery_48_thumbnails_secs": warm,
         "thumbnails_made_per_sec": PAGE as f64 / cold,
         "read_48_originals_secs": originals_secs,
+        "pipeline": pipeline,
         "sign_in": sign_in,
         "ratios": {
             "api_deep_p99_over_sql_deep_p99": p99(&api_deep) / p99(&sql_deep),
@@ -279,6 +284,39 @@ pub async fn bench_browse(base: &HashMap<String, String>, run: &str, rows: i64) 
             "api_deep_p99_under_50ms": p99(&api_deep) < 50.0 && p99(&api_customer_deep) < 50.0,
             "cold_gallery_under_1s": cold < 1.0,
         }
+    })
+}
+
+/// Samples of the pipeline page taken anew: each waits out the overview's freshness first.
+const PIPELINE_FRESH_SAMPLES: usize = 25;
+
+/// The pipeline page and its API on the million-row index, taken anew and served fresh.
+async fn pipeline_page(http: &reqwest::Client, root: &str) -> Value {
+    let stale_after = imgstream::serve::overview::FRESH_FOR + Duration::from_millis(100);
+    let mut taken = Vec::new();
+    let mut api_taken = Vec::new();
+    let mut served = Vec::new();
+    for i in 0..PIPELINE_FRESH_SAMPLES {
+        tokio::time::sleep(stale_after).await;
+        let (into, path) = if i % 2 == 0 {
+            (&mut taken, "/pipeline")
+        } else {
+            (&mut api_taken, "/api/pipeline")
+        };
+        let started = Instant::now();
+        get_ok(http, &format!("{root}{path}")).await;
+        into.push(started.elapsed().as_secs_f64() * 1e3);
+        // Served from the overview just taken: what everyone else reloading meanwhile gets.
+        for _ in 0..SAMPLES / PIPELINE_FRESH_SAMPLES {
+            let started = Instant::now();
+            get_ok(http, &format!("{root}/pipeline")).await;
+            served.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    json!({
+        "page_taken_anew": stats(taken),
+        "api_taken_anew": stats(api_taken),
+        "page_from_fresh_overview": stats(served),
     })
 }
 
