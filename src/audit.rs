@@ -199,19 +199,21 @@ pub async fn status(
     list_bucket: bool,
 ) -> Result<Status, AuditError> {
     let topic = &settings.kafka.data_topic;
-    let offsets = fetch_group_offsets(settings, topic).await?;
-    let partitions = partition_statuses(offsets, &index.partition_positions(topic).await?);
-    let dlq_depth = fetch_group_offsets(settings, &settings.kafka.dlq_topic)
-        .await?
-        .iter()
-        .map(|p| p.high - p.low)
-        .sum();
+    // Each answer is independent of the others: asked side by side.
+    let (offsets, positions, dlq_offsets, index_rows) = tokio::join!(
+        fetch_group_offsets(settings, topic),
+        index.partition_positions(topic),
+        fetch_group_offsets(settings, &settings.kafka.dlq_topic),
+        index.count_in_bucket(store.bucket()),
+    );
+    let partitions = partition_statuses(offsets?, &positions?);
+    let dlq_depth = dlq_offsets?.iter().map(|p| p.high - p.low).sum();
     Ok(Status {
         topic: topic.clone(),
         group: settings.kafka.group_id.clone(),
         total_lag: partitions.iter().map(|p| p.lag).sum(),
         partitions,
-        index_rows: index.count_in_bucket(store.bucket()).await?,
+        index_rows: index_rows?,
         bucket_objects: if list_bucket {
             Some(store.list(crate::domain::OBJECT_PREFIX).await?.len() as u64)
         } else {

@@ -6,6 +6,11 @@
 //! calls the provider. Each key fixes its algorithm (its `alg`, or its type's usual one), and only
 //! asymmetric signature algorithms are ever accepted: a token saying `none` or `HS256` is refused
 //! before any key is touched, so a public key can never serve as an HMAC secret.
+//!
+//! A client sends the same token with every request until it expires. A token that verified is
+//! remembered by its SHA-256 for at most [`VERIFIED_FOR`] and never past its `exp`, so its
+//! signature is checked once, not on every request (as Envoy's JWT cache does). What that costs:
+//! a key the issuer withdraws stops covering tokens already seen at most [`VERIFIED_FOR`] later.
 
 use crate::config::OidcSettings;
 use base64::Engine;
@@ -24,6 +29,10 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 /// Keys older than this are fetched again on the next request, so a key the issuer withdrew
 /// stops being trusted.
 pub const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
+/// How long a verified token is answered from memory, at most (never past its `exp`).
+pub const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Tokens remembered at once; when full, the memory starts again empty.
+const VERIFIED_MAX: usize = 10_000;
 
 /// Who a request comes from, as far as the index is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +126,8 @@ pub struct Verifier {
     /// One fetch at a time; callers that waited find the keys fresh.
     refreshing: tokio::sync::Mutex<()>,
     refreshes: Counter,
+    /// Tokens that verified, by their SHA-256: who they are and until when that holds.
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
 }
 
 /// Fetch failures name the URL (it is configuration, not a secret) and what to check.
@@ -191,6 +202,7 @@ impl Verifier {
             }),
             refreshing: tokio::sync::Mutex::new(()),
             refreshes,
+            verified: Default::default(),
         };
         verifier.fetch_keys().await?;
         if verifier
@@ -269,8 +281,31 @@ impl Verifier {
         Err(AuthError::UnknownKey(kid.chars().take(80).collect()))
     }
 
-    /// Checks a bearer token and says who it is.
+    /// Checks a bearer token and says who it is: from memory if it verified within
+    /// [`VERIFIED_FOR`] and has not expired since.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((caller, until)) = self.verified.lock().expect("not poisoned").get(&digest)
+            && now < *until
+        {
+            return Ok(caller.clone());
+        }
+        let (caller, expires_in) = self.verify_signed(token).await?;
+        if let Some(until) = expires_in.map(|left| now + left.min(VERIFIED_FOR)) {
+            let mut verified = self.verified.lock().expect("not poisoned");
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+            verified.insert(digest, (caller.clone(), until));
+        }
+        Ok(caller)
+    }
+
+    /// The whole check of a token: its key, signature and claims. Also how long until it expires
+    /// (`None` if it already has, within the leeway allowed).
+    async fn verify_signed(&self, token: &str) -> Result<(Caller, Option<Duration>), AuthError> {
         let header = token_header(token)?;
         let alg = header["alg"].as_str().unwrap_or_default().to_string();
         let Ok(token_alg) = alg.parse::<Algorithm>() else {
@@ -306,11 +341,21 @@ impl Verifier {
             .to_string();
         let customers = strings(claim(&claims, &self.oidc.customers_claim));
         let admin = strings(claim(&claims, &self.oidc.roles_claim)).contains(&self.oidc.admin_role);
-        Ok(Caller::Signed {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let expires_in = claims["exp"]
+            .as_u64()
+            .and_then(|exp| exp.checked_sub(unix_now))
+            .filter(|&left| left > 0)
+            .map(Duration::from_secs);
+        let caller = Caller::Signed {
             subject,
             customers,
             admin,
-        })
+        };
+        Ok((caller, expires_in))
     }
 }
 
@@ -435,6 +480,106 @@ fn strings(value: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A P-256 key made for this test only (openssl genpkey), and its public half.
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgeJFzTegnxOSFno0d
+2/QJdIByKeVgYQhxjqbTXYYm37OhRANCAASTqtRF2MrJ3FpOgqWFLN3iGeHhVPLG
+6mJU+s5N+UQgLog/c5ptgdHaL/c/n8tY3q+pjcSVXedN0/dVu0G8pCNw
+-----END PRIVATE KEY-----";
+    const TEST_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEk6rURdjKydxaToKlhSzd4hnh4VTy
+xupiVPrOTflEIC6IP3OabYHR2i/3P5/LWN6vqY3ElV3nTdP3VbtBvKQjcA==
+-----END PUBLIC KEY-----";
+    const ISSUER: &str = "https://issuer.test/realms/r";
+
+    /// A verifier holding the test key as `k1`, with keys fetched just now (so none is fetched
+    /// again within the test: its JWKS address answers nothing).
+    fn verifier() -> Verifier {
+        let key = Key {
+            algorithm: Algorithm::ES256,
+            key: DecodingKey::from_ec_pem(TEST_PUBLIC_KEY.as_bytes()).unwrap(),
+        };
+        Verifier {
+            oidc: OidcSettings {
+                issuer: Url::parse(ISSUER).unwrap(),
+                audience: "api".into(),
+                ca_file: None,
+                customers_claim: "customers".into(),
+                roles_claim: "roles".into(),
+                admin_role: "admin".into(),
+                leeway: Duration::from_secs(30),
+                browser: None,
+            },
+            http: reqwest::Client::new(),
+            jwks_uri: Url::parse("http://127.0.0.1:9/jwks").unwrap(),
+            keys: RwLock::new(Keys {
+                by_kid: HashMap::from([("k1".to_string(), Arc::new(key))]),
+                fetched_at: Instant::now(),
+            }),
+            refreshing: tokio::sync::Mutex::new(()),
+            refreshes: Counter::default(),
+            verified: Default::default(),
+        }
+    }
+
+    /// A token of customer `a` signed with the test key, expiring `exp_in` seconds from now
+    /// (negative: that long ago).
+    fn token(subject: &str, exp_in: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": ISSUER, "aud": "api", "sub": subject, "exp": now + exp_in, "customers": ["a"],
+        });
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(TEST_KEY.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_that_verified_is_answered_from_memory_until_it_expires() {
+        let verifier = verifier();
+        let fresh = token("viewer", 300);
+        let within_leeway = token("late", -5);
+        let caller = verifier.verify(&fresh).await.unwrap();
+        assert_eq!(caller.scope(), Some(&["a".to_string()][..]));
+        assert_eq!(
+            verifier.verify(&within_leeway).await.unwrap().subject(),
+            "late"
+        );
+        // The issuer's key withdrawn: a token already verified still answers, from memory...
+        verifier.keys.write().unwrap().by_kid.clear();
+        assert_eq!(verifier.verify(&fresh).await.unwrap(), caller);
+        // ...one never seen does not, and neither does one past its `exp`, which is never
+        // remembered beyond it, though its leeway let it through once.
+        assert_eq!(
+            verifier.verify(&token("other", 300)).await,
+            Err(AuthError::UnknownKey("k1".into()))
+        );
+        assert_eq!(
+            verifier.verify(&within_leeway).await,
+            Err(AuthError::UnknownKey("k1".into()))
+        );
+        // At most VERIFIED_FOR, however long the token lives.
+        let (_, until) = verifier
+            .verified
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .cloned()
+            .unwrap();
+        assert!(until <= Instant::now() + VERIFIED_FOR);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_not_remembered() {
+        let verifier = verifier();
+        let mut forged = token("viewer", 300);
+        forged.replace_range(forged.len() - 4.., "AAAA");
+        assert!(verifier.verify(&forged).await.is_err());
+        assert!(verifier.verified.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn headers_that_are_not_json_objects_are_malformed() {

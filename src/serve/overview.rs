@@ -57,27 +57,26 @@ impl OverviewCache {
 
 async fn take(app: &App) -> Result<Overview, ServeError> {
     let broker = |e: crate::kafka::BrokerError| ServeError::Unavailable(e.to_string());
-    let status = audit::status(&app.settings, &app.store, &app.index, false)
-        .await
-        .map_err(|e| match e {
-            audit::AuditError::Store(e) => e.into(),
-            audit::AuditError::Index(e) => e.into(),
-            audit::AuditError::Broker(e) => broker(e),
-        })?;
-    let stored_per_minute = app
-        .index
-        .stored_per_minute(app.store.bucket(), MINUTES)
-        .await?
+    // Kafka, the index and the dead-letter topic answer side by side: one after another, they
+    // took about a second on a million rows.
+    let (status, stored_per_minute, recent_dead_letters) = tokio::join!(
+        audit::status(&app.settings, &app.store, &app.index, false),
+        app.index.stored_per_minute(app.store.bucket(), MINUTES),
+        dlq::recent(&app.settings, RECENT_LETTERS),
+    );
+    let status = status.map_err(|e| match e {
+        audit::AuditError::Store(e) => e.into(),
+        audit::AuditError::Index(e) => e.into(),
+        audit::AuditError::Broker(e) => broker(e),
+    })?;
+    let stored_per_minute = stored_per_minute?
         .into_iter()
         .map(|(minute, rows)| MinuteCount { minute, rows })
         .collect();
-    let recent_dead_letters = dlq::recent(&app.settings, RECENT_LETTERS)
-        .await
-        .map_err(broker)?;
     Ok(Overview {
         taken_at: Utc::now(),
         status,
         stored_per_minute,
-        recent_dead_letters,
+        recent_dead_letters: recent_dead_letters.map_err(broker)?,
     })
 }
