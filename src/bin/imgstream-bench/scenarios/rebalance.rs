@@ -77,15 +77,19 @@ pub async fn rebalance_redo(
     cleanup(&settings).await;
     let stored: u64 = summaries.iter().map(|s| s.stored).sum();
     let replayed: u64 = summaries.iter().map(|s| s.replayed).sum();
-    let changed_mid_drain = stored_at_steps
-        .last()
-        .is_some_and(|&n| (n as usize) < records);
+    // Rows are counted right after each join or leave: one below `records` means that change
+    // met records still to store, which is what a rebalance must hand over.
+    let changes_mid_drain = stored_at_steps
+        .iter()
+        .filter(|&&n| (n as usize) < records)
+        .count();
     json!({ "group_protocol": protocol, "records": records, "partitions": 8,
             "longest_gap_ms": longest_gap.as_millis() as u64, "stored": stored, "rows": rows,
             "processed_more_than_once": replayed,
             "processed_more_than_once_share": replayed as f64 / records as f64,
             "rows_at_each_step": stored_at_steps,
-            "group_changed_mid_drain": changed_mid_drain,
+            "membership_changes": stored_at_steps.len(),
+            "membership_changes_mid_drain": changes_mid_drain,
             "elapsed_secs": started.elapsed().as_secs_f64() })
 }
 
