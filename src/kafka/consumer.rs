@@ -362,12 +362,14 @@ pub struct FetchSettings {
 impl Default for FetchSettings {
     fn default() -> Self {
         FetchSettings {
-            // Four fetches' worth: with only two (32 MiB) librdkafka waited for room before each
-            // next fetch, and 2 MB images drained at 63-79/s; at 64 MiB, 87-105/s (and 256 KiB
-            // images 374 -> 473/s), for ~40-70 MiB more peak RSS. A fetch larger than half the
-            // queue stalls outright (32 MiB fetches into 32 MiB: 28-31/s).
-            queued_max_kbytes: 64 * 1024,
-            fetch_max_bytes: 16 << 20,
+            // Four fetches' worth: with only two librdkafka waited for room before each next
+            // fetch (2 MB images drained at 63-79/s against 87-105/s with four), and a fetch
+            // larger than half the queue stalls outright (32 MiB fetches into 32 MiB: 28-31/s).
+            // Records polled point into their fetch's buffer, which lives until the last of them
+            // is committed: 8 MiB fetches into 32 MiB, rather than 16 into 64, kept 2 MiB images
+            // at the same pace (pipeline/ceiling 0.88) and took peak RSS from 260-285 MiB to 224.
+            queued_max_kbytes: 32 * 1024,
+            fetch_max_bytes: 8 << 20,
             max_partition_fetch_bytes: 4 << 20,
             // When the queue above is full, librdkafka waits this long before it fetches for a
             // partition again (default 1000 ms). Large images drain a full queue in well under a
