@@ -261,9 +261,22 @@ impl Drop for SteadyWriteback {
 /// The kernel's dirty and under-write-back page cache, sampled every second while a latency
 /// window runs: all services write to one disk here, and a write-back burst stalls the index's
 /// commits (PostgreSQL waits for its WAL to reach the disk) behind gigabytes of others' pages.
+/// Each second's CPU is sampled beside it, by service and for the whole machine (busy, waiting
+/// on the disk, and stolen by the hypervisor), so a slow second that is not write-back can be
+/// told apart: a service busy, the machine short of CPU, or this virtual machine not running.
 pub struct WritebackSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<[f64; 3]>>,
+    thread: std::thread::JoinHandle<Seconds>,
+}
+
+/// What [`WritebackSampler`] saw, one entry per second.
+#[derive(Default)]
+pub struct Seconds {
+    /// `[second, dirty MiB, write-back MiB]`.
+    pub writeback: Vec<[f64; 3]>,
+    /// `[second, kafka, minio, postgresql, machine busy, iowait, steal]`, in cores (CPU seconds
+    /// per second).
+    pub cpu: Vec<[f64; 7]>,
 }
 
 impl WritebackSampler {
@@ -273,24 +286,64 @@ impl WritebackSampler {
             let stop = stop.clone();
             move || {
                 let started = Instant::now();
-                let mut samples = Vec::new();
+                let mut seen = Seconds::default();
+                let mut services_before = crate::services::cpu();
+                let mut machine_before = machine_ticks();
+                let mut before = Instant::now();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Some((dirty, writeback)) = dirty_and_writeback_mib() {
-                        samples.push([started.elapsed().as_secs_f64().round(), dirty, writeback]);
-                    }
                     std::thread::sleep(Duration::from_secs(1));
+                    let second = started.elapsed().as_secs_f64().round();
+                    if let Some((dirty, writeback)) = dirty_and_writeback_mib() {
+                        seen.writeback.push([second, dirty, writeback]);
+                    }
+                    let services = crate::services::cpu();
+                    let machine = machine_ticks();
+                    let secs = before.elapsed().as_secs_f64();
+                    before = Instant::now();
+                    let spent = services.since(&services_before);
+                    let round2 = |v: f64| (v / secs * 100.0).round() / 100.0;
+                    if let (Some(now), Some(then)) = (machine, machine_before) {
+                        // /proc/stat counts in USER_HZ, 100 per second.
+                        let cores = |i: usize| round2((now[i] - then[i]) / 100.0);
+                        seen.cpu.push([
+                            second,
+                            round2(spent.kafka),
+                            round2(spent.minio),
+                            round2(spent.postgres),
+                            cores(0),
+                            cores(1),
+                            cores(2),
+                        ]);
+                    }
+                    services_before = services;
+                    machine_before = machine;
                 }
-                samples
+                seen
             }
         });
         WritebackSampler { stop, thread }
     }
 
-    /// `[second, dirty MiB, write-back MiB]` for each second sampled.
-    pub fn finish(self) -> Vec<[f64; 3]> {
+    pub fn finish(self) -> Seconds {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
+}
+
+/// The machine's busy, iowait and steal ticks so far, from the first line of /proc/stat
+/// (`cpu user nice system idle iowait irq softirq steal ...`).
+fn machine_ticks() -> Option<[f64; 3]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    Some([busy, at(4), at(7)])
 }
 
 fn dirty_and_writeback_mib() -> Option<(f64, f64)> {

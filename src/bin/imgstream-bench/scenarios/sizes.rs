@@ -283,7 +283,11 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
             "produce_ack_p99_ms": percentile(&paced.ack_secs, 0.99) * 1000.0,
             "by_second": by_second,
             "kernel_writeback": writeback_threshold,
-            "dirty_and_writeback_mib_by_second": writeback,
+            "dirty_and_writeback_mib_by_second": writeback.writeback,
+            "cpu_cores_by_second": {
+                "columns": ["second", "kafka", "minio", "postgresql", "machine_busy", "machine_iowait", "machine_steal"],
+                "rows": writeback.cpu,
+            },
         },
         "ratios": {
             "pipeline_over_put_ceiling": pipe_ips / put_ops,
