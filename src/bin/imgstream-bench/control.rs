@@ -274,20 +274,26 @@ pub struct WritebackSampler {
 pub struct Seconds {
     /// `[second, dirty MiB, write-back MiB]`.
     pub writeback: Vec<[f64; 3]>,
-    /// `[second, kafka, minio, postgresql, machine busy, iowait, steal]`, in cores (CPU seconds
-    /// per second).
-    pub cpu: Vec<[f64; 7]>,
+    /// `[second, kafka, minio, postgresql, consumer, bench (the producer), machine busy, iowait,
+    /// steal]`, in cores (CPU seconds per second).
+    pub cpu: Vec<[f64; 9]>,
 }
 
 impl WritebackSampler {
-    pub fn start() -> Self {
+    /// `consumer`: the pid of the consumer under test, whose CPU is sampled too.
+    pub fn start(consumer: u32) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
                 let started = Instant::now();
                 let mut seen = Seconds::default();
+                let clients = || {
+                    let of = |pid: u32| imgstream::pipeline::usage::cpu_secs(pid).unwrap_or(0.0);
+                    [of(consumer), of(std::process::id())]
+                };
                 let mut services_before = crate::services::cpu();
+                let mut clients_before = clients();
                 let mut machine_before = machine_ticks();
                 let mut before = Instant::now();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -297,6 +303,7 @@ impl WritebackSampler {
                         seen.writeback.push([second, dirty, writeback]);
                     }
                     let services = crate::services::cpu();
+                    let clients_now = clients();
                     let machine = machine_ticks();
                     let secs = before.elapsed().as_secs_f64();
                     before = Instant::now();
@@ -310,12 +317,15 @@ impl WritebackSampler {
                             round2(spent.kafka),
                             round2(spent.minio),
                             round2(spent.postgres),
+                            round2(clients_now[0] - clients_before[0]),
+                            round2(clients_now[1] - clients_before[1]),
                             cores(0),
                             cores(1),
                             cores(2),
                         ]);
                     }
                     services_before = services;
+                    clients_before = clients_now;
                     machine_before = machine;
                 }
                 seen
