@@ -317,7 +317,8 @@ impl WritebackSampler {
                             round2(spent.kafka),
                             round2(spent.minio),
                             round2(spent.postgres),
-                            round2(clients_now[0] - clients_before[0]),
+                            // A consumer that has exited reads as 0: its last second is not counted.
+                            round2((clients_now[0] - clients_before[0]).max(0.0)),
                             round2(clients_now[1] - clients_before[1]),
                             cores(0),
                             cores(1),
