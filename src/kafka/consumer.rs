@@ -367,7 +367,8 @@ impl Default for FetchSettings {
             // larger than half the queue stalls outright (32 MiB fetches into 32 MiB: 28-31/s).
             // Records polled point into their fetch's buffer, which lives until the last of them
             // is committed: 8 MiB fetches into 32 MiB, rather than 16 into 64, kept 2 MiB images
-            // at the same pace (pipeline/ceiling 0.88) and took peak RSS from 260-285 MiB to 224.
+            // at the same pace (pipeline/ceiling 0.83-0.92 in seven runs) and took peak RSS from
+            // 260-285 MiB to 216-237.
             queued_max_kbytes: 32 * 1024,
             fetch_max_bytes: 8 << 20,
             max_partition_fetch_bytes: 4 << 20,
