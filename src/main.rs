@@ -57,12 +57,12 @@ fn main() -> ExitCode {
 }
 
 /// Large buffers freed stay with the allocator for the next one. librdkafka reads each fetch
-/// response (up to 8 MiB, or one larger record) into a fresh buffer, and glibc's defaults hand such a buffer back to
-/// the kernel when it is freed, so every fetch faulted in and zeroed its pages again: on 2 MiB
-/// images that was about 40% of librdkafka's receiving thread. With buffers up to 32 MiB kept in
-/// the heap, the consumer's CPU per 2 MiB image went from a median of 2.5 ms (six runs) to 2.1 ms
-/// (nine runs; README, "Choices the measurements made"). Trimming still returns free heap beyond
-/// 64 MiB.
+/// response (up to 8 MiB, or one larger record) into a fresh buffer, and glibc's defaults hand
+/// such a buffer back to the kernel when it is freed, so every fetch faulted in and zeroed its
+/// pages again: on 2 MiB images that was about 40% of librdkafka's receiving thread. With buffers
+/// up to 32 MiB kept in the heap, the consumer's CPU per 2 MiB image went from a median of 2.5 ms
+/// (six runs) to 2.1 ms (nine runs; README, "Choices the measurements made"). Trimming still
+/// returns free heap beyond 64 MiB.
 fn keep_large_buffers_mapped() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's thresholds; it is called before any other thread
