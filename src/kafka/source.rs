@@ -267,9 +267,25 @@ impl KafkaSource {
             );
             stall.reported = Some(now);
         } else if waiting > 0 {
+            // The group's state and each owned partition's count tell a stall of the brokers from
+            // a member between owners of a partition in a rebalance (seen as 5-17 s while members
+            // joined and left).
+            let group_state = context
+                .membership
+                .lock()
+                .expect("membership lock")
+                .state
+                .clone();
+            let partitions: Vec<String> = unread
+                .iter()
+                .filter(|(tp, _)| owned.contains(*tp))
+                .map(|((_, partition), n)| format!("{partition}:{n}"))
+                .collect();
             warn!(
                 quiet_secs = quiet.as_secs(),
                 waiting,
+                group_state = %group_state,
+                partitions = %partitions.join(","),
                 "no records from kafka while records wait in this consumer's partitions: the brokers are slow or unreachable; waiting for them"
             );
             stall.reported = Some(now);
