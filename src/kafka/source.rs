@@ -241,11 +241,12 @@ impl KafkaSource {
             return;
         }
         let owned = self.assignment();
-        let waiting: i64 = unread
+        let owned_unread: Vec<(i32, i64)> = unread
             .iter()
             .filter(|(tp, _)| owned.contains(*tp))
-            .map(|(_, n)| n)
-            .sum();
+            .map(|((_, partition), n)| (*partition, *n))
+            .collect();
+        let waiting: i64 = owned_unread.iter().map(|(_, n)| n).sum();
         tracing::debug!(
             quiet_secs = quiet.as_secs(),
             waiting,
@@ -276,10 +277,9 @@ impl KafkaSource {
                 .expect("membership lock")
                 .state
                 .clone();
-            let partitions: Vec<String> = unread
+            let partitions: Vec<String> = owned_unread
                 .iter()
-                .filter(|(tp, _)| owned.contains(*tp))
-                .map(|((_, partition), n)| format!("{partition}:{n}"))
+                .map(|(partition, n)| format!("{partition}:{n}"))
                 .collect();
             warn!(
                 quiet_secs = quiet.as_secs(),
