@@ -39,6 +39,7 @@ use overview::OverviewCache;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::net::SocketAddr;
@@ -320,7 +321,8 @@ fn host_name(value: &str) -> String {
 /// controls, DNS rebinding), the bound on requests at once, the request timeout, and the
 /// headers that keep browsers strict.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if !is_probe(request.uri().path()) {
+    let probe = is_probe(request.uri().path());
+    if !probe {
         let host = request
             .headers()
             .get(header::HOST)
@@ -349,16 +351,18 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
             );
         }
     }
-    let Ok(_working) = app.requests.try_acquire() else {
-        return with_headers(
-            &app,
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                "busy: too many requests at once; try again\n",
-            )
-                .into_response(),
-        );
+    // Probes are cheap and outside the bound: a liveness probe refused while the server is busy
+    // would have a busy, healthy server restarted.
+    let _working = if probe {
+        None
+    } else {
+        match app.requests.try_acquire() {
+            Ok(place) => Some(InProgress::new(place, &app.metrics.in_progress)),
+            Err(_) => {
+                app.metrics.refused_busy.inc();
+                return busy(&app);
+            }
+        }
     };
     let limit = app.security.request_timeout;
     let response = match tokio::time::timeout(limit, next.run(request)).await {
@@ -373,6 +377,42 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
             .into_response(),
     };
     with_headers(&app, response)
+}
+
+/// The answer when every place is taken: at once, and with when to try again.
+fn busy(app: &App) -> Response {
+    with_headers(
+        app,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy: too many requests at once; try again\n",
+        )
+            .into_response(),
+    )
+}
+
+/// A place in the bound, counted in the gauge while held; a request whose client goes away is
+/// dropped mid-work, and gives its place and its count back all the same.
+struct InProgress<'a> {
+    _place: tokio::sync::SemaphorePermit<'a>,
+    gauge: Gauge,
+}
+
+impl<'a> InProgress<'a> {
+    fn new(place: tokio::sync::SemaphorePermit<'a>, gauge: &Gauge) -> Self {
+        gauge.inc();
+        InProgress {
+            _place: place,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 fn with_headers(app: &App, mut response: Response) -> Response {
@@ -673,6 +713,9 @@ struct ServeMetrics {
     presigned_urls: Counter,
     refused_tokens: Counter,
     key_refreshes: Counter,
+    /// Requests holding a place in the bound (IMGSTREAM_SERVE_MAX_REQUESTS).
+    in_progress: Gauge,
+    refused_busy: Counter,
 }
 
 impl ServeMetrics {
@@ -732,6 +775,18 @@ impl ServeMetrics {
             "Fetches of the OpenID Connect issuer's signing keys (JWKS)",
             key_refreshes.clone(),
         );
+        let in_progress = Gauge::default();
+        registry.register(
+            "http_requests_in_progress",
+            "HTTP requests being worked on, at most IMGSTREAM_SERVE_MAX_REQUESTS (probes not counted)",
+            in_progress.clone(),
+        );
+        let refused_busy = Counter::default();
+        registry.register(
+            "http_requests_refused_busy",
+            "Requests answered 503 at once because IMGSTREAM_SERVE_MAX_REQUESTS were being worked on",
+            refused_busy.clone(),
+        );
         ServeMetrics {
             registry,
             requests,
@@ -740,6 +795,8 @@ impl ServeMetrics {
             presigned_urls,
             refused_tokens,
             key_refreshes,
+            in_progress,
+            refused_busy,
         }
     }
 }
