@@ -102,9 +102,14 @@ impl RegistryClient {
             url: redact_url(base_url),
             detail,
         };
+        // Each call on a connection of its own: the registry is asked a handful of times per
+        // process, and twice in full test runs a request after a reused connection's answer
+        // never reached the registry and waited out the whole timeout. Two attempts of one and a
+        // half timeouts each keep the worst case at the three timeouts a single attempt had.
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
-            .timeout(timeout * 3);
+            .timeout(timeout * 3 / 2)
+            .pool_max_idle_per_host(0);
         if let Some(path) = ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| unusable(format!("cannot read CA file {}: {e}", path.display())))?;
@@ -295,14 +300,37 @@ impl RegistryClient {
             Some(auth) => req.basic_auth(&auth.user, Some(&auth.password)),
             None => req,
         };
-        req.header(reqwest::header::ACCEPT, CONTENT_TYPE)
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                url: redact_url(url),
-                detail: root_cause(&e),
-            })
+        let req = req
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE);
+        // Every call is safe to repeat: lookups, a registration by content (the same schema
+        // gets the same id), a level set to a value, a delete that accepts "already gone".
+        let retry = req.try_clone();
+        let failed = match req.send().await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => e,
+        };
+        let Some(retry) = retry else {
+            return Err(unreachable(url, &failed));
+        };
+        // Debug only: a registry that is down fails twice and is then named in one error line.
+        tracing::debug!(
+            url = %redact_url(url),
+            error = %root_cause(&failed),
+            "a schema registry request failed; trying once more on a new connection"
+        );
+        tokio::time::sleep(RETRY_PAUSE).await;
+        retry.send().await.map_err(|e| unreachable(url, &e))
+    }
+}
+
+/// The pause before a failed request's second attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+fn unreachable(url: &str, e: &reqwest::Error) -> RegistryError {
+    RegistryError::Unreachable {
+        url: redact_url(url),
+        detail: root_cause(e),
     }
 }
 
@@ -375,6 +403,8 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A registry stand-in that answers one schema and hands back the request it received.
@@ -434,6 +464,66 @@ mod tests {
                 .lines()
                 .any(|l| l.eq_ignore_ascii_case("authorization: Basic cmVhZGVyOnMzY3JldA==")),
             "{request}"
+        );
+    }
+
+    /// A registry stand-in whose first `silent` connections read their request and never
+    /// answer; the next one answers a schema. Hands back how many connections it accepted.
+    async fn registry_silent_at_first(silent: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 8192];
+                let _ = socket.read(&mut buf).await.unwrap();
+                if n < silent {
+                    held.push(socket);
+                    continue;
+                }
+                let body = r#"{"schema":"\"string\""}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                held.push(socket);
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_request_left_unanswered_is_sent_once_more_on_a_new_connection() {
+        let (url, accepted) = registry_silent_at_first(1).await;
+        let client = RegistryClient::new(&url, Duration::from_millis(400)).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(client.schema_by_id(1).await.unwrap(), "\"string\"");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The first attempt waited its one and a half timeouts.
+        assert!(started.elapsed() >= Duration::from_millis(600));
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_never_answers_is_unreachable_after_two_attempts() {
+        let (url, accepted) = registry_silent_at_first(usize::MAX).await;
+        let client = RegistryClient::new(&url, Duration::from_millis(400)).unwrap();
+        let started = std::time::Instant::now();
+        let err = client.register("s-value", "\"string\"").await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Unreachable { .. }) && err.is_transient(),
+            "{err}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Three timeouts in all, as one attempt used to take, and the pause between.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1200) && took < Duration::from_millis(3000),
+            "{took:?}"
         );
     }
 
