@@ -239,4 +239,12 @@ impl RecordSource for MemorySource {
             Ok(Committed::Done)
         })
     }
+
+    fn is_leaving(&self, topic: &str, partition: i32) -> bool {
+        self.ledger.is_leaving(topic, partition)
+    }
+
+    fn give_back(&self, tp: &Partition, from: i64) {
+        self.ledger.give_back(tp, from);
+    }
 }

@@ -572,4 +572,12 @@ impl RecordSource for KafkaSource {
     fn close(&self) -> BoxFuture<'_, Result<(), Failure>> {
         Box::pin(self.commit_before_exit(QUERY_TIMEOUT * 2))
     }
+
+    fn is_leaving(&self, topic: &str, partition: i32) -> bool {
+        self.consumer.context().ledger.is_leaving(topic, partition)
+    }
+
+    fn give_back(&self, tp: &Partition, from: i64) {
+        self.consumer.context().ledger.give_back(tp, from);
+    }
 }

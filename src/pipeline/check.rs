@@ -33,9 +33,11 @@ impl Pipeline {
                 batch = rx.recv() => batch,
                 _ = tx.closed() => return Ok(()),
             };
-            let Some(batch) = batch else {
+            let Some(mut batch) = batch else {
                 return Ok(());
             };
+            // A hand-over may have begun while the batch waited.
+            self.leave_behind_unstarted(&mut batch.positions, &mut batch.records);
             let checking = Instant::now();
             let spans = batch.spans.stage("check");
             let mut valid = Vec::new();

@@ -7,16 +7,28 @@
 //! was handed out of them is done, so their last positions are committed before the new owner
 //! starts: it then redoes nothing. Sources share this one ledger type, so the Kafka adapter and
 //! the in-memory source keep the same rules.
+//!
+//! A drain waits only for work already under way. From its start the partitions are *leaving*:
+//! the pipeline starts nothing more of them ([`OffsetLedger::is_leaving`]) and gives back the
+//! records it will not do ([`OffsetLedger::give_back`]), which the new owner then does once.
+//! The group waits for the slowest member's drain, and a member waiting to rejoin cannot commit
+//! meanwhile (its commits queue behind its pending JoinGroup on the coordinator's connection), so
+//! a drain as short as the uploads in progress keeps every rebalance short.
 
 use super::ports::{Partition, Positions};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct OffsetLedger {
     state: Mutex<State>,
-    /// Signalled whenever a position is done, or the ledger is closed.
+    /// Signalled whenever a position is done or given back, or the ledger is closed.
     moved: Condvar,
+    /// Whether any partition is leaving: the pipeline's per-record check costs no lock while
+    /// none is.
+    any_leaving: AtomicBool,
 }
 
 #[derive(Default)]
@@ -29,6 +41,11 @@ struct State {
     pending: Positions,
     /// The pipeline has stopped: nothing handed will finish any more.
     closed: bool,
+    /// Partitions being drained or already let go: nothing more of them is started.
+    leaving: HashSet<Partition>,
+    /// Per leaving partition, the first record the pipeline gave back: nothing from it on is done
+    /// here, so no position past it is recorded, whichever batch reports it.
+    given_back: Positions,
 }
 
 /// What a drain found for the partitions being handed over.
@@ -58,9 +75,24 @@ impl OffsetLedger {
         raise(&mut self.lock().handed, positions);
     }
 
-    /// Records "everything below `next` is done" for each partition; never moves backwards.
+    /// Records "everything below `next` is done" for each partition; never moves backwards, and
+    /// never past a record given back (a later batch may have done records of the partition
+    /// that an earlier one gave back).
     pub fn record(&self, positions: &Positions) {
         let mut state = self.lock();
+        let clamped;
+        let positions = if state.given_back.is_empty() {
+            positions
+        } else {
+            clamped = positions
+                .iter()
+                .map(|(tp, next)| {
+                    let limit = state.given_back.get(tp).copied().unwrap_or(i64::MAX);
+                    (tp.clone(), (*next).min(limit))
+                })
+                .collect();
+            &clamped
+        };
         raise(&mut state.pending, positions);
         raise(&mut state.finished, positions);
         drop(state);
@@ -92,7 +124,43 @@ impl OffsetLedger {
             state.handed.remove(tp);
             state.finished.remove(tp);
             state.pending.remove(tp);
+            state.leaving.remove(tp);
+            state.given_back.remove(tp);
         }
+        self.any_leaving
+            .store(!state.leaving.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Whether `tp` is being taken away from this member, or was: work on its records that has
+    /// not started should not start.
+    pub fn is_leaving(&self, topic: &str, partition: i32) -> bool {
+        self.any_leaving.load(Ordering::Relaxed)
+            && self
+                .lock()
+                .leaving
+                .contains(&(topic.to_string(), partition))
+    }
+
+    /// The pipeline will not do the records of a leaving partition from `from` on: a drain waits
+    /// no longer for them, and their new owner does them. Ignored for a partition that is not
+    /// leaving.
+    pub fn give_back(&self, tp: &Partition, from: i64) {
+        let mut state = self.lock();
+        if !state.leaving.contains(tp) {
+            return;
+        }
+        if let Some(handed) = state.handed.get_mut(tp) {
+            *handed = (*handed).min(from);
+        }
+        let first = state.given_back.entry(tp.clone()).or_insert(from);
+        *first = (*first).min(from);
+        drop(state);
+        self.moved.notify_all();
+    }
+
+    fn start_leaving(&self, state: &mut State, partitions: &[Partition]) {
+        state.leaving.extend(partitions.iter().cloned());
+        self.any_leaving.store(true, Ordering::Relaxed);
     }
 
     /// The pipeline has stopped: drains stop waiting for work that will never finish.
@@ -140,6 +208,7 @@ impl OffsetLedger {
     pub fn drain(&self, partitions: &[Partition], within: Duration) -> Drained {
         let deadline = Instant::now() + within;
         let mut state = self.lock();
+        self.start_leaving(&mut state, partitions);
         while !Self::settled(&state, partitions) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -154,12 +223,15 @@ impl OffsetLedger {
     /// are still in flight, else what `drain` would return. For sources that wait asynchronously.
     pub fn try_drain(&self, partitions: &[Partition]) -> Option<Drained> {
         let mut state = self.lock();
+        self.start_leaving(&mut state, partitions);
         Self::settled(&state, partitions).then(|| Self::release(&mut state, partitions))
     }
 
     /// Forgets `partitions` whatever their state: the deadline of an asynchronous drain passed.
     pub fn abandon(&self, partitions: &[Partition]) -> Drained {
-        Self::release(&mut self.lock(), partitions)
+        let mut state = self.lock();
+        self.start_leaving(&mut state, partitions);
+        Self::release(&mut state, partitions)
     }
 }
 
@@ -247,6 +319,71 @@ mod tests {
         let drained = ledger.drain(&[("t".into(), 0)], Duration::from_secs(10));
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(drained.finished, Positions::new());
+    }
+
+    #[test]
+    fn records_given_back_by_a_leaving_partition_are_no_longer_waited_for() {
+        let ledger = OffsetLedger::default();
+        ledger.handed(&at(&[("t", 0, 20), ("t", 1, 8)]));
+        ledger.record(&at(&[("t", 0, 10)]));
+        assert!(!ledger.is_leaving("t", 0));
+        // Before the hand-over began, a give-back means nothing.
+        ledger.give_back(&("t".into(), 0), 10);
+        assert_eq!(ledger.try_drain(&[("t".into(), 0)]), None);
+        assert!(ledger.is_leaving("t", 0) && !ledger.is_leaving("t", 1));
+        // The pipeline starts nothing from 10 on: everything it will do of partition 0 is done.
+        ledger.give_back(&("t".into(), 0), 10);
+        assert_eq!(
+            ledger.try_drain(&[("t".into(), 0)]),
+            Some(Drained {
+                finished: at(&[("t", 0, 10)]),
+                unfinished: vec![]
+            })
+        );
+        // Let go, it stays leaving until the group gives it back.
+        assert!(ledger.is_leaving("t", 0));
+        ledger.assigned(&[("t".into(), 0)]);
+        assert!(!ledger.is_leaving("t", 0));
+    }
+
+    #[test]
+    fn no_position_past_a_record_given_back_is_recorded_whichever_batch_reports_it() {
+        let ledger = OffsetLedger::default();
+        ledger.handed(&at(&[("t", 0, 30), ("t", 1, 30)]));
+        ledger.record(&at(&[("t", 0, 10), ("t", 1, 10)]));
+        assert_eq!(ledger.try_drain(&[("t".into(), 0)]), None);
+        // The batch holding 10..20 gave back 16; a later one, 20..30, did all of its records.
+        ledger.give_back(&("t".into(), 0), 16);
+        ledger.record(&at(&[("t", 0, 16), ("t", 1, 20)]));
+        ledger.record(&at(&[("t", 0, 30), ("t", 1, 30)]));
+        assert_eq!(ledger.pending(|_| true), at(&[("t", 0, 16), ("t", 1, 30)]));
+        assert_eq!(
+            ledger.try_drain(&[("t".into(), 0)]).map(|d| d.finished),
+            Some(at(&[("t", 0, 16)]))
+        );
+    }
+
+    #[test]
+    fn a_drain_wakes_when_the_records_it_waits_for_are_given_back() {
+        let ledger = std::sync::Arc::new(OffsetLedger::default());
+        ledger.handed(&at(&[("t", 0, 20)]));
+        ledger.record(&at(&[("t", 0, 10)]));
+        let giver = {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                while !ledger.is_leaving("t", 0) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                ledger.give_back(&("t".into(), 0), 12);
+                ledger.record(&at(&[("t", 0, 12)]));
+            })
+        };
+        let started = Instant::now();
+        let drained = ledger.drain(&[("t".into(), 0)], Duration::from_secs(10));
+        giver.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(drained.finished, at(&[("t", 0, 12)]));
+        assert!(drained.unfinished.is_empty());
     }
 
     #[test]

@@ -30,11 +30,13 @@
 //! can only repeat the same idempotent writes; its commit carries a stale generation and is
 //! refused by the group coordinator, so it cannot move the new owner's offsets. Records of a
 //! partition revoked while they were being fetched are left to the new owner (the source returns
-//! only owned partitions' records, [`ports::RecordSource::poll`]). Batches
-//! already in flight for a revoked partition are finished, and the source holds the hand-over
-//! until they are ([`ledger::OffsetLedger::drain`], bounded by a deadline): their positions are
-//! committed before the new owner starts, so it redoes nothing. Past the deadline the partition
-//! goes with what is done, and the new owner replays the rest, idempotently.
+//! only owned partitions' records, [`ports::RecordSource::poll`]). Of the batches
+//! already in flight for a revoked partition, the uploads under way are finished and the records
+//! not yet started are left behind ([`leaving`]); the source holds the hand-over until that is
+//! done ([`ledger::OffsetLedger::drain`], bounded by a deadline): the positions are committed
+//! before the new owner starts, so it redoes nothing and the group waits only for the uploads
+//! under way. Past the deadline the partition goes with what is done, and the new owner replays
+//! the rest, idempotently.
 //!
 //! Transient failures (a service down, a timeout) are retried with capped backoff while nothing is
 //! committed past the failed record ([`retry`]). The bounded channels between the stages fill up
@@ -50,6 +52,7 @@ pub mod commit;
 mod fetch;
 mod index;
 mod key_order;
+mod leaving;
 pub mod ledger;
 pub mod letter;
 pub mod ports;

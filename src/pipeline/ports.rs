@@ -144,6 +144,16 @@ pub trait RecordSource: Send + Sync {
     /// Makes sure what was committed is durable before the run ends (commits may be
     /// asynchronous); bounded in time.
     fn close(&self) -> BoxFuture<'_, Result<(), Failure>>;
+
+    /// Whether the partition is being taken from this member, or was: work on its records that
+    /// has not started should not start ([`OffsetLedger::is_leaving`]).
+    ///
+    /// [`OffsetLedger::is_leaving`]: super::ledger::OffsetLedger::is_leaving
+    fn is_leaving(&self, topic: &str, partition: i32) -> bool;
+
+    /// The pipeline will not do the records of leaving partition `tp` from offset `from` on;
+    /// their new owner does them.
+    fn give_back(&self, tp: &Partition, from: i64);
 }
 
 /// What a create-only write of an image found.

@@ -96,6 +96,8 @@ pub struct Stats {
     pub replayed: AtomicU64,
     /// Records an erasure covers: not stored, not dead-lettered, their offsets committed.
     pub erased: AtomicU64,
+    /// Records of partitions taken away before their work started: left to the new owner.
+    pub given_back: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Image bytes of the records counted as stored.
     pub bytes: AtomicU64,
@@ -200,6 +202,7 @@ impl Stats {
             stored,
             replayed: self.replayed.load(Ordering::Relaxed),
             erased: self.erased.load(Ordering::Relaxed),
+            given_back: self.given_back.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             dead_lettered_by_code: self
                 .dead_lettered_by_code
@@ -242,6 +245,10 @@ pub struct RunSummary {
     /// Records an erasure covers, left unstored (their offsets committed, no dead letter).
     #[serde(default)]
     pub erased: u64,
+    /// Records of partitions a rebalance took away before their work started: not done here,
+    /// not committed, done once by the new owner.
+    #[serde(default)]
+    pub given_back: u64,
     pub dead_lettered: u64,
     pub dead_lettered_by_code: BTreeMap<String, u64>,
     pub bytes: u64,
@@ -268,6 +275,7 @@ impl RunSummary {
             stored = self.stored,
             replayed = self.replayed,
             erased = self.erased,
+            given_back = self.given_back,
             dead_lettered = self.dead_lettered,
             bytes = self.bytes,
             images_per_sec = self.images_per_sec,

@@ -4,6 +4,7 @@
 //! commit stage, and uploads keep going while they wait.
 
 use super::key_order::{KeyOrder, Turn};
+use super::leaving::LeftBehind;
 use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, Stage, StoredBatch};
@@ -93,8 +94,9 @@ impl Pipeline {
         unfinished: &Unfinished,
     ) -> Result<StoredBatch, BatchError> {
         let mut letters = batch.letters;
+        let mut positions = batch.positions;
         let (records, started) = (batch.valid.len(), Instant::now());
-        let stored = self
+        let (stored, left) = self
             .put_objects(
                 batch.valid,
                 turns,
@@ -104,10 +106,13 @@ impl Pipeline {
                 &batch.spans,
             )
             .await?;
+        if !left.0.is_empty() {
+            self.settle_left_behind(&left.0, &mut positions, &mut letters, left.1);
+        }
         debug!(records, took = ?started.elapsed(), "batch uploaded");
         self.stats.stage_took(Stage::Upload, started.elapsed());
         Ok(StoredBatch {
-            positions: batch.positions,
+            positions,
             held: batch.held,
             stored,
             letters,
@@ -115,7 +120,8 @@ impl Pipeline {
         })
     }
 
-    /// Returns the records whose object is now stored; refused ones join `letters`.
+    /// Returns the records whose object is now stored, and those left behind because their
+    /// partition is being taken away (with how many); refused ones join `letters`.
     async fn put_objects(
         &self,
         valid: Vec<(Polled, ImageRecord)>,
@@ -124,19 +130,29 @@ impl Pipeline {
         uploads: &Semaphore,
         unfinished: &Unfinished,
         spans: &RecordSpans,
-    ) -> Result<Vec<(Polled, IndexEntry)>, BatchError> {
+    ) -> Result<(Vec<(Polled, IndexEntry)>, (LeftBehind, u64)), BatchError> {
         let images = &self.ports.images;
         let results: Vec<_> = futures::stream::iter(valid.into_iter().zip(turns))
             .map(|((polled, record), turn)| async move {
                 // From waiting for its turn and a slot to the object's write, retries included.
                 let span = spans.record_stage(&polled.origin, "upload");
                 // The earliest record of an image id writes first; the wait comes before taking
-                // an upload slot, so waiting never holds up other uploads.
+                // an upload slot, so waiting never holds up other uploads. A record left behind
+                // still waits for its turn, so its successor cannot overtake its predecessor.
                 turn.wait().await;
+                if self.is_leaving(&polled) {
+                    unfinished.finished();
+                    return (polled, record, None);
+                }
                 let _permit = uploads
                     .acquire()
                     .await
                     .expect("upload semaphore is never closed");
+                // Most of a record's wait is for a slot: a hand-over may have begun meanwhile.
+                if self.is_leaving(&polled) {
+                    unfinished.finished();
+                    return (polled, record, None);
+                }
                 self.stats.uploads_running.fetch_add(1, Ordering::Relaxed);
                 let result = retry(
                     &self.stats.outages.store,
@@ -150,14 +166,21 @@ impl Pipeline {
                 unfinished.finished();
                 drop(turn);
                 drop(span);
-                (polled, record, result)
+                (polled, record, Some(result))
             })
             .buffer_unordered(self.opts.uploads_in_flight.max(1))
             .collect()
             .await;
 
         let mut stored = Vec::with_capacity(results.len());
+        let mut left = (LeftBehind::default(), 0);
         for (polled, record, result) in results {
+            let Some(result) = result else {
+                let o = &polled.origin;
+                left.0.add(&o.topic, o.partition, o.offset);
+                left.1 += 1;
+                continue;
+            };
             match result {
                 // The record's value travels on with its index entry until the row is written: an
                 // index conflict dead-letters the original bytes. It shares the source's buffer,
@@ -171,6 +194,6 @@ impl Pipeline {
                 Err(Stopped::Shutdown(_)) => return Err(BatchError::Shutdown),
             }
         }
-        Ok(stored)
+        Ok((stored, left))
     }
 }
