@@ -4,11 +4,11 @@
 //!
 //! Leaving a record behind means three things together: it is not done here, its batch's
 //! position for the partition is lowered to it (so nothing from it on is committed here), and the
-//! source is told (so the hand-over stops waiting for it). A later batch may have done records
-//! of the partition past one an earlier batch left behind (the fakes' held uploads showed it: the
-//! earlier batch's record waited for a slot that a later one had), so the ledger records no
-//! position past the first record given back, whichever batch reports it: everything below a
-//! committed position is still done.
+//! source is told (so the hand-over stops waiting for it). A batch's lowered position is still
+//! past the records an earlier batch left behind (a first version committed offset 30 of a
+//! partition whose record 16 was never done), so the ledger records no position past the first
+//! record given back, whichever batch reports it: everything below a committed position is
+//! still done.
 
 use super::ports::{DeadLetter, Partition, Positions};
 use super::{Pipeline, Polled};
