@@ -465,17 +465,29 @@ async fn a_partition_revoked_mid_batch_is_finished_and_committed_before_its_new_
 
 #[tokio::test]
 async fn a_hand_over_waits_only_for_uploads_under_way_and_leaves_the_rest_to_the_new_owner() {
+    hand_over_while_uploads_wait(options().uploads_in_flight, 0).await;
+}
+
+#[tokio::test]
+async fn a_hand_over_after_some_uploads_went_through_on_few_slots_leaves_nothing_to_redo() {
+    // Fewer slots than a batch has records, and twenty uploads through before the store stalls.
+    hand_over_while_uploads_wait(4, 20).await;
+}
+
+/// Revokes partition 1 while the store holds every upload after the first `through`.
+async fn hand_over_while_uploads_wait(uploads_in_flight: usize, through: u64) {
     let s = Services::new(2);
     let records = s.publish_images(400, 2);
-    s.images.faults.hold();
+    s.images.faults.hold_after(through);
     let (pipeline, trigger) = s.pipeline(PipelineOptions {
         until_idle: None,
+        uploads_in_flight,
         ..options()
     });
     let revoke_while_uploads_wait = async {
         // Every upload slot is taken and more batches wait behind them.
         eventually("the upload slots are full", async || {
-            s.images.faults.calls() >= options().uploads_in_flight as u64
+            s.images.faults.calls() >= through + uploads_in_flight as u64
         })
         .await;
         let release_soon = async {

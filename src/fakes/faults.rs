@@ -12,8 +12,10 @@ use tokio::sync::watch;
 pub struct Faults {
     script: Mutex<VecDeque<Failure>>,
     calls: AtomicU64,
-    /// While closed, every call waits here: a stuck service.
+    /// While closed, every call past `held_from` waits here: a stuck service.
     gate: watch::Sender<bool>,
+    /// The number of the first call the closed gate holds.
+    held_from: AtomicU64,
 }
 
 impl Default for Faults {
@@ -22,6 +24,7 @@ impl Default for Faults {
             script: Mutex::new(VecDeque::new()),
             calls: AtomicU64::new(0),
             gate: watch::channel(true).0,
+            held_from: AtomicU64::new(0),
         }
     }
 }
@@ -35,6 +38,13 @@ impl Faults {
 
     /// From now on calls wait, without answering, until `release`.
     pub fn hold(&self) {
+        self.hold_after(0);
+    }
+
+    /// Lets the next `n` calls through, then holds every later one until `release`.
+    pub fn hold_after(&self, n: u64) {
+        self.held_from
+            .store(self.calls.load(Ordering::SeqCst) + n, Ordering::SeqCst);
         self.gate.send_replace(false);
     }
 
@@ -49,9 +59,11 @@ impl Faults {
 
     /// Run at the start of every call of the wrapped fake.
     pub async fn enter(&self) -> Result<(), Failure> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut gate = self.gate.subscribe();
-        let _ = gate.wait_for(|open| *open).await;
+        let nth = self.calls.fetch_add(1, Ordering::SeqCst);
+        if nth >= self.held_from.load(Ordering::SeqCst) {
+            let mut gate = self.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+        }
         match self.script.lock().expect("faults lock").pop_front() {
             Some(failure) => Err(failure),
             None => Ok(()),

@@ -13,7 +13,8 @@
 use super::ports::{DeadLetter, Partition, Positions};
 use super::{Pipeline, Polled};
 use crate::domain::Origin;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use tracing::debug;
 
@@ -43,7 +44,46 @@ impl LeftBehind {
     }
 }
 
+/// The highest offset per partition whose upload has started. Uploads start out of offset order
+/// (a later batch's first records queue for a slot before an earlier batch's last ones), so a
+/// record of a leaving partition below one that started must still be done: leaving it behind
+/// would make the new owner redo the later one. Only records past every started one are left.
+#[derive(Default)]
+pub(super) struct Started(Mutex<HashMap<String, HashMap<i32, i64>>>);
+
+impl Started {
+    /// Whether the record, about to take a slot, must still be done; `start` notes it as
+    /// started when it will be.
+    fn must_do(&self, leaving: bool, o: &Origin, start: bool) -> bool {
+        let mut started = self.0.lock().expect("started lock");
+        let highest = started
+            .get(o.topic.as_str())
+            .and_then(|p| p.get(&o.partition))
+            .copied();
+        let must = !leaving || highest.is_some_and(|h| o.offset < h);
+        if must && start && highest.is_none_or(|h| o.offset > h) {
+            started
+                .entry(o.topic.clone())
+                .or_default()
+                .insert(o.partition, o.offset);
+        }
+        must
+    }
+}
+
 impl Pipeline {
+    /// Before a record waits for an upload slot: whether it should (it is not to be left
+    /// behind).
+    pub(super) fn may_wait_for_a_slot(&self, started: &Started, polled: &Polled) -> bool {
+        started.must_do(self.is_leaving(polled), &polled.origin, false)
+    }
+
+    /// With its slot: whether the record's upload starts now (noted as started) or the record is
+    /// left behind.
+    pub(super) fn starts_upload(&self, started: &Started, polled: &Polled) -> bool {
+        started.must_do(self.is_leaving(polled), &polled.origin, true)
+    }
+
     /// Whether the record's partition is being taken from this member: its work should not start.
     pub(super) fn is_leaving(&self, polled: &Polled) -> bool {
         self.ports
@@ -97,5 +137,40 @@ impl Pipeline {
         }
         self.stats.given_back.fetch_add(records, Ordering::Relaxed);
         debug!(partitions = ?left.0, "records of partitions being taken away left to their new owner");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offset: i64) -> Origin {
+        Origin {
+            topic: "t".into(),
+            partition,
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_leaving_partitions_record_below_one_that_started_is_still_done_and_one_past_all_is_left() {
+        let started = Started::default();
+        // Uploads started out of offset order: 7, then 3.
+        assert!(started.must_do(false, &at(0, 7), true));
+        assert!(started.must_do(false, &at(0, 3), true));
+        // The partition is leaving: 5 lies below 7, which is done, so 5 must be done too (leaving it
+        // would make the new owner redo 7); 8 lies past everything started.
+        assert!(started.must_do(true, &at(0, 5), true));
+        assert!(!started.must_do(true, &at(0, 8), true));
+        // A partition with nothing started leaves everything; one that stays does everything.
+        assert!(!started.must_do(true, &at(1, 0), true));
+        assert!(started.must_do(false, &at(2, 0), true));
+    }
+
+    #[test]
+    fn asking_before_a_slot_notes_nothing_as_started() {
+        let started = Started::default();
+        assert!(started.must_do(false, &at(0, 9), false));
+        assert!(!started.must_do(true, &at(0, 4), true));
     }
 }

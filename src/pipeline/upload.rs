@@ -4,7 +4,7 @@
 //! commit stage, and uploads keep going while they wait.
 
 use super::key_order::{KeyOrder, Turn};
-use super::leaving::LeftBehind;
+use super::leaving::{LeftBehind, Started};
 use super::ports::DeadLetter;
 use super::retry::{Stopped, retry};
 use super::{BatchError, CheckedBatch, Failure, Pipeline, Polled, Put, Stage, StoredBatch};
@@ -33,6 +33,14 @@ impl Unfinished {
     }
 }
 
+/// What the batches uploading at once share.
+struct InFlight<'a> {
+    /// Upload slots, for the whole pipeline.
+    slots: &'a Semaphore,
+    unfinished: Unfinished,
+    started: Started,
+}
+
 impl Pipeline {
     pub(super) async fn upload_stage(
         &self,
@@ -48,7 +56,12 @@ impl Pipeline {
         // up to twice the floor (each batch within `batch_max_bytes`: the memory bound).
         let most_batches = 2 * floor;
         let key_order = KeyOrder::default();
-        let unfinished = Unfinished::default();
+        let in_flight = InFlight {
+            slots: uploads,
+            unfinished: Unfinished::default(),
+            started: Started::default(),
+        };
+        let unfinished = &in_flight.unfinished;
         let mut uploading = FuturesOrdered::new();
         let mut done: VecDeque<StoredBatch> = VecDeque::new();
         let mut input_open = true;
@@ -67,7 +80,7 @@ impl Pipeline {
                         // before any of their uploads start.
                         let turns = key_order.register(&batch.valid);
                         unfinished.records.fetch_add(batch.valid.len(), Ordering::Relaxed);
-                        uploading.push_back(self.upload_batch(batch, turns, uploads, &unfinished));
+                        uploading.push_back(self.upload_batch(batch, turns, &in_flight));
                     }
                     None => input_open = false,
                 },
@@ -90,21 +103,13 @@ impl Pipeline {
         &self,
         batch: CheckedBatch,
         turns: Vec<Turn<'_>>,
-        uploads: &Semaphore,
-        unfinished: &Unfinished,
+        in_flight: &InFlight<'_>,
     ) -> Result<StoredBatch, BatchError> {
         let mut letters = batch.letters;
         let mut positions = batch.positions;
         let (records, started) = (batch.valid.len(), Instant::now());
         let (stored, left) = self
-            .put_objects(
-                batch.valid,
-                turns,
-                &mut letters,
-                uploads,
-                unfinished,
-                &batch.spans,
-            )
+            .put_objects(batch.valid, turns, &mut letters, in_flight, &batch.spans)
             .await?;
         if !left.0.is_empty() {
             self.settle_left_behind(&left.0, &mut positions, &mut letters, left.1);
@@ -127,8 +132,7 @@ impl Pipeline {
         valid: Vec<(Polled, ImageRecord)>,
         turns: Vec<Turn<'_>>,
         letters: &mut Vec<DeadLetter>,
-        uploads: &Semaphore,
-        unfinished: &Unfinished,
+        in_flight: &InFlight<'_>,
         spans: &RecordSpans,
     ) -> Result<(Vec<(Polled, IndexEntry)>, (LeftBehind, u64)), BatchError> {
         let images = &self.ports.images;
@@ -140,17 +144,18 @@ impl Pipeline {
                 // an upload slot, so waiting never holds up other uploads. A record left behind
                 // still waits for its turn, so its successor cannot overtake its predecessor.
                 turn.wait().await;
-                if self.is_leaving(&polled) {
-                    unfinished.finished();
+                if !self.may_wait_for_a_slot(&in_flight.started, &polled) {
+                    in_flight.unfinished.finished();
                     return (polled, record, None);
                 }
-                let _permit = uploads
+                let _permit = in_flight
+                    .slots
                     .acquire()
                     .await
                     .expect("upload semaphore is never closed");
                 // Most of a record's wait is for a slot: a hand-over may have begun meanwhile.
-                if self.is_leaving(&polled) {
-                    unfinished.finished();
+                if !self.starts_upload(&in_flight.started, &polled) {
+                    in_flight.unfinished.finished();
                     return (polled, record, None);
                 }
                 self.stats.uploads_running.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +168,7 @@ impl Pipeline {
                 )
                 .await;
                 self.stats.uploads_running.fetch_sub(1, Ordering::Relaxed);
-                unfinished.finished();
+                in_flight.unfinished.finished();
                 drop(turn);
                 drop(span);
                 (polled, record, Some(result))
