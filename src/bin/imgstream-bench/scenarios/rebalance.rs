@@ -44,6 +44,8 @@ pub async fn rebalance_redo(
             .env_clear()
             .envs(&vars)
             .env("IMGSTREAM_LOG", consumer_log())
+            // librdkafka's own debug contexts (e.g. `cgrp`), for a member's log.
+            .envs(std::env::var("IMGSTREAM_KAFKA_DEBUG").map(|v| ("IMGSTREAM_KAFKA_DEBUG", v)))
             .stdout(Stdio::piped())
             .stderr(member_log(protocol, spawned))
             .spawn()
