@@ -22,7 +22,9 @@ impl Shutdown {
         let (trigger, shutdown) = Shutdown::new();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown requested: finishing the batch in flight");
+            tracing::info!(
+                "shutdown requested: finishing the uploads under way; records not started are left to the next run"
+            );
             trigger.trigger();
         });
         shutdown

@@ -79,7 +79,7 @@ async fn a_consumer_frozen_past_its_session_then_resumed_neither_doubles_nor_ove
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_finishes_the_batch_in_flight_commits_and_exits_zero() {
+async fn sigterm_finishes_the_uploads_under_way_commits_them_and_exits_zero() {
     let env = TestEnv::new("sigterm").await;
     env.produce(400, &[]);
     let consumer = env.spawn(&CONSUME_SLOWLY[..5], "consumer");

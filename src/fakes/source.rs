@@ -247,4 +247,8 @@ impl RecordSource for MemorySource {
     fn give_back(&self, tp: &Partition, from: i64) {
         self.ledger.give_back(tp, from);
     }
+
+    fn leave_all(&self) {
+        self.ledger.leave_all();
+    }
 }

@@ -580,4 +580,8 @@ impl RecordSource for KafkaSource {
     fn give_back(&self, tp: &Partition, from: i64) {
         self.consumer.context().ledger.give_back(tp, from);
     }
+
+    fn leave_all(&self) {
+        self.consumer.context().ledger.leave_all();
+    }
 }

@@ -1,6 +1,7 @@
 //! Records of partitions a rebalance is taking away, whose work has not started, are left to the
 //! new owner: a hand-over then waits only for the uploads already under way
-//! ([`super::ledger::OffsetLedger`] says why that matters to the whole group).
+//! ([`super::ledger::OffsetLedger`] says why that matters to the whole group). A stopping run
+//! leaves its unstarted records the same way, to whoever consumes next.
 //!
 //! Leaving a record behind means three things together: it is not done here, its batch's
 //! position for the partition is lowered to it (so nothing from it on is committed here), and the
@@ -84,8 +85,20 @@ impl Pipeline {
         started.must_do(self.is_leaving(polled), &polled.origin, true)
     }
 
-    /// Whether the record's partition is being taken from this member: its work should not start.
+    /// Whether the record's partition is being taken from this member, or the run is stopping:
+    /// its work should not start. A stopping run finishes only the uploads under way, so a
+    /// SIGTERM mid-rebalance does not keep the group waiting while it works through every batch
+    /// it holds (7.8 s at 16 KiB in a rebalance bench, with the group unable to move on).
     pub(super) fn is_leaving(&self, polled: &Polled) -> bool {
+        if self.shutdown.is_triggered() {
+            // Before any record is left for this reason, so the ledger never records a position
+            // past one given back.
+            if !self.left_all.load(Ordering::Relaxed) {
+                self.ports.source.leave_all();
+                self.left_all.store(true, Ordering::Relaxed);
+            }
+            return true;
+        }
         self.ports
             .source
             .is_leaving(&polled.origin.topic, polled.origin.partition)

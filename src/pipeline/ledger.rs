@@ -158,6 +158,14 @@ impl OffsetLedger {
         self.moved.notify_all();
     }
 
+    /// The run is stopping: every partition handed out so far is leaving, so the pipeline starts
+    /// nothing more and what it gives back is never committed past.
+    pub fn leave_all(&self) {
+        let mut state = self.lock();
+        let all: Vec<Partition> = state.handed.keys().cloned().collect();
+        self.start_leaving(&mut state, &all);
+    }
+
     fn start_leaving(&self, state: &mut State, partitions: &[Partition]) {
         state.leaving.extend(partitions.iter().cloned());
         self.any_leaving.store(true, Ordering::Relaxed);

@@ -168,6 +168,8 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     shutdown: Shutdown,
     held: Arc<budget::ByteBudget>,
+    /// Whether the stopping run has told the source that every partition is leaving.
+    left_all: std::sync::atomic::AtomicBool,
 }
 
 /// The stages' messages: a batch as it moves along, with the positions it will commit and its
@@ -218,6 +220,7 @@ impl Pipeline {
             opts,
             stats: Arc::new(Stats::default()),
             shutdown,
+            left_all: Default::default(),
         }
     }
 

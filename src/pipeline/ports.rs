@@ -154,6 +154,9 @@ pub trait RecordSource: Send + Sync {
     /// The pipeline will not do the records of leaving partition `tp` from offset `from` on;
     /// their new owner does them.
     fn give_back(&self, tp: &Partition, from: i64);
+
+    /// The run is stopping: every partition is leaving, as if the group had taken them all.
+    fn leave_all(&self);
 }
 
 /// What a create-only write of an image found.

@@ -96,7 +96,8 @@ pub struct Stats {
     pub replayed: AtomicU64,
     /// Records an erasure covers: not stored, not dead-lettered, their offsets committed.
     pub erased: AtomicU64,
-    /// Records of partitions taken away before their work started: left to the new owner.
+    /// Records of partitions taken away (or of a stopping run) before their work started: left
+    /// to whoever consumes them next.
     pub given_back: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Image bytes of the records counted as stored.
@@ -245,8 +246,8 @@ pub struct RunSummary {
     /// Records an erasure covers, left unstored (their offsets committed, no dead letter).
     #[serde(default)]
     pub erased: u64,
-    /// Records of partitions a rebalance took away before their work started: not done here,
-    /// not committed, done once by the new owner.
+    /// Records of partitions a rebalance took away, or of a run stopped by a signal, before
+    /// their work started: not done here, not committed, done once by whoever consumes next.
     #[serde(default)]
     pub given_back: u64,
     pub dead_lettered: u64,
