@@ -390,12 +390,7 @@ async fn stored_images_are_fetched_by_presigned_url_and_thumbnailed_once() {
     let verify = env.run(&["verify"]);
     assert!(verify.status.success(), "{}", common::stdout(&verify));
 
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&base).await;
     assert_eq!(
         sample(&metrics, "imgstream_thumbnails_made_total"),
         Some(1.0),
@@ -525,15 +520,22 @@ fn store_upstream(env: &TestEnv) -> String {
     )
 }
 
-/// The requests the server is working on, by its gauge.
-async fn in_progress(base: &str) -> Option<f64> {
-    let metrics = reqwest::get(format!("{base}/metrics"))
+/// The server's metrics, as Prometheus reads them.
+async fn metrics_of(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    sample(&metrics, "imgstream_http_requests_in_progress")
+        .unwrap()
+}
+
+/// The requests the server is working on, by its gauge.
+async fn in_progress(base: &str) -> Option<f64> {
+    sample(
+        &metrics_of(base).await,
+        "imgstream_http_requests_in_progress",
+    )
 }
 
 /// Each request to the store this slow (each way): a thumbnail's first request makes three.
@@ -619,12 +621,7 @@ async fn a_request_beyond_the_bound_is_answered_503_at_once_while_the_others_fin
     }
     assert_eq!(get_json(&format!("{base}/api/images")).await.0, 200);
     assert_eq!(in_progress(&base).await, Some(0.0));
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&base).await;
     assert_eq!(
         sample(&metrics, "imgstream_http_requests_refused_busy_total"),
         Some(1.0),
