@@ -284,23 +284,18 @@ impl KafkaSource {
             // In a rebalance the wait is the group's, not the brokers': in session 17's rebalance
             // benches, 4 of 10 such warnings came from members handing partitions over (the other
             // 6, in `up/steady`, were under KIP-848, whose stalls librdkafka 2.12 is known for).
-            if group_state.ends_with("steady") {
-                warn!(
-                    quiet_secs = quiet.as_secs(),
-                    waiting,
-                    group_state = %group_state,
-                    partitions = %partitions.join(","),
-                    "no records from kafka while records wait in this consumer's partitions: the brokers are slow or unreachable; waiting for them"
-                );
+            let why = if group_state.ends_with("steady") {
+                "the brokers are slow or unreachable; waiting for them"
             } else {
-                warn!(
-                    quiet_secs = quiet.as_secs(),
-                    waiting,
-                    group_state = %group_state,
-                    partitions = %partitions.join(","),
-                    "no records from kafka while records wait in this consumer's partitions: the group is rebalancing; waiting for it to settle"
-                );
-            }
+                "the group is rebalancing; waiting for it to settle"
+            };
+            warn!(
+                quiet_secs = quiet.as_secs(),
+                waiting,
+                group_state = %group_state,
+                partitions = %partitions.join(","),
+                "no records from kafka while records wait in this consumer's partitions: {why}"
+            );
             stall.reported = Some(now);
         }
     }

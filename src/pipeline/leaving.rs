@@ -24,13 +24,13 @@ use tracing::debug;
 pub(super) struct LeftBehind(BTreeMap<Partition, i64>);
 
 impl LeftBehind {
-    /// Notes that the record at `offset` of `(topic, partition)` is left behind.
-    pub(super) fn add(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// Notes that the record at `o` is left behind.
+    pub(super) fn add(&mut self, o: &Origin) {
         let first = self
             .0
-            .entry((topic.to_string(), partition))
-            .or_insert(offset);
-        *first = (*first).min(offset);
+            .entry((o.topic.clone(), o.partition))
+            .or_insert(o.offset);
+        *first = (*first).min(o.offset);
     }
 
     /// Whether a record is at or past the first one left behind of its partition.
@@ -112,11 +112,7 @@ impl Pipeline {
     ) {
         let mut left = LeftBehind::default();
         for polled in records.iter().filter(|p| self.is_leaving(p)) {
-            left.add(
-                &polled.origin.topic,
-                polled.origin.partition,
-                polled.origin.offset,
-            );
+            left.add(&polled.origin);
         }
         if !left.is_empty() {
             let before = records.len();

@@ -181,8 +181,7 @@ impl Pipeline {
         let mut left = (LeftBehind::default(), 0);
         for (polled, record, result) in results {
             let Some(result) = result else {
-                let o = &polled.origin;
-                left.0.add(&o.topic, o.partition, o.offset);
+                left.0.add(&polled.origin);
                 left.1 += 1;
                 continue;
             };
