@@ -24,7 +24,7 @@ use clap::Parser;
 use imgstream::kafka::consumer::FetchSettings;
 use imgstream::pipeline::PipelineOptions;
 use scenarios::{backlog, browse, large, lifetime, rebalance, scaling, sizes, soak};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -138,11 +138,21 @@ async fn main() {
         }
     }
     let mut results = Vec::new();
-    for case in sizes::cases(quick) {
-        if only.is_some_and(|o| !o.split(',').any(|x| x.eq_ignore_ascii_case(case.label))) {
-            continue;
+    let sizes_wanted: Vec<_> = sizes::cases(quick)
+        .into_iter()
+        .filter(|case| {
+            only.is_none_or(|o| o.split(',').any(|x| x.eq_ignore_ascii_case(case.label)))
+        })
+        .collect();
+    let mut host_memory = Value::Null;
+    if !sizes_wanted.is_empty() {
+        eprintln!("[sizes] keeping freed memory backed");
+        let kept = control::KeptMemory::apply();
+        host_memory = kept.describe();
+        eprintln!("  {host_memory}");
+        for case in &sizes_wanted {
+            results.push(sizes::bench_case(&base, &run, case).await);
         }
-        results.push(sizes::bench_case(&base, &run, &case).await);
     }
     let large = if only.is_none_or(|o| o.split(',').any(|x| x.eq_ignore_ascii_case(large::LABEL))) {
         Some(large::bench_large(&base, &run, quick).await)
@@ -186,6 +196,7 @@ async fn main() {
             "object_store_client": "object_store (reqwest)",
         },
         "cases": results,
+        "host_memory": host_memory,
         "large": large,
         "scaling": scale,
         "rebalance": rebalance,

@@ -293,6 +293,14 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
             "by_second": by_second,
             "kernel_writeback": writeback_threshold,
             "dirty_and_writeback_mib_by_second": writeback.writeback,
+            "reclaim_by_second": {
+                "columns": ["second", "free_mib", "reclaimed_by_kswapd_mib", "reclaimed_directly_mib", "allocation_stalls", "compaction_stalls", "reported_to_host_mib"],
+                "rows": writeback.reclaim,
+            },
+            "disk_by_second": {
+                "columns": ["second", "written_mib", "writes", "flushes", "flush_ms", "write_ms", "in_flight"],
+                "rows": writeback.disk,
+            },
             "cpu_cores_by_second": {
                 "columns": ["second", "kafka", "minio", "postgresql", "consumer", "bench_producer", "machine_busy", "machine_iowait", "machine_steal"],
                 "rows": writeback.cpu,
