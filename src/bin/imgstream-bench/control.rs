@@ -276,7 +276,8 @@ pub struct KeptMemory {
     backing_secs: f64,
 }
 
-const PAGE_REPORTING: &str = "/sys/module/page_reporting/parameters";
+const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+const REPORTED_KIB: &str = "/sys/module/page_reporting/parameters/reported_kib";
 /// Above every block order (MAX_PAGE_ORDER is 10): no free block qualifies to be reported.
 const NO_REPORTING_ORDER: &str = "11";
 
@@ -290,11 +291,12 @@ impl KeptMemory {
         if std::env::var("BENCH_PAGE_REPORTING").is_ok_and(|v| v == "default") {
             return unchanged;
         }
-        let order = format!("{PAGE_REPORTING}/page_reporting_order");
-        let Ok(previous) = std::fs::read_to_string(&order).map(|v| v.trim().to_string()) else {
+        let Ok(previous) =
+            std::fs::read_to_string(PAGE_REPORTING_ORDER).map(|v| v.trim().to_string())
+        else {
             return unchanged;
         };
-        if let Err(e) = std::fs::write(&order, NO_REPORTING_ORDER) {
+        if let Err(e) = std::fs::write(PAGE_REPORTING_ORDER, NO_REPORTING_ORDER) {
             eprintln!(
                 "  free page reporting stays on ({e}; run as root to keep freed memory backed)"
             );
@@ -324,11 +326,10 @@ impl KeptMemory {
 
 impl Drop for KeptMemory {
     fn drop(&mut self) {
-        if let Some(order) = self.previous_order.take() {
-            let path = format!("{PAGE_REPORTING}/page_reporting_order");
-            if let Err(e) = std::fs::write(path, order) {
-                eprintln!("  could not turn free page reporting back on: {e}");
-            }
+        if let Some(order) = self.previous_order.take()
+            && let Err(e) = std::fs::write(PAGE_REPORTING_ORDER, order)
+        {
+            eprintln!("  could not turn free page reporting back on: {e}");
         }
     }
 }
@@ -471,8 +472,8 @@ impl WritebackSampler {
     }
 }
 
-/// The block device that holds the working directory's file system (the stack's data lives
-/// under it), as its /sys/block name: `BENCH_DISK`, or the first disk that is not a RAM disk.
+/// The block device to sample, as its /sys/block name: `BENCH_DISK`, or else the first disk by
+/// name that is not a loop or RAM disk (this machine has one, which holds the stack's data).
 fn stack_disk() -> Option<String> {
     if let Ok(disk) = std::env::var("BENCH_DISK") {
         return Some(disk);
@@ -581,7 +582,7 @@ impl VmCounters {
             stolen_directly_mib: mib(one("pgsteal_direct").unwrap_or(0.0)),
             allocation_stalls: sum("allocstall_"),
             compaction_stalls: one("compact_stall").unwrap_or(0.0),
-            reported_to_host_mib: std::fs::read_to_string(format!("{PAGE_REPORTING}/reported_kib"))
+            reported_to_host_mib: std::fs::read_to_string(REPORTED_KIB)
                 .ok()
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .map_or(0.0, |kib| (kib / 1024.0).round()),
