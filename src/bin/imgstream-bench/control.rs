@@ -383,8 +383,8 @@ pub struct Seconds {
     /// `[second, dirty MiB, write-back MiB]`.
     pub writeback: Vec<[f64; 3]>,
     /// `[second, kafka, minio, postgresql, consumer, bench (the producer), machine busy, iowait,
-    /// steal]`, in cores (CPU seconds per second).
-    pub cpu: Vec<[f64; 9]>,
+    /// steal, kafka's JIT compiler threads (part of kafka)]`, in cores (CPU seconds per second).
+    pub cpu: Vec<[f64; 10]>,
     /// `[second, free MiB, MiB reclaimed by kswapd, MiB reclaimed directly by allocating
     /// processes, allocation stalls, compaction stalls, MiB of free memory reported to the
     /// host]`: what the kernel did to find memory for the page cache meanwhile (reclaim in a
@@ -454,6 +454,7 @@ impl WritebackSampler {
                             cores(0),
                             cores(1),
                             cores(2),
+                            round2(spent.kafka_jit),
                         ]);
                     }
                     services_before = services;

@@ -68,14 +68,18 @@ pub fn print_table(r: &Value) {
     }
     for c in r["cases"].as_array().unwrap() {
         println!(
-            "latency {}: {} records paced at {:.0}/s over {:.0} s, p99 {:.0} ms",
+            "latency {}: {} records paced at {:.0}/s over {:.0} s, p99 {:.0} ms (after a {:.0} s lead-in at that pace, p99 {:.0} ms)",
             c["size"].as_str().unwrap(),
             c["latency"]["records"],
             c["latency"]["paced_images_per_sec"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
             c["latency"]["window_secs"].as_f64().unwrap_or(f64::NAN),
-            c["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            c["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            c["latency"]["lead_in"]["secs"].as_f64().unwrap_or(0.0),
+            c["latency"]["lead_in"]["p99_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
         );
     }
     if !r["large"].is_null() {
