@@ -4,7 +4,7 @@ use imgstream::pipeline::usage;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
-fn stack_dir() -> PathBuf {
+pub fn stack_dir() -> PathBuf {
     std::env::var("IMGSTREAM_STACK_DIR").map_or_else(|_| PathBuf::from(".stack"), PathBuf::from)
 }
 
