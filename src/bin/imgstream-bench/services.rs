@@ -41,7 +41,7 @@ pub struct CpuDelta {
     pub kafka: f64,
     /// The part of `kafka` its JVMs' JIT compiler threads spent: a broker compiles the code a
     /// new kind of load runs (small paced produce requests, fetches waiting for them) for the
-    /// first 15-20 s it sees that load, at 0.3-0.46 of a core here.
+    /// first 15-20 s it sees that load, at 0.26-0.46 of a core here.
     pub kafka_jit: f64,
     pub minio: f64,
     pub postgres: f64,

@@ -120,7 +120,7 @@ async fn latency_by_second(settings: &Settings, since: chrono::DateTime<chrono::
 /// share of the machine in both is the sum of its shares in each.
 ///
 /// The latency window runs at half of this: half the drain pace alone, as before, loaded the
-/// sizes unevenly, because producing a 2 MiB record costs the machine nearly what consuming it
+/// sizes unevenly, because producing a 2 MiB record costs the machine half what consuming it
 /// does and a 16 KiB one a tenth of it. Half the drain pace was 56% of the end-to-end pace at
 /// 16 KiB and 74% at 2 MiB (200 drained and 412 produced a second, paced at 100), where the
 /// page cache filled within the window, the kernel reclaimed 350-400 MiB a second, both cores
@@ -271,6 +271,8 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
         .map(|r| r.summary.busy_images_per_sec)
         .collect();
     paces.sort_by(f64::total_cmp);
+    // The rounds' median pace, not the pace of the round with the median ratio: that round can
+    // be the fastest (2 MiB rounds of 154, 119 and 122 images/s).
     let drain_rate = paces[paces.len() / 2];
     let paced_rate = (end_to_end_rate(drain_rate, produce_rate) / 2.0).max(1.0);
     let paced_secs = (case.lead_in + case.latency_window).as_secs_f64();
@@ -309,7 +311,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
     let all_latencies = index.latencies_since(first_record).await.unwrap();
     index.close().await;
     let lead_in_latencies = lead_in_part(&all_latencies, &latencies);
-    // Per second from the lead-in's first record: seconds below `lead_in_secs` are the lead-in.
+    // Per second from the lead-in's first record: seconds below `lead_in.secs` are the lead-in.
     let by_second = latency_by_second(&lat_settings, first_record).await;
     let window_secs = (chrono::Utc::now() - window_from).as_seconds_f64();
 
