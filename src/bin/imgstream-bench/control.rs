@@ -144,9 +144,16 @@ pub fn settle_disk() {
     let _ = Command::new("sync").status();
 }
 
-/// Whether any Kafka node under `kafka_dir` (`<cluster>/<node>/data`, as the stack lays them
-/// out) holds a partition directory of a deleted topic, not yet removed.
+/// Whether any running Kafka node under `kafka_dir` (`<cluster>/<node>/data`, as the stack lays
+/// them out, with the node's `kafka.pid`) holds a partition directory of a deleted topic, not yet
+/// removed. A stopped cluster's (the tests' three-node one) would wait forever.
 fn topic_deletions_pending(kafka_dir: &std::path::Path) -> bool {
+    let running = |node: &std::path::PathBuf| {
+        std::fs::read_to_string(node.join("kafka.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
     let children = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
         std::fs::read_dir(dir)
             .map(|entries| entries.flatten().map(|e| e.path()).collect())
@@ -155,6 +162,7 @@ fn topic_deletions_pending(kafka_dir: &std::path::Path) -> bool {
     children(kafka_dir)
         .iter()
         .flat_map(|cluster| children(cluster))
+        .filter(running)
         .flat_map(|node| children(&node.join("data")))
         .any(|partition| {
             partition
@@ -635,14 +643,22 @@ mod tests {
     #[test]
     fn a_deleted_topics_directory_is_pending_until_kafka_removes_it() {
         let kafka = std::env::temp_dir().join(format!("bench-kafka-{}", std::process::id()));
-        let data = kafka.join("cluster-1/node1/data");
+        let node = kafka.join("cluster-1/node1");
+        let data = node.join("data");
         std::fs::create_dir_all(data.join("images-0")).unwrap();
+        std::fs::write(node.join("kafka.pid"), std::process::id().to_string()).unwrap();
         assert!(!topic_deletions_pending(&kafka));
         let deleted = data.join("bench-2mib-4558b36b-1.fe9ba05b042241d88d45c5-delete");
         std::fs::create_dir_all(&deleted).unwrap();
         assert!(topic_deletions_pending(&kafka));
         std::fs::remove_dir(&deleted).unwrap();
         assert!(!topic_deletions_pending(&kafka));
+        std::fs::create_dir_all(&deleted).unwrap();
+        std::fs::write(node.join("kafka.pid"), "4294967295").unwrap();
+        assert!(
+            !topic_deletions_pending(&kafka),
+            "a stopped node removes nothing: not waited for"
+        );
         std::fs::remove_dir_all(&kafka).unwrap();
         assert!(
             !topic_deletions_pending(&kafka),
