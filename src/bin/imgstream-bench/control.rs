@@ -144,31 +144,14 @@ pub fn settle_disk() {
     let _ = Command::new("sync").status();
 }
 
-/// Whether any running Kafka node under `kafka_dir` (`<cluster>/<node>/data`, as the stack lays
-/// them out, with the node's `kafka.pid`) holds a partition directory of a deleted topic, not yet
-/// removed. A stopped cluster's (the tests' three-node one) would wait forever.
+/// Whether any running Kafka node under `kafka_dir` holds a partition directory of a deleted
+/// topic, not yet removed. A stopped cluster's (the tests' three-node one) would wait forever.
 fn topic_deletions_pending(kafka_dir: &std::path::Path) -> bool {
-    let running = |node: &std::path::PathBuf| {
-        std::fs::read_to_string(node.join("kafka.pid"))
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-    };
-    let children = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    };
-    children(kafka_dir)
-        .iter()
-        .flat_map(|cluster| children(cluster))
-        .filter(running)
-        .flat_map(|node| children(&node.join("data")))
-        .any(|partition| {
-            partition
-                .file_name()
-                .is_some_and(|name| name.to_string_lossy().ends_with("-delete"))
-        })
+    crate::services::running_kafka_nodes(kafka_dir)
+        .into_iter()
+        .filter_map(|(node, _)| std::fs::read_dir(node.join("data")).ok())
+        .flat_map(|partitions| partitions.flatten())
+        .any(|partition| partition.file_name().to_string_lossy().ends_with("-delete"))
 }
 
 /// The log filter of the consumers under test: `BENCH_CONSUMER_LOG` (e.g. `info` or
@@ -373,20 +356,9 @@ impl Drop for KeptMemory {
 /// it: with reporting off, those pages stay backed. Never more than the available memory but
 /// 1 GiB. Returns the bytes touched.
 fn touch_free_memory() -> usize {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mib = |name: &str| {
-        meminfo.lines().find_map(|l| {
-            let kib: f64 = l
-                .strip_prefix(name)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib / 1024.0)
-        })
-    };
-    let (Some(free), Some(available)) = (mib("MemFree:"), mib("MemAvailable:")) else {
+    use crate::services::meminfo_mib;
+    let (Some(free), Some(available)) = (meminfo_mib("MemFree:"), meminfo_mib("MemAvailable:"))
+    else {
         return 0;
     };
     // A window that starts with 1 GiB of free memory left untouched ran 5 seconds on 1.8-1.96
@@ -639,6 +611,7 @@ impl VmCounters {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_deleted_topics_directory_is_pending_until_kafka_removes_it() {
@@ -665,7 +638,6 @@ mod tests {
             "no stack, nothing to wait for"
         );
     }
-    use super::*;
 
     #[test]
     fn case_settings_apply_the_defaults_when_the_database_is_not_configured() {

@@ -8,6 +8,43 @@ pub fn stack_dir() -> PathBuf {
     std::env::var("IMGSTREAM_STACK_DIR").map_or_else(|_| PathBuf::from(".stack"), PathBuf::from)
 }
 
+/// The running Kafka nodes under `kafka_dir` (`<cluster>/<node>/`, as the stack lays them out):
+/// each node's directory and the pid in its `kafka.pid`, for nodes whose process is alive.
+pub fn running_kafka_nodes(kafka_dir: &Path) -> Vec<(PathBuf, u32)> {
+    let children = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    children(kafka_dir)
+        .iter()
+        .flat_map(|cluster| children(cluster))
+        .filter_map(|node| {
+            let pid = pid_in(&node.join("kafka.pid"))?;
+            Path::new(&format!("/proc/{pid}"))
+                .exists()
+                .then_some((node, pid))
+        })
+        .collect()
+}
+
+/// A `/proc/meminfo` field (`MemFree:`, `MemAvailable:`, ...) in MiB.
+pub fn meminfo_mib(field: &str) -> Option<f64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let kib: f64 = l
+                .strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib / 1024.0)
+        })
+}
+
 fn pid_in(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
         .ok()?
@@ -84,17 +121,9 @@ impl CpuDelta {
 pub fn cpu() -> CpuDelta {
     let dir = stack_dir();
     let (mut kafka, mut kafka_jit) = (0.0, 0.0);
-    if let Ok(clusters) = std::fs::read_dir(dir.join("kafka")) {
-        for cluster in clusters.flatten() {
-            if let Ok(nodes) = std::fs::read_dir(cluster.path()) {
-                for node in nodes.flatten() {
-                    if let Some(pid) = pid_in(&node.path().join("kafka.pid")) {
-                        kafka += usage::cpu_secs(pid).unwrap_or(0.0);
-                        kafka_jit += jit_cpu_secs(pid);
-                    }
-                }
-            }
-        }
+    for (_, pid) in running_kafka_nodes(&dir.join("kafka")) {
+        kafka += usage::cpu_secs(pid).unwrap_or(0.0);
+        kafka_jit += jit_cpu_secs(pid);
     }
     let minio = pid_in(&dir.join("minio/minio.pid"))
         .and_then(usage::cpu_secs)
@@ -150,14 +179,10 @@ pub fn machine() -> Value {
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
-    let mem_kib: Option<u64> = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
     json!({
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu_model": model,
-        "memory_gib": mem_kib.map(|k| k as f64 / 1024.0 / 1024.0),
+        "memory_gib": meminfo_mib("MemTotal:").map(|mib| mib / 1024.0),
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
     })
 }
