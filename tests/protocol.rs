@@ -674,6 +674,38 @@ async fn the_bytes_held_stay_within_the_memory_bound_however_many_places_batches
 }
 
 #[tokio::test]
+async fn the_summary_says_how_many_uploads_ran_at_once_on_average() {
+    // Four slots, four records, and a store that answers only after 300 ms: for most of the
+    // busy span all four uploads run at once.
+    let s = Services::new(1);
+    let records = s.publish_images(4, 1);
+    s.images.faults.hold();
+    let (pipeline, _trigger) = s.pipeline(PipelineOptions {
+        uploads_in_flight: 4,
+        ..options()
+    });
+    let release_later = async {
+        eventually("every upload is waiting", async || {
+            s.images.faults.calls() >= 4
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.images.faults.release();
+    };
+    let started = Instant::now();
+    let (result, ()) = tokio::join!(pipeline.run(), release_later);
+    let summary = pipeline.summary(started.elapsed(), result.unwrap());
+    assert_eq!(summary.stored, 4);
+    assert!(
+        (3.0..=4.0).contains(&summary.mean_uploads_in_flight),
+        "{} uploads at once on average over {} s",
+        summary.mean_uploads_in_flight,
+        summary.busy_secs
+    );
+    s.assert_exactly_once(&records, &[(0, 4)]).await;
+}
+
+#[tokio::test]
 async fn shutdown_mid_batch_finishes_the_uploads_under_way_commits_them_and_leaves_the_rest() {
     let s = Services::new(1);
     let records = s.publish_images(200, 1);

@@ -107,6 +107,9 @@ pub struct Stats {
     pub commits_deferred: AtomicU64,
     /// Object uploads running right now (for the debug timings).
     pub uploads_running: AtomicU64,
+    /// Microseconds spent writing objects, summed over every upload: over the busy span, the
+    /// mean number of uploads running at once.
+    pub upload_micros: AtomicU64,
     /// Records polled so far (the backpressure tests read it).
     pub polled: AtomicU64,
     dead_lettered_by_code: Mutex<BTreeMap<String, u64>>,
@@ -220,6 +223,9 @@ impl Stats {
             busy_secs: busy,
             busy_images_per_sec: per_busy_sec(stored as f64),
             busy_mb_per_sec: per_busy_sec(bytes as f64 / 1e6),
+            mean_uploads_in_flight: per_busy_sec(
+                self.upload_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
             peak_rss_kib: usage.peak_rss_kib,
             cpu_secs: usage.cpu_secs,
         }
@@ -264,6 +270,10 @@ pub struct RunSummary {
     pub busy_secs: f64,
     pub busy_images_per_sec: f64,
     pub busy_mb_per_sec: f64,
+    /// Uploads running at once, on average over the busy span: how much of
+    /// `--uploads-in-flight` the pipeline kept busy.
+    #[serde(default)]
+    pub mean_uploads_in_flight: f64,
     pub peak_rss_kib: u64,
     pub cpu_secs: f64,
 }

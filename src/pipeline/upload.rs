@@ -159,6 +159,7 @@ impl Pipeline {
                     return (polled, record, None);
                 }
                 self.stats.uploads_running.fetch_add(1, Ordering::Relaxed);
+                let writing = Instant::now();
                 let result = retry(
                     &self.stats.outages.store,
                     self.opts.backoff,
@@ -168,6 +169,9 @@ impl Pipeline {
                 )
                 .await;
                 self.stats.uploads_running.fetch_sub(1, Ordering::Relaxed);
+                self.stats
+                    .upload_micros
+                    .fetch_add(writing.elapsed().as_micros() as u64, Ordering::Relaxed);
                 in_flight.unfinished.finished();
                 drop(turn);
                 drop(span);

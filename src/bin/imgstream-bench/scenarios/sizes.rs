@@ -13,7 +13,7 @@ use crate::report::percentile;
 use crate::{naive, services};
 use imgstream::config::Settings;
 use imgstream::domain::ImageFormat;
-use imgstream::pipeline::{PipelineOptions, RunSummary};
+use imgstream::pipeline::{PipelineOptions, RunSummary, usage};
 use imgstream::wiring;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -85,6 +85,29 @@ const DRAIN_ROUNDS: usize = 3;
 
 /// One round of a drain: the consumer's summary, the services' CPU meanwhile, and the PUT ceiling
 /// measured on both sides of it.
+/// One PUT-ceiling measurement and the CPU it cost.
+struct Ceiling {
+    put_ops: f64,
+    services: services::CpuDelta,
+    client_cpu_secs: f64,
+}
+
+/// Milliseconds of CPU per image (or per PUT) of each service and of the one client (the consumer,
+/// or the ceiling's PUT client): the rounds' and the ceilings' costs side by side, so a run
+/// shows what the pipeline pays on top of a raw PUT.
+fn per_image_cpu_ms(
+    services: &services::CpuDelta,
+    client: f64,
+    name: &str,
+    images: usize,
+) -> Value {
+    let ms = |secs: f64| secs / images.max(1) as f64 * 1000.0;
+    json!({
+        "minio": ms(services.minio), "kafka": ms(services.kafka), "postgresql": ms(services.postgres),
+        name: ms(client),
+    })
+}
+
 struct Round {
     number: usize,
     summary: RunSummary,
@@ -195,15 +218,22 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
         tokio::task::block_in_place(|| kafka_ceiling(&settings, case.records));
     let uploads = PipelineOptions::DEFAULT_UPLOADS_IN_FLIGHT;
     // On a single-threaded runtime of its own, like the consumer's (src/main.rs).
+    // With the CPU it cost: MinIO's and the PUT client's (this process, doing nothing else).
     let put_ceiling = || {
         settle_disk();
-        tokio::task::block_in_place(|| {
+        let (services_before, client_before) = (services::cpu(), usage::own().cpu_secs);
+        let (ops, _) = tokio::task::block_in_place(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
                 .block_on(store_ceiling(&settings, &pool, case.ceiling_puts, uploads))
-        })
+        });
+        Ceiling {
+            put_ops: ops,
+            services: services::cpu().since(&services_before),
+            client_cpu_secs: usage::own().cpu_secs - client_before,
+        }
     };
     // These machines swing by 10-50% from one few-second measurement to the next (disk
     // write-back, two shared cores): the drain runs in rounds, each between two PUT-ceiling
@@ -229,7 +259,7 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
             s.stored
         );
         ceilings.push(put_ceiling());
-        let put = (ceilings[round - 1].0 + ceilings[round].0) / 2.0;
+        let put = (ceilings[round - 1].put_ops + ceilings[round].put_ops) / 2.0;
         rounds.push(Round {
             number: round,
             ratio: s.busy_images_per_sec / put.min(kafka_rps),
@@ -327,7 +357,13 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
         "produce_records_per_sec": produce_rate,
         "ceiling": {
             "put_objects_per_sec": put_ops, "put_mb_per_sec": put_mbps, "put_concurrency": uploads,
-            "put_objects_per_sec_between_rounds": ceilings.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "put_objects_per_sec_between_rounds": ceilings.iter().map(|c| c.put_ops).collect::<Vec<_>>(),
+            "cpu_ms_per_put": per_image_cpu_ms(
+                &ceilings.iter().fold(services::CpuDelta::default(), |a, c| a.plus(&c.services)),
+                ceilings.iter().map(|c| c.client_cpu_secs).sum(),
+                "client",
+                ceilings.len() * case.ceiling_puts,
+            ),
             "kafka_records_per_sec": kafka_rps, "kafka_mb_per_sec": kafka_mbps,
         },
         "pipeline": {
@@ -340,7 +376,9 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
             "rounds": rounds.iter().map(|r| json!({
                 "round": r.number, "records": r.summary.stored, "images_per_sec": r.summary.busy_images_per_sec,
                 "put_objects_per_sec": r.put_ops, "pipeline_over_ceiling": r.ratio,
+                "mean_uploads_in_flight": r.summary.mean_uploads_in_flight,
             })).collect::<Vec<_>>(),
+            "cpu_ms_per_image": per_image_cpu_ms(&cpu, consumer_cpu, "consumer", stored as usize),
         },
         "naive": { "images_per_sec": naive_ips, "records": case.naive_records },
         "latency": {
