@@ -107,8 +107,8 @@ pub struct Stats {
     pub commits_deferred: AtomicU64,
     /// Object uploads running right now (for the debug timings).
     pub uploads_running: AtomicU64,
-    /// Microseconds spent writing objects, summed over every upload: over the busy span, the
-    /// mean number of uploads running at once.
+    /// Microseconds spent writing objects (retries included: the slot stays taken), summed over
+    /// every upload: over the busy span, the mean number of uploads running at once.
     pub upload_micros: AtomicU64,
     /// Records polled so far (the backpressure tests read it).
     pub polled: AtomicU64,
@@ -270,8 +270,8 @@ pub struct RunSummary {
     pub busy_secs: f64,
     pub busy_images_per_sec: f64,
     pub busy_mb_per_sec: f64,
-    /// Uploads running at once, on average over the busy span: how much of
-    /// `--uploads-in-flight` the pipeline kept busy.
+    /// Uploads running at once, on average over the busy span: how much of `--uploads` the
+    /// pipeline kept busy.
     #[serde(default)]
     pub mean_uploads_in_flight: f64,
     pub peak_rss_kib: u64,

@@ -83,8 +83,6 @@ pub fn cases(quick: bool) -> Vec<Case> {
 /// The drain of each size runs in this many rounds, each between two ceiling measurements.
 const DRAIN_ROUNDS: usize = 3;
 
-/// One round of a drain: the consumer's summary, the services' CPU meanwhile, and the PUT ceiling
-/// measured on both sides of it.
 /// One PUT-ceiling measurement and the CPU it cost.
 struct Ceiling {
     put_ops: f64,
@@ -108,6 +106,8 @@ fn per_image_cpu_ms(
     })
 }
 
+/// One round of a drain: the consumer's summary, the services' CPU meanwhile, and the PUT ceiling
+/// measured on both sides of it.
 struct Round {
     number: usize,
     summary: RunSummary,
@@ -217,8 +217,8 @@ pub async fn bench_case(base: &HashMap<String, String>, run: &str, case: &Case) 
     let (kafka_rps, kafka_mbps) =
         tokio::task::block_in_place(|| kafka_ceiling(&settings, case.records));
     let uploads = PipelineOptions::DEFAULT_UPLOADS_IN_FLIGHT;
-    // On a single-threaded runtime of its own, like the consumer's (src/main.rs).
-    // With the CPU it cost: MinIO's and the PUT client's (this process, doing nothing else).
+    // On a single-threaded runtime of its own, like the consumer's (src/main.rs), with the CPU
+    // it cost: the services' and the PUT client's (this process, which does nothing else then).
     let put_ceiling = || {
         settle_disk();
         let (services_before, client_before) = (services::cpu(), usage::own().cpu_secs);
