@@ -109,8 +109,8 @@ pub async fn cleanup(settings: &Settings) {
 /// Lets the disk settle before a measurement, so that it measures this step and not the last:
 /// - waits (up to three minutes) until MinIO has removed the objects earlier steps deleted:
 ///   MinIO moves them to its drive's `.minio.sys/tmp/.trash` and removes them later, in the
-///   background. The stack's MinIO, in `BENCH_MINIO_DATA` (default `.stack/minio/data`); a
-///   store elsewhere is not waited for.
+///   background. The stack's MinIO, in `BENCH_MINIO_DATA` (default `minio/data` in the stack's
+///   directory, `IMGSTREAM_STACK_DIR` or `.stack`); a store elsewhere is not waited for.
 /// - waits, within the same three minutes, until the stack's Kafka has removed the topics
 ///   earlier steps deleted: it renames a partition's directory to `…-delete` and removes it
 ///   `file.delete.delay.ms` (60 s) later. A 2 MiB case started within that minute drained
@@ -119,11 +119,13 @@ pub async fn cleanup(settings: &Settings) {
 ///   step before slowed MinIO's writes through the first seconds of the next (2 MiB
 ///   produce-to-index latencies of 0.6-0.8 s for four seconds, 0.19 s after).
 pub fn settle_disk() {
-    let data = std::env::var("BENCH_MINIO_DATA").unwrap_or_else(|_| ".stack/minio/data".into());
-    let trash = std::path::Path::new(&data).join(".minio.sys/tmp/.trash");
+    let stack = crate::services::stack_dir();
+    let data = std::env::var("BENCH_MINIO_DATA")
+        .map_or_else(|_| stack.join("minio/data"), std::path::PathBuf::from);
+    let trash = data.join(".minio.sys/tmp/.trash");
     let minio_deletions =
         || std::fs::read_dir(&trash).is_ok_and(|mut entries| entries.next().is_some());
-    let kafka_data = crate::services::stack_dir().join("kafka");
+    let kafka_data = stack.join("kafka");
     let kafka_deletions = || topic_deletions_pending(&kafka_data);
     let waiting = Instant::now();
     while (minio_deletions() || kafka_deletions()) && waiting.elapsed() < Duration::from_secs(180) {
